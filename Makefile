@@ -1,0 +1,58 @@
+# Set-up, build and test on Debian 12. Every target installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BUILD := build
+BPF_OBJ := src/tcpconnect/tcpconnect.bpf.o
+BPF_SRC := src/tcpconnect/bpf/tcpconnect.bpf.c src/tcpconnect/bpf/tcpconnect.h
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool iproute2 liburing-dev dnsmasq-base gcc make
+HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
+ARGS ?=
+
+.PHONY: install run test bench clean apt
+
+install: apt $(VENV)/.installed $(BPF_OBJ) $(HELPERS)
+
+# Installs only what is missing, so repeated runs need no network.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+# vmlinux.h comes from the build machine's BTF; CO-RE relocates the object
+# to whatever kernel it later runs on.
+$(BUILD)/vmlinux.h:
+	mkdir -p $(BUILD)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp
+	mv $@.tmp $@
+
+$(BPF_OBJ): $(BPF_SRC) $(BUILD)/vmlinux.h
+	clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
+	  -I$(BUILD) -c src/tcpconnect/bpf/tcpconnect.bpf.c -o $@
+
+$(BUILD)/uring_connect: tests/helpers/uring_connect.c
+	mkdir -p $(BUILD)
+	cc -O2 -Wall -Wextra -o $@ $< -luring
+
+$(BUILD)/connect_loop: bench/connect_loop.c
+	mkdir -p $(BUILD)
+	cc -O2 -Wall -Wextra -o $@ $< -lpthread
+
+run: install
+	$(VENV)/bin/tcpconnect $(ARGS)
+
+test: install
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(BUILD) $(BPF_OBJ) $(VENV) src/*.egg-info

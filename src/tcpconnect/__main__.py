@@ -1,0 +1,3 @@
+from .cli import run_console_script
+
+run_console_script()

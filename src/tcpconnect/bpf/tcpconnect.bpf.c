@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Kernel side of tcpconnect, built only on stable tracepoints (no kprobes,
+ * no trampolines) and CO-RE reads, so it needs neither kernel headers nor a
+ * compiler on the traced machine.
+ *
+ * An attempt is seen when a TCP socket moves CLOSE -> SYN_SENT, which happens
+ * inside connect() (and io_uring connect, and sendto(MSG_FASTOPEN)) in the
+ * context of the task doing it. The local port is chosen just after that
+ * transition, so when it is wanted the attempt is parked in `pending` until
+ * the SYN leaves (net_dev_queue) or the socket leaves SYN_SENT, whichever
+ * comes first.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "tcpconnect.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define DNS_PORT 53
+
+/* Filters and modes, written by user space before load. */
+const volatile __u32 filter_pid = 0;
+const volatile __u32 filter_uid = 0;
+const volatile bool filter_by_uid = false;
+const volatile __u16 filter_family = 0; /* 0, 4 or 6 */
+const volatile bool filter_by_port = false;
+const volatile bool filter_by_cgroup_map = false;
+const volatile bool filter_by_mntns_map = false;
+const volatile __u64 filter_cgroup_id = 0;
+const volatile bool count_mode = false;
+const volatile bool want_lport = false;
+/* Wake the reader only once this much is queued; it polls with a timeout
+ * for the rest, which keeps the traced workload from paying for a wakeup
+ * on every connect. */
+const volatile __u64 wakeup_bytes = 1;
+
+/* Read by user space through the mmapped .bss. */
+__u64 lost_events = 0;
+__u64 lost_dns_events = 0;
+__u64 count_failures = 0;
+__u64 pending_failures = 0;
+__s64 pending_count = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} dns_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u8);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct event);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct count_key);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+/* Layouts match bcc's pinned maps so users can keep the maps they have; user
+ * space replaces these with the pinned ones before load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u64);
+} cgroup_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u32);
+} mntns_map SEC(".maps");
+
+static __always_inline __u64 ringbuf_flags(void *ring)
+{
+	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline bool is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline __u16 local_port(const struct sock *sk)
+{
+	/* inet_sport, not skc_num: after a refused connect the kernel has
+	 * already cleared skc_num by the time we may look. */
+	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+}
+
+/* Fills the socket part of *e; false when the socket is of no interest. */
+static __always_inline bool read_addresses(const struct sock *sk, struct event *e)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		e->family = 4;
+		BPF_CORE_READ_INTO((__u32 *)e->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)e->daddr, sk, __sk_common.skc_daddr);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr);
+		if (is_v4_mapped(e->daddr)) {
+			/* A v6 socket talking to a v4 peer is an IPv4 connection
+			 * on the wire; the v4 fields are set by now, the mapped v6
+			 * source may not be yet. */
+			e->family = 4;
+			__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+			BPF_CORE_READ_INTO((__u32 *)e->saddr, sk, __sk_common.skc_rcv_saddr);
+			BPF_CORE_READ_INTO((__u32 *)e->daddr, sk, __sk_common.skc_daddr);
+		} else {
+			e->family = 6;
+			BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		}
+	} else {
+		return false;
+	}
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return true;
+}
+
+static __always_inline __u64 current_mntns_id(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+
+	return BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+}
+
+static __always_inline bool task_wanted(struct event *e)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	e->pid = pid_tgid >> 32;
+	e->tid = (__u32)pid_tgid;
+	e->uid = (__u32)uid_gid;
+	if (filter_pid && e->pid != filter_pid)
+		return false;
+	if (filter_by_uid && e->uid != filter_uid)
+		return false;
+
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	if (filter_cgroup_id && e->cgroup_id != filter_cgroup_id)
+		return false;
+	if (filter_by_cgroup_map && !bpf_map_lookup_elem(&cgroup_map, &e->cgroup_id))
+		return false;
+
+	e->mntns_id = current_mntns_id();
+	if (filter_by_mntns_map && !bpf_map_lookup_elem(&mntns_map, &e->mntns_id))
+		return false;
+	return true;
+}
+
+static __always_inline bool connection_wanted(struct event *e)
+{
+	if (filter_family && e->family != filter_family)
+		return false;
+	if (filter_by_port && !bpf_map_lookup_elem(&ports, &e->dport))
+		return false;
+	return true;
+}
+
+static __always_inline void count_connect(const struct event *e)
+{
+	struct count_key key = {};
+	__u64 one = 1, *value;
+
+	__builtin_memcpy(key.saddr, e->saddr, sizeof(key.saddr));
+	__builtin_memcpy(key.daddr, e->daddr, sizeof(key.daddr));
+	key.dport = e->dport;
+	key.family = e->family;
+	value = bpf_map_lookup_elem(&counts, &key);
+	if (value) {
+		__sync_fetch_and_add(value, 1);
+		return;
+	}
+	/* Another CPU may have inserted the key meanwhile: BPF_NOEXIST then
+	 * fails with EEXIST and the count goes to the existing entry. */
+	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST)) {
+		value = bpf_map_lookup_elem(&counts, &key);
+		if (value)
+			__sync_fetch_and_add(value, 1);
+		else
+			__sync_fetch_and_add(&count_failures, 1);
+	}
+}
+
+static __always_inline void submit(const struct event *e)
+{
+	struct event *out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
+
+	if (!out) {
+		__sync_fetch_and_add(&lost_events, 1);
+		return;
+	}
+	__builtin_memcpy(out, e, sizeof(*out));
+	bpf_ringbuf_submit(out, ringbuf_flags(&events));
+}
+
+/* Resolves a parked attempt of sk, if any, now that its local port is set. */
+static __always_inline void resolve_pending(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct event *e = bpf_map_lookup_elem(&pending, &key);
+
+	if (!e)
+		return;
+	e->lport = local_port(sk);
+	submit(e);
+	if (bpf_map_delete_elem(&pending, &key) == 0)
+		__sync_fetch_and_add(&pending_count, -1);
+}
+
+static __always_inline void on_connect(const struct sock *sk)
+{
+	struct event e = {};
+
+	if (!task_wanted(&e) || !read_addresses(sk, &e) || !connection_wanted(&e))
+		return;
+	if (count_mode) {
+		count_connect(&e);
+		return;
+	}
+	e.ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	if (want_lport) {
+		__u64 key = (__u64)sk;
+
+		if (bpf_map_update_elem(&pending, &key, &e, BPF_ANY) == 0) {
+			__sync_fetch_and_add(&pending_count, 1);
+			return;
+		}
+		/* No room to wait for the port: report the attempt without it
+		 * rather than not at all. */
+		__sync_fetch_and_add(&pending_failures, 1);
+	}
+	submit(&e);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
+		on_connect(sk);
+	else if (want_lport && oldstate == TCP_SYN_SENT)
+		/* No SYN was seen leaving (dropped by netfilter, TCP_FASTOPEN_CONNECT
+		 * never written): the attempt is over, report it now. */
+		resolve_pending(sk);
+	return 0;
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(handle_xmit, struct sk_buff *skb)
+{
+	/* Runs for every transmitted packet: bail out before any map lookup
+	 * while no attempt is waiting for its port. */
+	struct sock *sk;
+
+	if (!pending_count)
+		return 0;
+	sk = skb->sk;
+	if (sk)
+		resolve_pending(sk);
+	return 0;
+}
+
+/* Returns the offset of the UDP payload from skb->data, or -1 unless this is
+ * a UDP datagram from port 53. */
+static __always_inline int dns_payload_offset(const struct sk_buff *skb, const __u8 *data,
+					      __u16 *payload_len)
+{
+	__u16 proto = bpf_ntohs(skb->protocol);
+	struct udphdr udp;
+	int offset;
+
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), data))
+			return -1;
+		/* Later fragments carry no UDP header. */
+		if (ip.protocol != IPPROTO_UDP || (bpf_ntohs(ip.frag_off) & 0x1fff))
+			return -1;
+		offset = ip.ihl * 4;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), data))
+			return -1;
+		if (ip6.nexthdr != IPPROTO_UDP)
+			return -1;
+		offset = sizeof(ip6);
+	} else {
+		return -1;
+	}
+	if (bpf_probe_read_kernel(&udp, sizeof(udp), data + offset))
+		return -1;
+	if (udp.source != bpf_htons(DNS_PORT) || bpf_ntohs(udp.len) < sizeof(udp))
+		return -1;
+	*payload_len = bpf_ntohs(udp.len) - sizeof(udp);
+	return offset + sizeof(udp);
+}
+
+/* Every received packet of every network namespace passes here, loopback
+ * included, which is what lets -d see answers from local stub resolvers. */
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(handle_receive, struct sk_buff *skb)
+{
+	const __u8 *data = skb->data;
+	__u32 linear = skb->len - skb->data_len;
+	__u16 payload_len = 0;
+	struct dns_event *e;
+	__u32 len;
+	int offset;
+
+	offset = dns_payload_offset(skb, data, &payload_len);
+	if (offset < 0 || offset >= linear)
+		return 0;
+	len = payload_len;
+	if (len > linear - offset)
+		len = linear - offset;
+
+	e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
+	if (!e) {
+		__sync_fetch_and_add(&lost_dns_events, 1);
+		return 0;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->orig_len = payload_len;
+	/* Clamped in asm: written in C, clang bounds a copy of len and hands
+	 * the helper the unbounded original, which the verifier rejects. */
+	asm volatile("if %[len] <= %[max] goto +1; %[len] = %[max]"
+		     : [len] "+r"(len)
+		     : [max] "i"(DNS_PAYLOAD_MAX));
+	e->len = len;
+	if (bpf_probe_read_kernel(e->payload, len, data + offset))
+		e->len = 0;
+	bpf_ringbuf_submit(e, ringbuf_flags(&dns_events));
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The records the BPF side shares with user space. Each struct here is
+ * mirrored exactly once in src/tcpconnect/events.py; tests/test_events.py
+ * compares the mirror against the BTF of the compiled object.
+ */
+#ifndef TCPCONNECT_H
+#define TCPCONNECT_H
+
+#define TASK_COMM_LEN 16
+#define DNS_PAYLOAD_MAX 512
+
+/* One active connect attempt. Addresses are in network byte order; an IPv4
+ * address (family 4) occupies the first four bytes of saddr/daddr. */
+struct event {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u64 mntns_id;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 pid;
+	__u32 tid;
+	__u32 uid;
+	__u16 lport;
+	__u16 dport;
+	__u16 family;
+	char comm[TASK_COMM_LEN];
+};
+
+/* Key of the in-kernel connection counter used by -c. */
+struct count_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 dport;
+	__u16 family;
+};
+
+/* A UDP payload received from source port 53, for -d. */
+struct dns_event {
+	__u64 ts_ns;
+	__u16 len;      /* bytes captured in payload */
+	__u16 orig_len; /* UDP payload length on the wire */
+	__u8 payload[DNS_PAYLOAD_MAX];
+};
+
+#endif

@@ -1,0 +1,207 @@
+"""Command line: options compatible with bcc's tcpconnect, checks, main loop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import signal
+import sys
+from typing import NoReturn
+
+PROG = "tcpconnect"
+PID_MAX_LIMIT = 4194304
+UID_MAX = 2**32 - 2  # (uid_t)-1 means "no uid" to the kernel
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+CGROUP2_SUPER_MAGIC = 0x63677270
+
+EXAMPLES = """examples:
+    tcpconnect                  # trace every active TCP connect
+    tcpconnect -t               # with a timestamp column
+    tcpconnect -d               # with the DNS query that likely led to each connect
+    tcpconnect -p 181           # only process 181
+    tcpconnect -P 80            # only connects to port 80
+    tcpconnect -P 80,81         # only connects to ports 80 and 81
+    tcpconnect -4               # only IPv4
+    tcpconnect -6               # only IPv6
+    tcpconnect -L               # with the local port
+    tcpconnect -U               # with a UID column
+    tcpconnect -u 1000          # only UID 1000
+    tcpconnect -c               # count connects per source and destination, print on exit
+    tcpconnect -c -i 10         # the same, printed and reset every 10 seconds
+    tcpconnect -j               # one JSON object per connect
+    tcpconnect --cgroupmap /sys/fs/bpf/test01     # only cgroups listed in this pinned map
+    tcpconnect --mntnsmap /sys/fs/bpf/mnt_ns_set  # only mount namespaces in this pinned map
+    tcpconnect --cgroup /sys/fs/cgroup/unified/app  # only this cgroup v2"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not argparse's usage dump: errors must be easy to spot in logs.
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def parse_pid(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= PID_MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"invalid PID {text!r}: expected 1..{PID_MAX_LIMIT}")
+    return int(text)
+
+
+def parse_ports(text: str) -> tuple[int, ...]:
+    ports: list[int] = []
+    for item in text.split(","):
+        if not item.isdigit() or not 0 < int(item) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"invalid port {item!r} in {text!r}: expected a comma-separated list of 1..65535")
+        if int(item) not in ports:
+            ports.append(int(item))
+    return tuple(ports)
+
+
+def parse_uid(text: str) -> int:
+    if text.isdigit():
+        if int(text) > UID_MAX:
+            raise argparse.ArgumentTypeError(f"invalid UID {text!r}: expected 0..{UID_MAX}")
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"invalid UID {text!r}: not a number nor a known user") from None
+
+
+def parse_interval(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected whole seconds >= 1")
+    return int(text)
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description="Trace TCP active connections (connect()).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    parser.add_argument("-t", "--timestamp", action="store_true",
+                        help="include a timestamp column (seconds since the first connect)")
+    parser.add_argument("-p", "--pid", type=parse_pid, help="trace this process ID only")
+    parser.add_argument("-P", "--port", type=parse_ports,
+                        help="comma-separated list of destination ports to trace")
+    family = parser.add_mutually_exclusive_group()
+    family.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 family only")
+    family.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 family only")
+    parser.add_argument("-L", "--lport", action="store_true", help="include a LPORT column")
+    parser.add_argument("-U", "--print-uid", action="store_true", help="include a UID column")
+    parser.add_argument("-u", "--uid", type=parse_uid, help="trace this UID (or user) only")
+    parser.add_argument("-c", "--count", action="store_true",
+                        help="count connects per source IP and destination IP/port")
+    parser.add_argument("-i", "--interval", type=parse_interval,
+                        help="with -c: print and reset the counts every INTERVAL seconds")
+    parser.add_argument("-d", "--dns", action="store_true",
+                        help="include the most recent DNS query that resolved the destination")
+    parser.add_argument("-j", "--json", action="store_true",
+                        help="print one JSON object per connect instead of columns")
+    parser.add_argument("--cgroupmap", metavar="MAPPATH",
+                        help="trace cgroups in this pinned BPF map only")
+    parser.add_argument("--mntnsmap", metavar="MAPPATH",
+                        help="trace mount namespaces in this pinned BPF map only")
+    parser.add_argument("--cgroup", metavar="PATH",
+                        help="trace this cgroup v2 directory only")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.count and args.dns:
+        parser.error("-d/--dns cannot be used with -c/--count")
+    if args.count and args.json:
+        parser.error("-j/--json cannot be used with -c/--count")
+    if args.interval is not None and not args.count:
+        parser.error("-i/--interval needs -c/--count")
+    if args.pid is not None and not os.path.exists(f"/proc/{args.pid}"):
+        parser.error(f"-p {args.pid}: no such process")
+    if args.cgroup is not None:
+        args.cgroup_id = cgroup_id(parser, args.cgroup)
+    else:
+        args.cgroup_id = None
+    return args
+
+
+def cgroup_id(parser: Parser, path: str) -> int:
+    """A cgroup v2 directory's id is its inode number on cgroup2fs."""
+    from .libbpf import BpfError, filesystem_magic
+
+    try:
+        magic = filesystem_magic(path)
+    except BpfError as exc:
+        parser.error(f"--cgroup {exc}")
+    if magic != CGROUP2_SUPER_MAGIC or not os.path.isdir(path):
+        parser.error(f"--cgroup {path}: not a cgroup v2 directory")
+    return os.stat(path).st_ino
+
+
+def check_environment() -> str | None:
+    """Why tracing cannot start here, or None."""
+    try:
+        with open("/proc/self/status") as status:
+            caps = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        caps = 0
+    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    if not (has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))):
+        return "must run as root (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return ("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): "
+                "it needs CONFIG_DEBUG_INFO_BTF=y")
+    return None
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the main loop finishes its batch and exits 0."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._request)
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.dns:
+        try:
+            import cachetools  # noqa: F401
+            import dnslib  # noqa: F401
+        except ImportError:
+            print(f"{PROG}: -d/--dns needs the Python packages dnslib and cachetools "
+                  "(pip install dnslib cachetools)", file=sys.stderr)
+            return 1
+    problem = check_environment()
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return 1
+
+    from .libbpf import BpfError
+    from .session import Session
+
+    try:
+        return Session(args, sys.stdout, sys.stderr).run(StopFlag())
+    except BpfError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`tcpconnect | head`): that is a normal end.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 0
+
+
+def run_console_script() -> NoReturn:
+    sys.exit(main())
+

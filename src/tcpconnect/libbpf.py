@@ -1,0 +1,419 @@
+"""A small, typed ctypes layer over the system libbpf (libbpf.so.1).
+
+Split by concern like a loader should be: `BpfObject` (open, configure, load,
+close), `Program`/`Link` (attach and release), `Map` (fd-level operations,
+pinned-map reuse) and `RingBuffer` (event delivery). Every failure raises
+`BpfError` naming the object involved and the reason.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    c_bool,
+    c_char_p,
+    c_int,
+    c_size_t,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+)
+from typing import Callable
+
+BTF_KIND_VAR = 14
+BTF_KIND_DATASEC = 15
+LIBBPF_WARN = 0
+BPF_FS_MAGIC = 0xCAFE4A11
+
+
+class BpfError(Exception):
+    """A libbpf or bpf() failure, with what was being done and why it failed."""
+
+
+class _BtfType(Structure):
+    _fields_ = [("name_off", c_uint32), ("info", c_uint32), ("size_or_type", c_uint32)]
+
+
+class _BtfVarSecinfo(Structure):
+    _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
+
+
+class BpfMapInfo(Structure):
+    """Leading part of the kernel's struct bpf_map_info (the kernel fills
+    only as much as we pass, so the tail fields need not be declared)."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("key_size", c_uint32),
+        ("value_size", c_uint32),
+        ("max_entries", c_uint32),
+        ("map_flags", c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+_PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
+RINGBUF_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+
+
+def _load_library() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError as exc:
+        raise BpfError(f"cannot load libbpf.so.1 (install the libbpf1 package): {exc}") from None
+
+
+_lib = _load_library()
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _declare(name: str, restype: type | None, *argtypes: type) -> None:
+    func = getattr(_lib, name)
+    func.restype = restype
+    func.argtypes = list(argtypes)
+
+
+for _name, _res, _args in [
+    ("libbpf_set_print", c_void_p, [_PRINT_FN]),
+    ("bpf_object__open_file", c_void_p, [c_char_p, c_void_p]),
+    ("bpf_object__load", c_int, [c_void_p]),
+    ("bpf_object__close", None, [c_void_p]),
+    ("bpf_object__btf", c_void_p, [c_void_p]),
+    ("bpf_object__find_map_by_name", c_void_p, [c_void_p, c_char_p]),
+    ("bpf_object__find_program_by_name", c_void_p, [c_void_p, c_char_p]),
+    ("bpf_program__set_autoload", c_int, [c_void_p, c_bool]),
+    ("bpf_program__attach", c_void_p, [c_void_p]),
+    ("bpf_link__destroy", c_int, [c_void_p]),
+    ("bpf_map__fd", c_int, [c_void_p]),
+    ("bpf_map__set_max_entries", c_int, [c_void_p, c_uint32]),
+    ("bpf_map__initial_value", c_void_p, [c_void_p, POINTER(c_size_t)]),
+    ("bpf_map__reuse_fd", c_int, [c_void_p, c_int]),
+    ("bpf_obj_get", c_int, [c_char_p]),
+    ("bpf_obj_get_info_by_fd", c_int, [c_int, c_void_p, POINTER(c_uint32)]),
+    ("bpf_map_update_elem", c_int, [c_int, c_void_p, c_void_p, c_uint64]),
+    ("bpf_map_lookup_elem", c_int, [c_int, c_void_p, c_void_p]),
+    ("bpf_map_delete_elem", c_int, [c_int, c_void_p]),
+    ("bpf_map_lookup_and_delete_elem", c_int, [c_int, c_void_p, c_void_p]),
+    ("bpf_map_get_next_key", c_int, [c_int, c_void_p, c_void_p]),
+    ("btf__find_by_name_kind", c_int, [c_void_p, c_char_p, c_uint32]),
+    ("btf__type_by_id", POINTER(_BtfType), [c_void_p, c_uint32]),
+    ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
+    ("ring_buffer__new", c_void_p, [c_int, RINGBUF_SAMPLE_FN, c_void_p, c_void_p]),
+    ("ring_buffer__add", c_int, [c_void_p, c_int, RINGBUF_SAMPLE_FN, c_void_p]),
+    ("ring_buffer__poll", c_int, [c_void_p, c_int]),
+    ("ring_buffer__consume", c_int, [c_void_p]),
+    ("ring_buffer__free", None, [c_void_p]),
+]:
+    _declare(_name, _res, *_args)
+
+_libc.vsnprintf.restype = c_int
+_libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+_libc.statfs.restype = c_int
+_libc.statfs.argtypes = [c_char_p, c_void_p]
+
+
+def filesystem_magic(path: str) -> int:
+    # f_type is the first field of struct statfs; 128 bytes covers the struct.
+    buf = ctypes.create_string_buffer(128)
+    if _libc.statfs(os.fsencode(path), buf) < 0:
+        raise BpfError(f"{path}: {os.strerror(ctypes.get_errno())}")
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+class _LibbpfLog:
+    """Keeps libbpf's recent warnings so an error can say why, instead of
+    libbpf printing a verifier dump over the user's terminal."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._callback = _PRINT_FN(self._print)
+        _lib.libbpf_set_print(self._callback)
+
+    def _print(self, level: int, fmt: bytes, args: int) -> int:
+        if level == LIBBPF_WARN:
+            buf = ctypes.create_string_buffer(512)
+            # va_list is an array type on x86-64/arm64, so it arrives as a pointer.
+            _libc.vsnprintf(buf, len(buf), fmt, args)
+            self.lines.append(buf.value.decode(errors="replace").rstrip())
+            del self.lines[:-20]
+        return 0
+
+    def reason(self) -> str:
+        """The most telling recent libbpf line, for an error message."""
+        for line in reversed(self.lines):
+            if line and not line.startswith("libbpf: failed to load object"):
+                return line
+        return ""
+
+
+_log = _LibbpfLog()
+
+
+def _failure(what: str, err: int) -> BpfError:
+    err = abs(err)
+    reason = os.strerror(err) if err else "unknown error"
+    detail = _log.reason()
+    message = f"{what}: {reason}"
+    if detail and err not in (errno.EPERM, errno.ENOENT):
+        message += f" ({detail})"
+    return BpfError(message)
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        raise _failure(what, result)
+    return result
+
+
+def _check_ptr(ptr: int | None, what: str) -> int:
+    if not ptr:
+        raise _failure(what, ctypes.get_errno())
+    return ptr
+
+
+class Map:
+    """A map of a loaded object, or a pinned map opened by path."""
+
+    def __init__(self, name: str, fd: int, owned: bool = False) -> None:
+        self.name = name
+        self.fd = fd
+        self._owned = owned
+
+    @classmethod
+    def from_pin(cls, path: str) -> Map:
+        if not os.path.exists(path):
+            raise BpfError(f"{path}: no such file")
+        if filesystem_magic(path) != BPF_FS_MAGIC:
+            raise BpfError(f"{path} is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)")
+        fd = _lib.bpf_obj_get(os.fsencode(path))
+        if fd < 0:
+            raise _failure(f"cannot open pinned BPF object {path}", ctypes.get_errno())
+        pinned = cls(path, fd, owned=True)
+        with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+            is_map = any(line.startswith("map_type:") for line in fdinfo)
+        if not is_map:
+            pinned.close()
+            raise BpfError(f"{path} is a pinned BPF object but not a map")
+        return pinned
+
+    def info(self) -> BpfMapInfo:
+        info = BpfMapInfo()
+        size = c_uint32(ctypes.sizeof(info))
+        _check(_lib.bpf_obj_get_info_by_fd(self.fd, ctypes.byref(info), ctypes.byref(size)),
+               f"cannot read info of map {self.name}")
+        return info
+
+    def update(self, key: ctypes._CData, value: ctypes._CData) -> None:
+        _check(_lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0),
+               f"cannot update map {self.name}")
+
+    def lookup(self, key: ctypes._CData, value: ctypes._CData) -> bool:
+        """Fills value and returns True if key is present."""
+        if _lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0:
+            return True
+        if ctypes.get_errno() == errno.ENOENT:
+            return False
+        raise _failure(f"cannot look up map {self.name}", ctypes.get_errno())
+
+    def pop(self, key: ctypes._CData, value: ctypes._CData) -> bool:
+        """Atomically reads and removes key; False if it was not there."""
+        if _lib.bpf_map_lookup_and_delete_elem(self.fd, ctypes.byref(key),
+                                               ctypes.byref(value)) == 0:
+            return True
+        if ctypes.get_errno() == errno.ENOENT:
+            return False
+        raise _failure(f"cannot take from map {self.name}", ctypes.get_errno())
+
+    def keys(self, key_type: type[ctypes._CData]) -> list[ctypes._CData]:
+        """All keys, read in one sweep (entries added meanwhile may be missed)."""
+        found: list[ctypes._CData] = []
+        previous = None
+        while True:
+            key = key_type()
+            prev_ref = ctypes.byref(previous) if previous is not None else None
+            if _lib.bpf_map_get_next_key(self.fd, prev_ref, ctypes.byref(key)) < 0:
+                if ctypes.get_errno() == errno.ENOENT:
+                    return found
+                raise _failure(f"cannot iterate map {self.name}", ctypes.get_errno())
+            found.append(key)
+            previous = key
+
+    def close(self) -> None:
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Link:
+    """An attached program; detached on close."""
+
+    def __init__(self, program: str, ptr: int) -> None:
+        self.program = program
+        self._ptr: int | None = ptr
+
+    def close(self) -> None:
+        if self._ptr:
+            _lib.bpf_link__destroy(self._ptr)
+            self._ptr = None
+
+
+class Program:
+    def __init__(self, name: str, ptr: int) -> None:
+        self.name = name
+        self._ptr = ptr
+
+    def set_autoload(self, autoload: bool) -> None:
+        _check(_lib.bpf_program__set_autoload(self._ptr, autoload),
+               f"cannot change autoload of program {self.name}")
+
+    def attach(self) -> Link:
+        ptr = _lib.bpf_program__attach(self._ptr)
+        return Link(self.name, _check_ptr(ptr, f"cannot attach program {self.name}"))
+
+
+class GlobalVariables:
+    """Typed access to the variables of one data section (.rodata, .bss),
+    located through the object's BTF the way a generated skeleton would."""
+
+    def __init__(self, section: str, base: int, layout: dict[str, tuple[int, int]]) -> None:
+        self.section = section
+        self._base = base
+        self._layout = layout
+
+    def _address(self, name: str, ctype: type[ctypes._CData]) -> int:
+        try:
+            offset, size = self._layout[name]
+        except KeyError:
+            raise BpfError(f"no variable {name} in section {self.section}") from None
+        if size != ctypes.sizeof(ctype):
+            raise BpfError(f"variable {name} in {self.section} is {size} bytes, "
+                           f"not {ctypes.sizeof(ctype)}")
+        return self._base + offset
+
+    def set(self, name: str, ctype: type[ctypes._CData], value: object) -> None:
+        ctype.from_address(self._address(name, ctype)).value = value
+
+    def get(self, name: str, ctype: type[ctypes._CData]) -> object:
+        return ctype.from_address(self._address(name, ctype)).value
+
+
+class BpfObject:
+    """An opened (then loaded) BPF object file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        ptr = _lib.bpf_object__open_file(os.fsencode(path), None)
+        self._ptr: int | None = _check_ptr(ptr, f"cannot open BPF object {path}")
+
+    def _find_map(self, name: str) -> int:
+        ptr = _lib.bpf_object__find_map_by_name(self._ptr, name.encode())
+        if not ptr:
+            raise BpfError(f"{self.path} has no map {name}")
+        return ptr
+
+    def map(self, name: str) -> Map:
+        fd = _lib.bpf_map__fd(self._find_map(name))
+        if fd < 0:
+            raise BpfError(f"map {name} of {self.path} is not loaded")
+        return Map(name, fd)
+
+    def program(self, name: str) -> Program:
+        ptr = _lib.bpf_object__find_program_by_name(self._ptr, name.encode())
+        if not ptr:
+            raise BpfError(f"{self.path} has no program {name}")
+        return Program(name, ptr)
+
+    def set_max_entries(self, name: str, entries: int) -> None:
+        _check(_lib.bpf_map__set_max_entries(self._find_map(name), entries),
+               f"cannot resize map {name}")
+
+    def reuse_map(self, name: str, pinned: Map) -> None:
+        """Makes the programs use a pinned map in place of their own `name`."""
+        _check(_lib.bpf_map__reuse_fd(self._find_map(name), pinned.fd),
+               f"cannot use {pinned.name} as map {name}")
+
+    def variables(self, section: str) -> GlobalVariables:
+        """Variables of .rodata (writable until load) or .bss (live after load)."""
+        size = c_size_t()
+        base = _lib.bpf_map__initial_value(self._find_map(section), ctypes.byref(size))
+        if not base:
+            raise BpfError(f"section {section} of {self.path} is not accessible")
+        return GlobalVariables(section, base, self._section_layout(section))
+
+    def _section_layout(self, section: str) -> dict[str, tuple[int, int]]:
+        btf = _lib.bpf_object__btf(self._ptr)
+        if not btf:
+            raise BpfError(f"{self.path} carries no BTF")
+        type_id = _lib.btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC)
+        if type_id < 0:
+            raise BpfError(f"{self.path} has no section {section} in its BTF")
+        datasec = _lib.btf__type_by_id(btf, type_id)
+        entries = ctypes.cast(ctypes.addressof(datasec.contents) + ctypes.sizeof(_BtfType),
+                              POINTER(_BtfVarSecinfo))
+        layout: dict[str, tuple[int, int]] = {}
+        for i in range(datasec.contents.info & 0xFFFF):
+            var = _lib.btf__type_by_id(btf, entries[i].type).contents
+            if (var.info >> 24) & 0x1F == BTF_KIND_VAR:
+                name = _lib.btf__name_by_offset(btf, var.name_off).decode()
+                layout[name] = (entries[i].offset, entries[i].size)
+        return layout
+
+    def load(self) -> None:
+        _check(_lib.bpf_object__load(self._ptr), f"cannot load BPF object {self.path}")
+
+    def close(self) -> None:
+        if self._ptr:
+            _lib.bpf_object__close(self._ptr)
+            self._ptr = None
+
+
+class RingBuffer:
+    """Consumer of one or more BPF ring buffer maps, each with its callback.
+
+    Callbacks get the raw record as bytes; they must not raise (an exception
+    cannot cross libbpf), so they should only collect."""
+
+    def __init__(self) -> None:
+        self._ptr: int | None = None
+        self._callbacks: list[ctypes._CFuncPtr] = []
+
+    def add(self, ring: Map, handler: Callable[[bytes], None]) -> None:
+        def sample(_ctx: int, data: int, size: int) -> int:
+            handler(ctypes.string_at(data, size))
+            return 0
+
+        callback = RINGBUF_SAMPLE_FN(sample)
+        self._callbacks.append(callback)  # libbpf keeps only the raw pointer
+        if self._ptr is None:
+            ptr = _lib.ring_buffer__new(ring.fd, callback, None, None)
+            self._ptr = _check_ptr(ptr, f"cannot set up ring buffer {ring.name}")
+        else:
+            _check(_lib.ring_buffer__add(self._ptr, ring.fd, callback, None),
+                   f"cannot add ring buffer {ring.name}")
+
+    def poll(self, timeout_ms: int) -> None:
+        """Waits up to timeout_ms for a wakeup, then drains every ring: the
+        kernel side wakes us only for batches, so a quiet timeout may still
+        leave records behind."""
+        if _lib.ring_buffer__poll(self._ptr, timeout_ms) < 0:
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise _failure("cannot poll ring buffer", err)
+        self.drain()
+
+    def drain(self) -> None:
+        if _lib.ring_buffer__consume(self._ptr) < 0:
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise _failure("cannot read ring buffer", err)
+
+    def close(self) -> None:
+        if self._ptr:
+            _lib.ring_buffer__free(self._ptr)
+            self._ptr = None

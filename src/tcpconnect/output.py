@@ -1,0 +1,131 @@
+"""Turns events and counts into bcc-compatible text lines, or JSON lines."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from .events import CountKey, Event, format_address
+
+BANNER = "Tracing connect ... Hit Ctrl-C to end"
+COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
+
+
+def escape(text: str) -> str:
+    """Makes an untrusted string (process name, DNS name) safe for a terminal:
+    anything unprintable, escape sequences included, becomes \\xNN/\\uNNNN."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def comm_text(event: Event) -> str:
+    return escape(event.comm.decode("utf-8", "backslashreplace"))
+
+
+@dataclass(frozen=True)
+class Columns:
+    timestamp: bool = False
+    uid: bool = False
+    lport: bool = False
+    dns: bool = False
+
+
+class TextFormatter:
+    """bcc's layout, column for column, so existing parsers keep working."""
+
+    def __init__(self, columns: Columns, query: Callable[[Event], str] | None = None) -> None:
+        self.columns = columns
+        self._query = query
+        self._start_ns: int | None = None
+
+    def header(self) -> str:
+        cols = self.columns
+        line = ""
+        if cols.timestamp:
+            line += "%-9s" % "TIME(s)"
+        if cols.uid:
+            line += "%-6s" % "UID"
+        if cols.lport:
+            line += "%-7s %-12s %-2s %-16s %-6s %-16s %-6s" % (
+                "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT")
+        else:
+            line += "%-7s %-12s %-2s %-16s %-16s %-6s" % (
+                "PID", "COMM", "IP", "SADDR", "DADDR", "DPORT")
+        if cols.dns:
+            line += "  QUERY"
+        return line
+
+    def seconds(self, event: Event) -> float:
+        """Seconds since the first event, as bcc's TIME(s) column counts."""
+        if self._start_ns is None:
+            self._start_ns = event.ts_ns
+        return (event.ts_ns - self._start_ns) / 1e9
+
+    def row(self, event: Event) -> str:
+        cols = self.columns
+        line = ""
+        if cols.timestamp:
+            line += "%-9.3f" % self.seconds(event)
+        if cols.uid:
+            line += "%-6d" % event.uid
+        saddr = format_address(event.family, event.saddr)
+        daddr = format_address(event.family, event.daddr)
+        if cols.lport:
+            line += "%-7d %-12.12s %-2d %-16s %-6d %-16s %-6d" % (
+                event.pid, comm_text(event), event.family, saddr, event.lport, daddr,
+                event.dport)
+        else:
+            line += "%-7d %-12.12s %-2d %-16s %-16s %-6d" % (
+                event.pid, comm_text(event), event.family, saddr, daddr, event.dport)
+        if self._query is not None:
+            line += " " + escape(self._query(event))
+        return line
+
+
+class JsonFormatter:
+    """One JSON object per line; optional fields follow the same options as
+    the text columns."""
+
+    def __init__(self, columns: Columns, query: Callable[[Event], str] | None = None) -> None:
+        self.columns = columns
+        self._query = query
+        self._text = TextFormatter(columns)
+
+    def header(self) -> None:
+        return None
+
+    def row(self, event: Event) -> str:
+        record: dict[str, object] = {}
+        if self.columns.timestamp:
+            record["time"] = round(self._text.seconds(event), 6)
+        record.update(
+            uid=event.uid,
+            pid=event.pid,
+            tid=event.tid,
+            comm=event.comm.decode("utf-8", "backslashreplace"),
+            ip=event.family,
+            saddr=format_address(event.family, event.saddr),
+        )
+        if self.columns.lport:
+            record["lport"] = event.lport
+        record.update(
+            daddr=format_address(event.family, event.daddr),
+            dport=event.dport,
+            cgroup_id=event.cgroup_id,
+            mntns_id=event.mntns_id,
+        )
+        if self._query is not None:
+            record["query"] = self._query(event)
+        # ensure_ascii keeps control characters escaped for terminals.
+        return json.dumps(record, ensure_ascii=True)
+
+
+def count_rows(counts: Iterable[tuple[CountKey, int]]) -> list[str]:
+    """bcc's -c table body: IPv4 first, then IPv6, each busiest first."""
+    ordered = sorted(counts, key=lambda item: (item[0].family != 4, -item[1]))
+    return ["%-25s %-25s %-20s %-10d" % (
+        format_address(key.family, key.saddr), format_address(key.family, key.daddr),
+        key.dport, count) for key, count in ordered]

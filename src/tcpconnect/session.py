@@ -1,0 +1,131 @@
+"""One tracing run: wires the tracer to the formatters and the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Protocol, TextIO
+
+from .events import DnsEvent, Event, packed_address
+from .output import BANNER, COUNT_HEADER, Columns, JsonFormatter, TextFormatter, count_rows
+from .tracer import LossCounters, Tracer, TracerConfig
+
+# Upper bound on how long an event waits before it is printed while the
+# kernel side is not waking us (it does only for batches).
+POLL_TIMEOUT_MS = 10
+
+
+class Stop(Protocol):
+    requested: bool
+
+
+def tracer_config(args: argparse.Namespace) -> TracerConfig:
+    return TracerConfig(
+        pid=args.pid,
+        uid=args.uid,
+        family=4 if args.ipv4 else 6 if args.ipv6 else None,
+        ports=args.port or (),
+        count=args.count,
+        lport=args.lport,
+        dns=args.dns,
+        cgroup_id=args.cgroup_id,
+        cgroup_map=args.cgroupmap,
+        mntns_map=args.mntnsmap,
+    )
+
+
+class Session:
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self._events: list[Event] = []
+        self._responses: list[DnsEvent] = []
+        self._reported = LossCounters(0, 0, 0, 0)
+        self._dns_cache = None
+        query = None
+        if args.dns:
+            from .dns import DnsCache, query_column
+
+            cache = self._dns_cache = DnsCache()
+            query = lambda e: query_column(  # noqa: E731
+                cache, e.family, packed_address(e.family, e.daddr), e.ts_ns)
+        columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
+                          dns=args.dns)
+        formatter_type = JsonFormatter if args.json else TextFormatter
+        self.formatter = formatter_type(columns, query)
+
+    def run(self, stop: Stop) -> int:
+        with Tracer(tracer_config(self.args), self._events.append,
+                    self._responses.append) as tracer:
+            self._write([BANNER])
+            if self.args.count:
+                self._count_loop(tracer, stop)
+            else:
+                header = self.formatter.header()
+                self._write([header] if header else [])
+                while not stop.requested:
+                    tracer.poll(POLL_TIMEOUT_MS)
+                    self._emit(tracer)
+                tracer.flush_pending()
+                self._emit(tracer)
+            self._report_totals(tracer.losses())
+        return 0
+
+    def _count_loop(self, tracer: Tracer, stop: Stop) -> None:
+        interval = self.args.interval
+        deadline = time.monotonic() + interval if interval else None
+        while not stop.requested:
+            # Counting sends nothing through the ring; just sleep between checks.
+            time.sleep(POLL_TIMEOUT_MS * 10 / 1000)
+            if deadline is not None and time.monotonic() >= deadline:
+                deadline += interval
+                self._print_counts(tracer)
+        self._print_counts(tracer)
+
+    def _print_counts(self, tracer: Tracer) -> None:
+        self._write(["", COUNT_HEADER, *count_rows(tracer.take_counts())])
+
+    def _emit(self, tracer: Tracer) -> None:
+        # Answers first: a connect in this batch may use an address that an
+        # answer in this same batch supplied.
+        if self._dns_cache is not None:
+            for response in self._responses:
+                self._dns_cache.record(bytes(response.payload[:response.len]), response.ts_ns)
+            self._responses.clear()
+        if self._events:
+            self._write([self.formatter.row(e) for e in self._events])
+            self._events.clear()
+        self._report_losses(tracer.losses())
+
+    def _write(self, lines: list[str]) -> None:
+        if lines:
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+
+    def _report_losses(self, now: LossCounters) -> None:
+        before = self._reported
+        if now.events > before.events:
+            self._warn(f"Possibly lost {now.events - before.events} events")
+        if now.dns_events > before.dns_events:
+            self._warn(f"Possibly lost {now.dns_events - before.dns_events} DNS responses")
+        self._reported = now
+
+    def _report_totals(self, totals: LossCounters) -> None:
+        self._report_losses(totals)
+        if totals.events:
+            self._warn(f"Lost {totals.events} events in total")
+        if totals.dns_events:
+            self._warn(f"Lost {totals.dns_events} DNS responses in total")
+        if totals.count_failures:
+            self._warn(f"{totals.count_failures} connects could not be counted "
+                       "(count table full)")
+        if totals.pending_failures:
+            self._warn(f"{totals.pending_failures} connects were reported without their "
+                       "local port (pending table full)")
+        if self._dns_cache is not None and self._dns_cache.malformed:
+            self._warn(f"Skipped {self._dns_cache.malformed} malformed DNS responses")
+
+    def _warn(self, message: str) -> None:
+        self.err.write(message + "\n")
+        self.err.flush()

@@ -1,0 +1,212 @@
+"""Configures, loads and attaches the BPF object, and delivers what it reports."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .events import CountKey, DnsEvent, Event
+from .libbpf import BpfError, BpfObject, GlobalVariables, Link, Map, RingBuffer
+
+OBJECT_PATH = Path(__file__).with_name("tcpconnect.bpf.o")
+BPF_MAP_TYPE_HASH = 1
+# Wake the reader once this much is queued; below it the poll timeout picks
+# records up. 64 KiB is ~600 events: few wakeups at saturation, and a
+# 1 MiB ring still has room for the reader to fall well behind.
+WAKEUP_BYTES = 64 * 1024
+# Pinned filter maps use bcc's layouts: (key size, value size).
+CGROUP_MAP_LAYOUT = (8, 8)
+MNTNS_MAP_LAYOUT = (8, 4)
+
+
+@dataclass(frozen=True)
+class TracerConfig:
+    pid: int | None = None
+    uid: int | None = None
+    family: int | None = None
+    ports: tuple[int, ...] = ()
+    count: bool = False
+    lport: bool = False
+    dns: bool = False
+    cgroup_id: int | None = None
+    cgroup_map: str | None = None
+    mntns_map: str | None = None
+
+
+@dataclass(frozen=True)
+class LossCounters:
+    events: int
+    dns_events: int
+    count_failures: int
+    pending_failures: int
+
+
+def open_filter_map(path: str, option: str, layout: tuple[int, int]) -> Map:
+    """Opens a user's pinned filter map and checks it has bcc's layout."""
+    try:
+        pinned = Map.from_pin(path)
+    except BpfError as exc:
+        raise BpfError(f"{option}: {exc}") from None
+    info = pinned.info()
+    key_size, value_size = layout
+    if (info.type, info.key_size, info.value_size) != (BPF_MAP_TYPE_HASH, key_size, value_size):
+        pinned.close()
+        raise BpfError(
+            f"{option}: {path} must be a hash map with {key_size}-byte keys and "
+            f"{value_size}-byte values (it is type {info.type} with "
+            f"{info.key_size}-byte keys and {info.value_size}-byte values)")
+    return pinned
+
+
+class Tracer:
+    """The loaded, attached tracer. Use as a context manager: everything it
+    attached or opened is released on exit, and nothing is pinned."""
+
+    def __init__(self, config: TracerConfig,
+                 on_event: Callable[[Event], None] | None = None,
+                 on_dns: Callable[[DnsEvent], None] | None = None) -> None:
+        self.config = config
+        self._on_event = on_event
+        self._on_dns = on_dns
+        self._obj: BpfObject | None = None
+        self._links: list[Link] = []
+        self._pinned: list[Map] = []
+        self._ring: RingBuffer | None = None
+        self._bss: GlobalVariables | None = None
+
+    @property
+    def _wants_lport(self) -> bool:
+        # Counting keys on addresses only, so it never waits for a port.
+        return self.config.lport and not self.config.count
+
+    def __enter__(self) -> Tracer:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        if not OBJECT_PATH.exists():
+            raise BpfError(f"BPF object {OBJECT_PATH} is missing: build it with `make install`")
+        config = self.config
+        self._obj = obj = BpfObject(str(OBJECT_PATH))
+        self._configure(obj)
+        wanted = {
+            "handle_set_state": True,
+            "handle_xmit": self._wants_lport,
+            "handle_receive": config.dns,
+        }
+        for name, load in wanted.items():
+            obj.program(name).set_autoload(load)
+        obj.load()
+        self._bss = obj.variables(".bss")
+        self._fill_ports(obj)
+        for name, load in wanted.items():
+            if load:
+                self._links.append(obj.program(name).attach())
+        self._ring = RingBuffer()
+        if not config.count and self._on_event is not None:
+            self._ring.add(obj.map("events"), self._deliver_event)
+        if config.dns and self._on_dns is not None:
+            self._ring.add(obj.map("dns_events"), self._deliver_dns)
+
+    def _configure(self, obj: BpfObject) -> None:
+        config = self.config
+        rodata = obj.variables(".rodata")
+        rodata.set("filter_pid", ctypes.c_uint32, config.pid or 0)
+        rodata.set("filter_by_uid", ctypes.c_bool, config.uid is not None)
+        rodata.set("filter_uid", ctypes.c_uint32, config.uid or 0)
+        rodata.set("filter_family", ctypes.c_uint16, config.family or 0)
+        rodata.set("filter_by_port", ctypes.c_bool, bool(config.ports))
+        rodata.set("filter_cgroup_id", ctypes.c_uint64, config.cgroup_id or 0)
+        rodata.set("count_mode", ctypes.c_bool, config.count)
+        rodata.set("want_lport", ctypes.c_bool, self._wants_lport)
+        rodata.set("wakeup_bytes", ctypes.c_uint64, WAKEUP_BYTES)
+        obj.set_max_entries("ports", max(1, len(config.ports)))
+        for option, path, map_name, layout, flag in (
+            ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT,
+             "filter_by_cgroup_map"),
+            ("--mntnsmap", config.mntns_map, "mntns_map", MNTNS_MAP_LAYOUT,
+             "filter_by_mntns_map"),
+        ):
+            rodata.set(flag, ctypes.c_bool, path is not None)
+            if path is not None:
+                pinned = open_filter_map(path, option, layout)
+                self._pinned.append(pinned)
+                obj.reuse_map(map_name, pinned)
+
+    def _fill_ports(self, obj: BpfObject) -> None:
+        ports = obj.map("ports")
+        present = ctypes.c_uint8(1)
+        for port in self.config.ports:
+            ports.update(ctypes.c_uint16(port), present)
+
+    def _deliver_event(self, raw: bytes) -> None:
+        assert self._on_event is not None
+        self._on_event(Event.from_buffer_copy(raw))
+
+    def _deliver_dns(self, raw: bytes) -> None:
+        assert self._on_dns is not None
+        self._on_dns(DnsEvent.from_buffer_copy(raw))
+
+    def poll(self, timeout_ms: int) -> None:
+        """Delivers what arrived, waiting up to timeout_ms for it."""
+        assert self._ring is not None
+        self._ring.poll(timeout_ms)
+
+    def flush_pending(self) -> None:
+        """Delivers, without a local port, the attempts still waiting for one
+        (a TCP_FASTOPEN_CONNECT socket never written, a SYN still retrying):
+        they happened, so they are reported when tracing ends."""
+        assert self._obj is not None and self._ring is not None
+        self._ring.drain()
+        if not self._wants_lport or self._on_event is None:
+            return
+        pending = self._obj.map("pending")
+        for key in pending.keys(ctypes.c_uint64):
+            event = Event()
+            if pending.pop(key, event):
+                self._on_event(event)
+
+    def losses(self) -> LossCounters:
+        assert self._bss is not None
+        read = self._bss.get
+        return LossCounters(
+            events=int(read("lost_events", ctypes.c_uint64)),
+            dns_events=int(read("lost_dns_events", ctypes.c_uint64)),
+            count_failures=int(read("count_failures", ctypes.c_uint64)),
+            pending_failures=int(read("pending_failures", ctypes.c_uint64)),
+        )
+
+    def take_counts(self) -> list[tuple[CountKey, int]]:
+        """Reads and resets the in-kernel per-destination counters."""
+        assert self._obj is not None
+        counts = self._obj.map("counts")
+        taken = []
+        for key in counts.keys(CountKey):
+            value = ctypes.c_uint64()
+            if counts.pop(key, value):
+                taken.append((key, value.value))
+        return taken
+
+    def close(self) -> None:
+        for link in self._links:
+            link.close()
+        self._links.clear()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+        for pinned in self._pinned:
+            pinned.close()
+        self._pinned.clear()
+        self._bss = None
