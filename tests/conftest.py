@@ -1,0 +1,278 @@
+"""Shared fixtures: run the real tool, make real connections whose truth we know.
+
+Every tracing test loads the real BPF object into the running kernel; nothing
+here mocks the kernel. Traffic goes only to loopback or to network
+namespaces these fixtures create.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+TOOL = [sys.executable, "-m", "tcpconnect"]
+BANNER = "Tracing connect ... Hit Ctrl-C to end"
+TCP_SYNCNT = 7
+TCP_USER_TIMEOUT = 18
+
+
+def free_port(family: int = socket.AF_INET) -> int:
+    """A port nothing listens on, below the ephemeral range so a connect to it
+    can never be answered by the connecting socket itself."""
+    while True:
+        port = 20000 + uuid.uuid4().int % 12000
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            probe.close()
+
+
+class Trace:
+    """A running `tcpconnect` process; stop() ends it like Ctrl-C would."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.proc = subprocess.Popen(
+            [*TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.stdout = ""
+        self.stderr = ""
+        self.returncode: int | None = None
+        self.preamble = [self.next_line(timeout=20)]
+        if self.preamble[0] != BANNER:
+            self.stop()
+            raise AssertionError(f"tcpconnect did not start: {self.preamble!r} {self.stderr!r}")
+        if "-c" not in args and "--count" not in args and "-j" not in args:
+            self.preamble.append(self.next_line(timeout=5))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def next_line(self, timeout: float) -> str:
+        """The next line of output, or "" if none comes in time."""
+        try:
+            return self._lines.get(timeout=timeout) or ""
+        except queue.Empty:
+            return ""
+
+    @property
+    def header(self) -> str:
+        return self.preamble[1]
+
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        """Signals the tracer, waits for it, returns the rest of its stdout.
+        The kernel side hands events over in batches within milliseconds;
+        the grace sleep makes sure the last connect has been read."""
+        time.sleep(0.1)
+        self.proc.send_signal(sig)
+        assert self.proc.stderr is not None
+        self.stderr = self.proc.stderr.read()
+        self.returncode = self.proc.wait(timeout=20)
+        self._reader.join(timeout=5)
+        rest = []
+        while (line := self._lines.get_nowait()) is not None:
+            rest.append(line)
+        self.stdout = "".join(line + "\n" for line in rest)
+        return self.stdout
+
+    @property
+    def rows(self) -> list[str]:
+        return [line for line in self.stdout.splitlines() if line]
+
+    def json_rows(self) -> list[dict]:
+        return [json.loads(line) for line in self.rows]
+
+
+@pytest.fixture
+def trace() -> Iterator[type[Trace]]:
+    started: list[Trace] = []
+
+    def start(*args: str, **kwargs: object) -> Trace:
+        t = Trace(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(t)
+        return t
+
+    yield start  # type: ignore[misc]
+    for t in started:
+        if t.proc.poll() is None:
+            t.proc.kill()
+            t.proc.wait()
+
+
+def comm_of(pid: int, tid: int | None = None) -> str:
+    path = f"/proc/{pid}/task/{tid}/comm" if tid else f"/proc/{pid}/comm"
+    return Path(path).read_text().rstrip("\n")
+
+
+def row(pid: int, comm: str, ip: int, saddr: str, daddr: str, dport: int,
+        lport: int | None = None, uid: int | None = None) -> str:
+    """The exact line bcc's layout gives for one connect (without -t)."""
+    line = "%-6d" % uid if uid is not None else ""
+    if lport is None:
+        return line + "%-7d %-12.12s %-2d %-16s %-16s %-6d" % (pid, comm, ip, saddr, daddr, dport)
+    return line + "%-7d %-12.12s %-2d %-16s %-6d %-16s %-6d" % (
+        pid, comm, ip, saddr, lport, daddr, dport)
+
+
+# A long-lived process that performs connects on request, so a test can know
+# its PID (for -p) before tracing starts, and run it as another user.
+WORKLOAD = textwrap.dedent("""
+    import os, socket, sys
+    # Drop to the wanted user only now: the interpreter lives under /root.
+    if len(sys.argv) > 1:
+        os.setgroups([])
+        os.setgid(int(sys.argv[1]))
+        os.setuid(int(sys.argv[1]))
+    for line in sys.stdin:
+        family, addr, port = line.split()
+        af = socket.AF_INET6 if family == "6" else socket.AF_INET
+        s = socket.socket(af, socket.SOCK_STREAM)
+        try:
+            s.connect((addr, int(port)))
+            result = 0
+        except OSError as exc:
+            result = exc.errno
+        print(s.getsockname()[1], result, flush=True)
+        s.close()
+""")
+
+
+class Workload:
+    def __init__(self, user: int | None = None, netns: str | None = None) -> None:
+        cmd = [sys.executable, "-c", WORKLOAD]
+        if user is not None:
+            cmd.append(str(user))
+        if netns:
+            cmd = ["ip", "netns", "exec", netns, *cmd]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd="/")
+        self.pid = self.proc.pid
+
+    @property
+    def comm(self) -> str:
+        return comm_of(self.pid)
+
+    def connect(self, family: int, addr: str, port: int) -> tuple[int, int]:
+        """Returns (local port, errno or 0)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{family} {addr} {port}\n")
+        self.proc.stdin.flush()
+        lport, result = self.proc.stdout.readline().split()
+        return int(lport), int(result)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workload() -> Iterator[type[Workload]]:
+    made: list[Workload] = []
+
+    def make(**kwargs: object) -> Workload:
+        w = Workload(**kwargs)  # type: ignore[arg-type]
+        made.append(w)
+        return w
+
+    yield make  # type: ignore[misc]
+    for w in made:
+        w.close()
+
+
+def refused_connect(family: int, port: int) -> int:
+    """Connects from this process to a closed loopback port; returns the local port."""
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+    s = socket.socket(af, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            s.connect(("::1" if family == 6 else "127.0.0.1", port))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+@dataclass
+class VethPair:
+    """A network namespace of this test joined to the root one by veth."""
+
+    netns: str
+    host4: str
+    peer4: str
+    host6: str
+    peer6: str
+
+    def run(self, *cmd: str, **kwargs: object) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", self.netns, *cmd],
+                                **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def veth() -> Iterator[VethPair]:
+    tag = uuid.uuid4().hex[:6]
+    netns, host_if, peer_if = f"tct{tag}", f"th{tag}", f"tp{tag}"
+    octet = 1 + int(tag, 16) % 250
+    pair = VethPair(netns, f"10.213.{octet}.1", f"10.213.{octet}.2",
+                    f"fd00:213:{octet:x}::1", f"fd00:213:{octet:x}::2")
+    sh("ip", "netns", "add", netns)
+    try:
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if,
+           "netns", netns)
+        sh("ip", "addr", "add", f"{pair.host4}/24", "dev", host_if)
+        sh("ip", "-6", "addr", "add", f"{pair.host6}/64", "dev", host_if, "nodad")
+        sh("ip", "link", "set", host_if, "up")
+        ns = ("ip", "-n", netns)
+        sh(*ns, "addr", "add", f"{pair.peer4}/24", "dev", peer_if)
+        sh(*ns, "-6", "addr", "add", f"{pair.peer6}/64", "dev", peer_if, "nodad")
+        sh(*ns, "link", "set", peer_if, "up")
+        sh(*ns, "link", "set", "lo", "up")
+        yield pair
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
+def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _root_and_built() -> None:
+    if os.geteuid() != 0:
+        pytest.exit("the test suite loads BPF programs and must run as root", returncode=2)
+    if not (ROOT / "src/tcpconnect/tcpconnect.bpf.o").exists():
+        pytest.exit("BPF object not built: run `make test`", returncode=2)
