@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
+import re
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -57,6 +59,12 @@ class BpfMapInfo(Structure):
         ("name", ctypes.c_char * 16),
     ]
 
+    @property
+    def type_name(self) -> str:
+        """libbpf's name for the map type ("hash", "array", ...)."""
+        name = _lib.libbpf_bpf_map_type_str(self.type)
+        return name.decode() if name else f"type {self.type}"
+
 
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 RINGBUF_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
@@ -91,11 +99,13 @@ for _name, _res, _args in [
     ("bpf_program__attach", c_void_p, [c_void_p]),
     ("bpf_link__destroy", c_int, [c_void_p]),
     ("bpf_map__fd", c_int, [c_void_p]),
+    ("bpf_map__value_size", c_uint32, [c_void_p]),
     ("bpf_map__set_max_entries", c_int, [c_void_p, c_uint32]),
     ("bpf_map__initial_value", c_void_p, [c_void_p, POINTER(c_size_t)]),
     ("bpf_map__reuse_fd", c_int, [c_void_p, c_int]),
     ("bpf_obj_get", c_int, [c_char_p]),
     ("bpf_obj_get_info_by_fd", c_int, [c_int, c_void_p, POINTER(c_uint32)]),
+    ("libbpf_bpf_map_type_str", c_char_p, [c_uint32]),
     ("bpf_map_update_elem", c_int, [c_int, c_void_p, c_void_p, c_uint64]),
     ("bpf_map_lookup_elem", c_int, [c_int, c_void_p, c_void_p]),
     ("bpf_map_delete_elem", c_int, [c_int, c_void_p]),
@@ -114,6 +124,11 @@ for _name, _res, _args in [
 
 _libc.vsnprintf.restype = c_int
 _libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
+_libc.mmap.restype = c_void_p
+_libc.mmap.argtypes = [c_void_p, c_size_t, c_int, c_int, c_int, ctypes.c_long]
+_libc.munmap.restype = c_int
+_libc.munmap.argtypes = [c_void_p, c_size_t]
+MAP_FAILED = 2**64 - 1
 _libc.statfs.restype = c_int
 _libc.statfs.argtypes = [c_char_p, c_void_p]
 
@@ -144,11 +159,18 @@ class _LibbpfLog:
             del self.lines[:-20]
         return 0
 
+    def mark(self) -> None:
+        """Starts a new operation: only what libbpf says from here explains it."""
+        self.lines.clear()
+
     def reason(self) -> str:
-        """The most telling recent libbpf line, for an error message."""
-        for line in reversed(self.lines):
-            if line and not line.startswith("libbpf: failed to load object"):
-                return line
+        """The root cause libbpf gave, usually its first complaint."""
+        for line in self.lines:
+            missing = re.search(r"failed to find kernel BTF type ID of '(\w+)'", line)
+            if missing:
+                return f"the kernel has no tracepoint {missing.group(1)}"
+            if line:
+                return line.splitlines()[0]
         return ""
 
 
@@ -159,10 +181,7 @@ def _failure(what: str, err: int) -> BpfError:
     err = abs(err)
     reason = os.strerror(err) if err else "unknown error"
     detail = _log.reason()
-    message = f"{what}: {reason}"
-    if detail and err not in (errno.EPERM, errno.ENOENT):
-        message += f" ({detail})"
-    return BpfError(message)
+    return BpfError(f"{what}: {reason} ({detail})" if detail else f"{what}: {reason}")
 
 
 def _check(result: int, what: str) -> int:
@@ -191,15 +210,20 @@ class Map:
             raise BpfError(f"{path}: no such file")
         if filesystem_magic(path) != BPF_FS_MAGIC:
             raise BpfError(f"{path} is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)")
+        if os.path.isdir(path):
+            raise BpfError(f"{path} is a directory, not a pinned map")
         fd = _lib.bpf_obj_get(os.fsencode(path))
         if fd < 0:
             raise _failure(f"cannot open pinned BPF object {path}", ctypes.get_errno())
         pinned = cls(path, fd, owned=True)
+        # The kernel has no "what is this fd" call; fdinfo names the kind.
         with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
-            is_map = any(line.startswith("map_type:") for line in fdinfo)
-        if not is_map:
+            fields = {line.split(":", 1)[0] for line in fdinfo}
+        if "map_type" not in fields:
             pinned.close()
-            raise BpfError(f"{path} is a pinned BPF object but not a map")
+            kind = ("program" if "prog_type" in fields else
+                    "link" if "link_type" in fields else "object")
+            raise BpfError(f"{path} is a pinned BPF {kind}, not a map")
         return pinned
 
     def info(self) -> BpfMapInfo:
@@ -273,6 +297,7 @@ class Program:
                f"cannot change autoload of program {self.name}")
 
     def attach(self) -> Link:
+        _log.mark()
         ptr = _lib.bpf_program__attach(self._ptr)
         return Link(self.name, _check_ptr(ptr, f"cannot attach program {self.name}"))
 
@@ -281,10 +306,18 @@ class GlobalVariables:
     """Typed access to the variables of one data section (.rodata, .bss),
     located through the object's BTF the way a generated skeleton would."""
 
-    def __init__(self, section: str, base: int, layout: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, section: str, base: int, layout: dict[str, tuple[int, int]],
+                 mapped_size: int = 0) -> None:
         self.section = section
         self._base = base
         self._layout = layout
+        self._mapped_size = mapped_size
+
+    def close(self) -> None:
+        """Unmaps live variables; the mapping would keep the map alive."""
+        if self._mapped_size:
+            _libc.munmap(self._base, self._mapped_size)
+            self._mapped_size = 0
 
     def _address(self, name: str, ctype: type[ctypes._CData]) -> int:
         try:
@@ -308,6 +341,7 @@ class BpfObject:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        _log.mark()
         ptr = _lib.bpf_object__open_file(os.fsencode(path), None)
         self._ptr: int | None = _check_ptr(ptr, f"cannot open BPF object {path}")
 
@@ -338,13 +372,25 @@ class BpfObject:
         _check(_lib.bpf_map__reuse_fd(self._find_map(name), pinned.fd),
                f"cannot use {pinned.name} as map {name}")
 
-    def variables(self, section: str) -> GlobalVariables:
-        """Variables of .rodata (writable until load) or .bss (live after load)."""
+    def initial_variables(self, section: str) -> GlobalVariables:
+        """Variables of a section as they will be loaded: how .rodata
+        configuration is written before load."""
         size = c_size_t()
         base = _lib.bpf_map__initial_value(self._find_map(section), ctypes.byref(size))
         if not base:
             raise BpfError(f"section {section} of {self.path} is not accessible")
         return GlobalVariables(section, base, self._section_layout(section))
+
+    def live_variables(self, section: str) -> GlobalVariables:
+        """Variables of a loaded section, mapped from the kernel's copy, so
+        reads see what the programs write (.bss counters) without a syscall."""
+        map_ptr = self._find_map(section)
+        size = _lib.bpf_map__value_size(map_ptr)
+        base = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED,
+                          _lib.bpf_map__fd(map_ptr), 0)
+        if base in (None, MAP_FAILED):
+            raise _failure(f"cannot map section {section} of {self.path}", ctypes.get_errno())
+        return GlobalVariables(section, base, self._section_layout(section), size)
 
     def _section_layout(self, section: str) -> dict[str, tuple[int, int]]:
         btf = _lib.bpf_object__btf(self._ptr)
@@ -365,6 +411,7 @@ class BpfObject:
         return layout
 
     def load(self) -> None:
+        _log.mark()
         _check(_lib.bpf_object__load(self._ptr), f"cannot load BPF object {self.path}")
 
     def close(self) -> None:

@@ -106,7 +106,7 @@ class Tracer:
         for name, load in wanted.items():
             obj.program(name).set_autoload(load)
         obj.load()
-        self._bss = obj.variables(".bss")
+        self._bss = obj.live_variables(".bss")
         self._fill_ports(obj)
         for name, load in wanted.items():
             if load:
@@ -119,7 +119,7 @@ class Tracer:
 
     def _configure(self, obj: BpfObject) -> None:
         config = self.config
-        rodata = obj.variables(".rodata")
+        rodata = obj.initial_variables(".rodata")
         rodata.set("filter_pid", ctypes.c_uint32, config.pid or 0)
         rodata.set("filter_by_uid", ctypes.c_bool, config.uid is not None)
         rodata.set("filter_uid", ctypes.c_uint32, config.uid or 0)
@@ -209,4 +209,6 @@ class Tracer:
         for pinned in self._pinned:
             pinned.close()
         self._pinned.clear()
-        self._bss = None
+        if self._bss is not None:
+            self._bss.close()
+            self._bss = None

@@ -1,0 +1,128 @@
+"""Options: parsing, refusals with one-line errors, environment checks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+
+import pytest
+from conftest import ROOT, TOOL
+
+from tcpconnect.cli import build_parser, parse_pid, parse_ports, parse_uid
+
+
+def run_tool(*args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, *TOOL, *args], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str,
+                          code: int = 2) -> None:
+    assert result.returncode == code, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tcpconnect: ")
+    assert fragment in lines[0]
+
+
+def missing_pid() -> int:
+    pid = 4194303
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["-p", "abc"], "invalid PID 'abc'"),
+    (["-p", "0"], "invalid PID '0'"),
+    (["-p", "-5"], "-p/--pid: expected one argument"),
+    (["-p", "5000000"], "invalid PID '5000000'"),
+    (["-p", str(missing_pid())], "no such process"),
+    (["-P", "80,"], "invalid port '' in '80,'"),
+    (["-P", ",80"], "invalid port ''"),
+    (["-P", "0"], "invalid port '0'"),
+    (["-P", "70000"], "invalid port '70000'"),
+    (["-P", "http"], "invalid port 'http'"),
+    (["-u", "x-no-such-user"], "invalid UID 'x-no-such-user'"),
+    (["-u", "4294967295"], "invalid UID '4294967295'"),
+    (["-4", "-6"], "not allowed with argument"),
+    (["-c", "-d"], "-d/--dns cannot be used with -c/--count"),
+    (["-c", "-j"], "-j/--json cannot be used with -c/--count"),
+    (["-i", "5"], "-i/--interval needs -c/--count"),
+    (["-c", "-i", "0"], "invalid interval '0'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--cgroup", "/no/such/dir"], "--cgroup /no/such/dir: No such file or directory"),
+    (["--cgroup", "/tmp"], "--cgroup /tmp: not a cgroup v2 directory"),
+])
+def test_bad_options_give_one_line_and_exit_2(args, fragment):
+    assert_one_line_error(run_tool(*args), fragment)
+
+
+def test_help_ends_with_examples():
+    result = run_tool("-h")
+    assert result.returncode == 0
+    text = result.stdout
+    assert text.startswith("usage: tcpconnect [-h] [-t] [-p PID] [-P PORT] [-4 | -6]")
+    examples = text[text.index("examples:"):].splitlines()
+    assert examples[1].strip().startswith("tcpconnect ")
+    assert text.rstrip().splitlines()[-1].strip().startswith("tcpconnect --cgroup")
+
+
+def test_without_privileges():
+    # Root with an empty capability bounding set has no CAP_BPF after exec.
+    result = run_tool("-P", "80", prefix=("setpriv", "--inh-caps=-all", "--bounding-set=-all",
+                                          "--"))
+    assert_one_line_error(result, "must run as root (needs CAP_BPF and CAP_PERFMON, "
+                                  "or CAP_SYS_ADMIN)", code=1)
+
+
+def test_kernel_without_btf():
+    # Hide the kernel's BTF in a private mount namespace.
+    script = ("mount -t tmpfs none /sys/kernel/btf && exec " + " ".join(TOOL)
+              + " -P 80")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                            text=True, timeout=30, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert_one_line_error(result, "this kernel has no BTF (/sys/kernel/btf/vmlinux is "
+                                  "missing)", code=1)
+
+
+def test_dns_without_its_libraries(tmp_path):
+    # A dnslib that fails to import stands in for one that is not installed.
+    (tmp_path / "dnslib.py").write_text("raise ImportError('No module named dnslib')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = run_tool("-d", env=env)
+    assert_one_line_error(result, "-d/--dns needs the Python packages dnslib and cachetools",
+                          code=1)
+
+
+def test_port_lists_are_deduplicated_in_order():
+    assert parse_ports("443,80,443,8080") == (443, 80, 8080)
+    assert parse_ports("65535") == (65535,)
+
+
+@pytest.mark.parametrize("bad", ["", "1,,2", "1, 2", "+1", "1e3", "65536", "-1"])
+def test_parse_ports_rejects(bad):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_ports(bad)
+
+
+def test_parse_pid_and_uid():
+    assert parse_pid("1") == 1
+    assert parse_uid("0") == 0
+    assert parse_uid("root") == 0
+    assert parse_uid("4294967294") == 4294967294
+    for bad in ("", " 1", "1.0", "0x10"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_pid(bad)
+
+
+def test_options_match_bcc():
+    args = build_parser().parse_args(
+        ["-t", "-p", "1", "-P", "80,81", "-4", "-L", "-U", "-u", "0", "--cgroupmap", "/a",
+         "--mntnsmap", "/b"])
+    assert (args.timestamp, args.pid, args.port, args.ipv4, args.lport, args.print_uid,
+            args.uid, args.cgroupmap, args.mntnsmap) == (
+        True, 1, (80, 81), True, True, True, 0, "/a", "/b")

@@ -1,0 +1,42 @@
+"""The Python mirrors of tcpconnect.h must match the compiled object's BTF."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+
+import pytest
+from conftest import ROOT
+
+from tcpconnect.events import MIRRORS
+
+OBJECT = ROOT / "src/tcpconnect/tcpconnect.bpf.o"
+
+
+@pytest.fixture(scope="module")
+def btf_types() -> dict[int, dict]:
+    dump = subprocess.run(["bpftool", "-j", "btf", "dump", "file", str(OBJECT)],
+                          capture_output=True, text=True, check=True).stdout
+    return {t["id"]: t for t in json.loads(dump)["types"]}
+
+
+def type_size(types: dict[int, dict], type_id: int) -> int:
+    t = types[type_id]
+    if t["kind"] in ("TYPEDEF", "CONST", "VOLATILE"):
+        return type_size(types, t["type_id"])
+    if t["kind"] == "ARRAY":
+        return t["nr_elems"] * type_size(types, t["type_id"])
+    return t["size"]
+
+
+@pytest.mark.parametrize("name", sorted(MIRRORS))
+def test_mirror_matches_btf(btf_types, name):
+    [struct] = [t for t in btf_types.values() if t["kind"] == "STRUCT" and t["name"] == name]
+    mirror = MIRRORS[name]
+    assert ctypes.sizeof(mirror) == struct["size"]
+    fields = [(f[0], getattr(mirror, f[0]).offset, getattr(mirror, f[0]).size)
+              for f in mirror._fields_]
+    members = [(m["name"], m["bits_offset"] // 8, type_size(btf_types, m["type_id"]))
+               for m in struct["members"]]
+    assert fields == members
