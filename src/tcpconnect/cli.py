@@ -149,7 +149,9 @@ def check_environment() -> str | None:
             caps = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
     except (OSError, StopIteration, ValueError):
         caps = 0
-    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    def has(cap: int) -> bool:
+        return bool(caps >> cap & 1)
+
     if not (has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))):
         return "must run as root (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
@@ -171,6 +173,15 @@ class StopFlag:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ImportError as exc:
+        # libbpf.so.1 itself missing: nothing can run, say so plainly.
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
     if args.dns:
         try:

@@ -74,7 +74,7 @@ def _load_library() -> ctypes.CDLL:
     try:
         return ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError as exc:
-        raise BpfError(f"cannot load libbpf.so.1 (install the libbpf1 package): {exc}") from None
+        raise ImportError(f"cannot load libbpf.so.1 (install the libbpf1 package): {exc}") from None
 
 
 _lib = _load_library()
