@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BUILD, free_port, wait_for
+from conftest import BUILD, connect_burst, free_port, wait_for
 
 from tcpconnect.events import Event
 from tcpconnect.libbpf import BpfError, BpfObject
@@ -45,12 +46,6 @@ def test_not_an_object_file(tmp_path):
     junk.write_bytes(b"not an ELF file")
     with pytest.raises(BpfError, match=f"cannot open BPF object {junk}: "):
         BpfObject(str(junk))
-
-
-def connect_burst(port: int, seconds: float) -> int:
-    out = subprocess.run([str(BUILD / "connect_loop"), "-p", str(port), "-d", str(seconds)],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out)
 
 
 def test_overflow_is_counted_not_hidden():
@@ -122,3 +117,21 @@ def test_everything_is_released_on_sigterm(trace):
     t.stop(signal.SIGTERM)
     assert t.returncode == 0
     assert_released(held)
+
+
+def test_cli_reports_lost_events(trace):
+    # A stopped reader lets the ring overflow; every connect must then be
+    # either a row or part of the reported loss.
+    port = free_port()
+    t = trace("-P", str(port))
+    t.proc.send_signal(signal.SIGSTOP)
+    try:
+        made = connect_burst(port, 0.5)
+    finally:
+        t.proc.send_signal(signal.SIGCONT)
+    t.stop()
+    live = [int(n) for n in re.findall(r"^Possibly lost (\d+) events$", t.stderr, re.M)]
+    [total] = [int(n) for n in re.findall(r"^Lost (\d+) events in total$", t.stderr, re.M)]
+    assert total > 0
+    assert sum(live) == total
+    assert len(t.rows) + total == made
