@@ -164,10 +164,14 @@ WORKLOAD = textwrap.dedent("""
 
 
 class Workload:
-    def __init__(self, user: int | None = None, netns: str | None = None) -> None:
+    def __init__(self, user: int | None = None, netns: str | None = None,
+                 mount_ns: bool = False) -> None:
         cmd = [sys.executable, "-c", WORKLOAD]
         if user is not None:
             cmd.append(str(user))
+        if mount_ns:
+            # unshare execs the workload, so the pid stays the one we know.
+            cmd = ["unshare", "--mount", "--", *cmd]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -206,20 +210,37 @@ def workload() -> Iterator[type[Workload]]:
         w.close()
 
 
-def refused_connect(family: int, port: int) -> int:
-    """Connects from this process to a closed loopback port; returns the local port."""
+def refused_connect(family: int, port: int, addr: str | None = None) -> int:
+    """Connects from this process to a closed loopback port (of 127.0.0.1 or
+    ::1 unless addr is given; family 6 with ::ffff:127.x.y.z makes a
+    v4-mapped connect); returns the local port."""
     af = socket.AF_INET6 if family == 6 else socket.AF_INET
     s = socket.socket(af, socket.SOCK_STREAM)
     try:
         with pytest.raises(ConnectionRefusedError):
-            s.connect(("::1" if family == 6 else "127.0.0.1", port))
+            s.connect((addr or ("::1" if family == 6 else "127.0.0.1"), port))
         return s.getsockname()[1]
     finally:
         s.close()
 
 
+def connect_burst(port: int, seconds: float) -> int:
+    """Refused loopback connects as fast as one core can for `seconds`
+    (build/connect_loop); returns how many were made."""
+    out = subprocess.run([str(BUILD / "connect_loop"), "-p", str(port), "-d", str(seconds)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out)
+
+
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
+
+
+def run_tool(*args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess:
+    """Runs the CLI to completion (for options that make it refuse to start)."""
+    return subprocess.run([*prefix, *TOOL, *args], capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
 
 
 @dataclass

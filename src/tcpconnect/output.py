@@ -124,8 +124,12 @@ class JsonFormatter:
 
 
 def count_rows(counts: Iterable[tuple[CountKey, int]]) -> list[str]:
-    """bcc's -c table body: IPv4 first, then IPv6, each busiest first."""
-    ordered = sorted(counts, key=lambda item: (item[0].family != 4, -item[1]))
+    """bcc's -c table body: IPv4 first, then IPv6, each busiest first.
+    Ties go by destination, source and port (as numbers), so the same counts
+    always print the same table whatever order the kernel hands them in."""
+    ordered = sorted(counts, key=lambda item: (
+        item[0].family != 4, -item[1], bytes(item[0].daddr), bytes(item[0].saddr),
+        item[0].dport))
     return ["%-25s %-25s %-20s %-10d" % (
         format_address(key.family, key.saddr), format_address(key.family, key.daddr),
         key.dport, count) for key, count in ordered]

@@ -19,6 +19,10 @@ WAKEUP_BYTES = 64 * 1024
 # Pinned filter maps use bcc's layouts: (key size, value size).
 CGROUP_MAP_LAYOUT = (8, 8)
 MNTNS_MAP_LAYOUT = (8, 4)
+# Distinct (source, destination, port) keys one count table holds. Entries
+# are allocated on demand, so the size costs nothing until it is used.
+COUNT_CAPACITY = 65536
+COUNT_TABLES = ("counts_0", "counts_1")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class TracerConfig:
     family: int | None = None
     ports: tuple[int, ...] = ()
     count: bool = False
+    count_capacity: int = COUNT_CAPACITY
     lport: bool = False
     dns: bool = False
     cgroup_id: int | None = None
@@ -55,8 +60,8 @@ def open_filter_map(path: str, option: str, layout: tuple[int, int]) -> Map:
         pinned.close()
         raise BpfError(
             f"{option}: {path} must be a hash map with {key_size}-byte keys and "
-            f"{value_size}-byte values (it is type {info.type} with "
-            f"{info.key_size}-byte keys and {info.value_size}-byte values)")
+            f"{value_size}-byte values (found: {info.type_name} map, "
+            f"{info.key_size}-byte keys, {info.value_size}-byte values)")
     return pinned
 
 
@@ -75,6 +80,8 @@ class Tracer:
         self._pinned: list[Map] = []
         self._ring: RingBuffer | None = None
         self._bss: GlobalVariables | None = None
+        # Index in COUNT_TABLES of the table the kernel is counting into.
+        self._live_table = 0
 
     @property
     def _wants_lport(self) -> bool:
@@ -130,6 +137,8 @@ class Tracer:
         rodata.set("want_lport", ctypes.c_bool, self._wants_lport)
         rodata.set("wakeup_bytes", ctypes.c_uint64, WAKEUP_BYTES)
         obj.set_max_entries("ports", max(1, len(config.ports)))
+        for table in COUNT_TABLES:
+            obj.set_max_entries(table, config.count_capacity)
         for option, path, map_name, layout, flag in (
             ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT,
              "filter_by_cgroup_map"),
@@ -186,13 +195,20 @@ class Tracer:
         )
 
     def take_counts(self) -> list[tuple[CountKey, int]]:
-        """Reads and resets the in-kernel per-destination counters."""
+        """Reads and resets the in-kernel per-destination counters: the kernel
+        switches to the other (empty) table, then the old one is drained."""
         assert self._obj is not None
-        counts = self._obj.map("counts")
+        spare = 1 - self._live_table
+        old = self._obj.map(COUNT_TABLES[self._live_table])
+        # Replacing an entry of a map-of-maps waits for every BPF program
+        # already running, so none is still adding to `old` after this.
+        self._obj.map("counts").update(
+            ctypes.c_uint32(0), ctypes.c_uint32(self._obj.map(COUNT_TABLES[spare]).fd))
+        self._live_table = spare
         taken = []
-        for key in counts.keys(CountKey):
+        for key in old.keys(CountKey):
             value = ctypes.c_uint64()
-            if counts.pop(key, value):
+            if old.pop(key, value):
                 taken.append((key, value.value))
         return taken
 

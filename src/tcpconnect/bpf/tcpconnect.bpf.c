@@ -74,13 +74,28 @@ struct {
 	__type(value, struct event);
 } pending SEC(".maps");
 
-struct {
+/* Two count tables, one live at a time: to read and reset the counts, user
+ * space points `counts` at the other table, which returns only once every
+ * program that could still be adding to the old one has finished. The old
+ * table is then read and emptied with nothing writing to it, so no connect
+ * is lost or counted twice at an interval boundary. Capacity is set by user
+ * space before load. */
+struct count_table {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct count_key);
 	__type(value, __u64);
-} counts SEC(".maps");
+} counts_0 SEC(".maps"), counts_1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct count_table);
+} counts SEC(".maps") = {
+	.values = { &counts_0 },
+};
 
 /* Layouts match bcc's pinned maps so users can keep the maps they have; user
  * space replaces these with the pinned ones before load. */
@@ -193,20 +208,28 @@ static __always_inline void count_connect(const struct event *e)
 {
 	struct count_key key = {};
 	__u64 one = 1, *value;
+	__u32 live = 0;
+	void *table = bpf_map_lookup_elem(&counts, &live);
 
+	if (!table) {
+		/* Cannot happen (user space only ever swaps the slot), but a
+		 * connect that is not counted must still show in the losses. */
+		__sync_fetch_and_add(&count_failures, 1);
+		return;
+	}
 	__builtin_memcpy(key.saddr, e->saddr, sizeof(key.saddr));
 	__builtin_memcpy(key.daddr, e->daddr, sizeof(key.daddr));
 	key.dport = e->dport;
 	key.family = e->family;
-	value = bpf_map_lookup_elem(&counts, &key);
+	value = bpf_map_lookup_elem(table, &key);
 	if (value) {
 		__sync_fetch_and_add(value, 1);
 		return;
 	}
 	/* Another CPU may have inserted the key meanwhile: BPF_NOEXIST then
 	 * fails with EEXIST and the count goes to the existing entry. */
-	if (bpf_map_update_elem(&counts, &key, &one, BPF_NOEXIST)) {
-		value = bpf_map_lookup_elem(&counts, &key);
+	if (bpf_map_update_elem(table, &key, &one, BPF_NOEXIST)) {
+		value = bpf_map_lookup_elem(table, &key);
 		if (value)
 			__sync_fetch_and_add(value, 1);
 		else
@@ -295,28 +318,34 @@ int BPF_PROG(handle_xmit, struct sk_buff *skb)
 	return 0;
 }
 
-/* Returns the offset of the UDP payload from skb->data, or -1 unless this is
+/* Tracing programs may read a packet through an skb dynptr (kernel 6.15+).
+ * Unlike bpf_probe_read_kernel from skb->data, it also reads the paged
+ * fragments, where drivers that split headers from data, and senders using
+ * UDP_SEGMENT, put the DNS payload. */
+extern int bpf_dynptr_from_skb(struct sk_buff *skb, __u64 flags,
+			       struct bpf_dynptr *ptr__uninit) __ksym;
+
+/* Returns the offset of the UDP payload in the packet, or -1 unless this is
  * a UDP datagram from port 53. */
-static __always_inline int dns_payload_offset(const struct sk_buff *skb, const __u8 *data,
+static __always_inline int dns_payload_offset(__u16 proto, const struct bpf_dynptr *packet,
 					      __u16 *payload_len)
 {
-	__u16 proto = bpf_ntohs(skb->protocol);
 	struct udphdr udp;
 	int offset;
 
 	if (proto == ETH_P_IP) {
 		struct iphdr ip;
 
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), data))
+		if (bpf_dynptr_read(&ip, sizeof(ip), packet, 0, 0))
 			return -1;
 		/* Later fragments carry no UDP header. */
-		if (ip.protocol != IPPROTO_UDP || (bpf_ntohs(ip.frag_off) & 0x1fff))
+		if (ip.protocol != IPPROTO_UDP || (bpf_ntohs(ip.frag_off) & 0x1fff) || ip.ihl < 5)
 			return -1;
 		offset = ip.ihl * 4;
 	} else if (proto == ETH_P_IPV6) {
 		struct ipv6hdr ip6;
 
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), data))
+		if (bpf_dynptr_read(&ip6, sizeof(ip6), packet, 0, 0))
 			return -1;
 		if (ip6.nexthdr != IPPROTO_UDP)
 			return -1;
@@ -324,7 +353,7 @@ static __always_inline int dns_payload_offset(const struct sk_buff *skb, const _
 	} else {
 		return -1;
 	}
-	if (bpf_probe_read_kernel(&udp, sizeof(udp), data + offset))
+	if (bpf_dynptr_read(&udp, sizeof(udp), packet, offset, 0))
 		return -1;
 	if (udp.source != bpf_htons(DNS_PORT) || bpf_ntohs(udp.len) < sizeof(udp))
 		return -1;
@@ -333,23 +362,30 @@ static __always_inline int dns_payload_offset(const struct sk_buff *skb, const _
 }
 
 /* Every received packet of every network namespace passes here, loopback
- * included, which is what lets -d see answers from local stub resolvers. */
+ * included, which is what lets -d see answers from local stub resolvers.
+ * skb->data is at the network header at this point. */
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(handle_receive, struct sk_buff *skb)
 {
-	const __u8 *data = skb->data;
-	__u32 linear = skb->len - skb->data_len;
+	__u16 proto = bpf_ntohs(skb->protocol);
+	struct bpf_dynptr packet;
 	__u16 payload_len = 0;
 	struct dns_event *e;
 	__u32 len;
 	int offset;
 
-	offset = dns_payload_offset(skb, data, &payload_len);
-	if (offset < 0 || offset >= linear)
+	/* Cheap test first: this runs for every packet the machine receives. */
+	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return 0;
+	if (bpf_dynptr_from_skb(skb, 0, &packet))
+		return 0;
+	offset = dns_payload_offset(proto, &packet, &payload_len);
+	if (offset < 0 || offset >= skb->len)
+		return 0;
+	/* The first fragment of a larger datagram holds only part of it. */
 	len = payload_len;
-	if (len > linear - offset)
-		len = linear - offset;
+	if (len > skb->len - offset)
+		len = skb->len - offset;
 
 	e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
 	if (!e) {
@@ -364,7 +400,7 @@ int BPF_PROG(handle_receive, struct sk_buff *skb)
 		     : [len] "+r"(len)
 		     : [max] "i"(DNS_PAYLOAD_MAX));
 	e->len = len;
-	if (bpf_probe_read_kernel(e->payload, len, data + offset))
+	if (bpf_dynptr_read(e->payload, len, &packet, offset, 0))
 		e->len = 0;
 	bpf_ringbuf_submit(e, ringbuf_flags(&dns_events));
 	return 0;
