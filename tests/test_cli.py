@@ -7,15 +7,9 @@ import os
 import subprocess
 
 import pytest
-from conftest import ROOT, TOOL
+from conftest import ROOT, TOOL, run_tool
 
 from tcpconnect.cli import build_parser, parse_pid, parse_ports, parse_uid
-
-
-def run_tool(*args: str, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
-             ) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, *TOOL, *args], capture_output=True, text=True, timeout=30,
-                          stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str,
