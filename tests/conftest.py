@@ -232,6 +232,16 @@ def connect_burst(port: int, seconds: float) -> int:
     return int(out)
 
 
+def listening(addr: str, backlog: int = 64, fastopen: bool = False) -> socket.socket:
+    """A loopback listener on a free port (use as a context manager)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    if fastopen:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+    listener.bind((addr, 0))
+    listener.listen(backlog)
+    return listener
+
+
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 

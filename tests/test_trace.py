@@ -17,6 +17,7 @@ from conftest import (
     TCP_USER_TIMEOUT,
     comm_of,
     free_port,
+    listening,
     refused_connect,
     row,
 )
@@ -42,10 +43,7 @@ def test_refused_loopback_connect_is_one_exact_row(trace, family, addr):
 
 @pytest.mark.parametrize("family,addr", [(4, "127.0.0.1"), (6, "::1")])
 def test_lport_matches_the_socket_for_accepted_connect(trace, family, addr):
-    af = socket.AF_INET6 if family == 6 else socket.AF_INET
-    with socket.socket(af) as listener:
-        listener.bind((addr, 0))
-        listener.listen()
+    with listening(addr) as listener:
         port = listener.getsockname()[1]
         t = trace("-L", "-P", str(port))
         assert t.header == ("PID     COMM         IP SADDR            LPORT  DADDR"
@@ -65,9 +63,7 @@ def test_lport_of_refused_connect(trace):
 
 
 def test_ipv4_mapped_destination_is_shown_as_ipv4(trace):
-    with socket.socket(socket.AF_INET) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
+    with listening("127.0.0.1") as listener:
         port = listener.getsockname()[1]
         t = trace("-L", "-P", str(port))
         with socket.socket(socket.AF_INET6) as client:
@@ -80,8 +76,7 @@ def test_ipv4_mapped_destination_is_shown_as_ipv4(trace):
 def test_connect_from_a_thread_reports_the_process_id(trace):
     port = free_port()
     t = trace("-P", str(port))
-    lports = []
-    worker = threading.Thread(target=lambda: lports.append(refused_connect(4, port)))
+    worker = threading.Thread(target=refused_connect, args=(4, port))
     worker.start()
     worker.join()
     t.stop()
@@ -111,9 +106,7 @@ def test_named_thread_shows_its_own_comm_and_process_id(trace):
 
 
 def test_nonblocking_connect(trace):
-    with socket.socket(socket.AF_INET) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
+    with listening("127.0.0.1") as listener:
         port = listener.getsockname()[1]
         t = trace("-L", "-P", str(port))
         with socket.socket(socket.AF_INET) as client:
@@ -127,9 +120,7 @@ def test_nonblocking_connect(trace):
 def test_connect_that_times_out(trace):
     # A listener with a full accept queue drops further SYNs, so the second
     # client's connect times out; TCP_SYNCNT/TCP_USER_TIMEOUT keep that short.
-    with socket.socket(socket.AF_INET) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
+    with listening("127.0.0.1", backlog=0) as listener:
         port = listener.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port)):
             t = trace("-L", "-P", str(port))
@@ -275,17 +266,9 @@ def test_io_uring_connect(trace, mode, family, addr):
     assert event["comm"] == expected_comm[:15]
 
 
-def tfo_listener(addr: str) -> socket.socket:
-    listener = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
-    listener.bind((addr, 0))
-    listener.listen()
-    return listener
-
-
 @pytest.mark.parametrize("family,addr", [(4, "127.0.0.1"), (6, "::1")])
 def test_tcp_fast_open_sendto(trace, family, addr):
-    with tfo_listener(addr) as listener:
+    with listening(addr, fastopen=True) as listener:
         port = listener.getsockname()[1]
         t = trace("-L", "-P", str(port))
         with socket.socket(listener.family) as client:
