@@ -29,10 +29,10 @@ def event(**fields) -> Event:
     (Columns(lport=True),
      "PID     COMM         IP SADDR            LPORT  DADDR            DPORT "),
     (Columns(dns=True),
-     "PID     COMM         IP SADDR            DADDR            DPORT   QUERY"),
+     "PID     COMM         IP SADDR            DADDR            DPORT  QUERY"),
     (Columns(timestamp=True, uid=True, lport=True, dns=True),
      "TIME(s)  UID   PID     COMM         IP SADDR            LPORT  DADDR            DPORT"
-     "   QUERY"),
+     "  QUERY"),
 ])
 def test_headers(columns, header):
     assert TextFormatter(columns).header() == header

@@ -11,7 +11,7 @@ import socket
 from ctypes import Structure, c_char, c_uint8, c_uint16, c_uint32, c_uint64
 
 TASK_COMM_LEN = 16
-DNS_PAYLOAD_MAX = 512
+DNS_PAYLOAD_MAX = 1232
 
 
 class Event(Structure):
@@ -47,6 +47,12 @@ class DnsEvent(Structure):
         ("orig_len", c_uint16),
         ("payload", c_uint8 * DNS_PAYLOAD_MAX),
     ]
+
+    def message(self) -> bytes:
+        """The captured part of the DNS message (all of it unless len < orig_len)."""
+        # bytes() of the whole array first: slicing a ctypes array builds a
+        # list of ints, several times slower for a full-size answer.
+        return bytes(self.payload)[:self.len]
 
 
 MIRRORS: dict[str, type[Structure]] = {

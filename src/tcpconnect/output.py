@@ -55,7 +55,8 @@ class TextFormatter:
             line += "%-7s %-12s %-2s %-16s %-16s %-6s" % (
                 "PID", "COMM", "IP", "SADDR", "DADDR", "DPORT")
         if cols.dns:
-            line += "  QUERY"
+            # bcc prints " QUERY" after the padded DPORT: two spaces in all.
+            line += " QUERY"
         return line
 
     def seconds(self, event: Event) -> float:

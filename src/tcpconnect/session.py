@@ -105,7 +105,7 @@ class Session:
         # answer in this same batch supplied.
         if self._dns_cache is not None:
             for response in self._responses:
-                self._dns_cache.record(bytes(response.payload[:response.len]), response.ts_ns)
+                self._dns_cache.record(response.message(), response.ts_ns)
             self._responses.clear()
         if self._events:
             self._write([self.formatter.row(e) for e in self._events])

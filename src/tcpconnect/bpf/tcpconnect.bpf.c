@@ -318,45 +318,60 @@ int BPF_PROG(handle_xmit, struct sk_buff *skb)
 	return 0;
 }
 
-/* Tracing programs may read a packet through an skb dynptr (kernel 6.15+).
- * Unlike bpf_probe_read_kernel from skb->data, it also reads the paged
- * fragments, where drivers that split headers from data, and senders using
- * UDP_SEGMENT, put the DNS payload. */
+/* Tracing programs may read a packet through an skb dynptr since kernel
+ * commit ffc83860d8c0 (late 2024). Unlike bpf_probe_read_kernel from
+ * skb->data it also reads the paged fragments, where the DNS payload is when
+ * a driver splits headers from data or the sender used UDP_SEGMENT. */
 extern int bpf_dynptr_from_skb(struct sk_buff *skb, __u64 flags,
 			       struct bpf_dynptr *ptr__uninit) __ksym;
 
-/* Returns the offset of the UDP payload in the packet, or -1 unless this is
- * a UDP datagram from port 53. */
-static __always_inline int dns_payload_offset(__u16 proto, const struct bpf_dynptr *packet,
-					      __u16 *payload_len)
+#define NOT_DNS (-1)
+#define HEADERS_PAGED (-2)
+
+/* Reads size bytes at offset of the packet: through the dynptr when there is
+ * one, else from the linear area only. */
+static __always_inline int read_packet(const struct sk_buff *skb, const struct bpf_dynptr *packet,
+				       __u32 offset, void *dst, __u32 size)
 {
+	if (packet)
+		return bpf_dynptr_read(dst, size, packet, offset, 0);
+	if (offset + size > skb->len - skb->data_len)
+		return -1;
+	return bpf_probe_read_kernel(dst, size, skb->data + offset);
+}
+
+/* Returns the offset of the UDP payload of a datagram from port 53, or
+ * NOT_DNS; without a dynptr, HEADERS_PAGED when the headers lie beyond the
+ * linear area. */
+static __always_inline int dns_payload_offset(const struct sk_buff *skb, __u16 proto,
+					      const struct bpf_dynptr *packet, __u16 *payload_len)
+{
+	int unreadable = packet ? NOT_DNS : HEADERS_PAGED;
 	struct udphdr udp;
 	int offset;
 
 	if (proto == ETH_P_IP) {
 		struct iphdr ip;
 
-		if (bpf_dynptr_read(&ip, sizeof(ip), packet, 0, 0))
-			return -1;
+		if (read_packet(skb, packet, 0, &ip, sizeof(ip)))
+			return unreadable;
 		/* Later fragments carry no UDP header. */
 		if (ip.protocol != IPPROTO_UDP || (bpf_ntohs(ip.frag_off) & 0x1fff) || ip.ihl < 5)
-			return -1;
+			return NOT_DNS;
 		offset = ip.ihl * 4;
-	} else if (proto == ETH_P_IPV6) {
+	} else {
 		struct ipv6hdr ip6;
 
-		if (bpf_dynptr_read(&ip6, sizeof(ip6), packet, 0, 0))
-			return -1;
+		if (read_packet(skb, packet, 0, &ip6, sizeof(ip6)))
+			return unreadable;
 		if (ip6.nexthdr != IPPROTO_UDP)
-			return -1;
+			return NOT_DNS;
 		offset = sizeof(ip6);
-	} else {
-		return -1;
 	}
-	if (bpf_dynptr_read(&udp, sizeof(udp), packet, offset, 0))
-		return -1;
+	if (read_packet(skb, packet, offset, &udp, sizeof(udp)))
+		return unreadable;
 	if (udp.source != bpf_htons(DNS_PORT) || bpf_ntohs(udp.len) < sizeof(udp))
-		return -1;
+		return NOT_DNS;
 	*payload_len = bpf_ntohs(udp.len) - sizeof(udp);
 	return offset + sizeof(udp);
 }
@@ -374,12 +389,17 @@ int BPF_PROG(handle_receive, struct sk_buff *skb)
 	__u32 len;
 	int offset;
 
-	/* Cheap test first: this runs for every packet the machine receives. */
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
+		return 0;
+	/* The linear area first: creating the dynptr costs more than this
+	 * whole test, which rejects nearly every packet. */
+	offset = dns_payload_offset(skb, proto, NULL, &payload_len);
+	if (offset == NOT_DNS)
 		return 0;
 	if (bpf_dynptr_from_skb(skb, 0, &packet))
 		return 0;
-	offset = dns_payload_offset(proto, &packet, &payload_len);
+	if (offset == HEADERS_PAGED)
+		offset = dns_payload_offset(skb, proto, &packet, &payload_len);
 	if (offset < 0 || offset >= skb->len)
 		return 0;
 	/* The first fragment of a larger datagram holds only part of it. */

@@ -8,7 +8,10 @@
 #define TCPCONNECT_H
 
 #define TASK_COMM_LEN 16
-#define DNS_PAYLOAD_MAX 512
+/* The EDNS(0) UDP size resolvers use since DNS Flag Day 2020, above bcc's
+ * 512: an answer cut short cannot be parsed, so its addresses would be lost.
+ * Only the answer's own length is copied; the cap costs ring space. */
+#define DNS_PAYLOAD_MAX 1232
 
 /* One active connect attempt. Addresses are in network byte order; an IPv4
  * address (family 4) occupies the first four bytes of saddr/daddr. */

@@ -1,0 +1,82 @@
+"""The user-space half of -d end to end: a dns_event record as the kernel
+hands it over, through DnsCache, to the printed row. tests/test_dns.py covers
+the parser on its own; this adds the record decoding and the terminal."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import struct
+
+import dnslib
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcpconnect.dns import DnsCache, query_column
+from tcpconnect.events import DNS_PAYLOAD_MAX, DnsEvent, Event, packed_address
+from tcpconnect.output import Columns, TextFormatter, escape
+
+RECORD_SIZE = ctypes.sizeof(DnsEvent)
+HEADER = struct.Struct("<QHH")  # ts_ns, len, orig_len
+
+
+def record(message: bytes, ts_ns: int = 0) -> bytes:
+    """A dns_event as the kernel writes it: the message cut at the capture."""
+    captured = message[:DNS_PAYLOAD_MAX]
+    raw = HEADER.pack(ts_ns, len(captured), len(message)) + captured
+    return raw + bytes(RECORD_SIZE - len(raw))
+
+
+@given(st.binary(min_size=RECORD_SIZE, max_size=RECORD_SIZE))
+def test_any_record_decodes_without_raising(raw: bytes) -> None:
+    event = DnsEvent.from_buffer_copy(raw)
+    # A len beyond the buffer (never written by the kernel) cannot over-read.
+    assert event.message() == raw[HEADER.size:HEADER.size + event.len][:DNS_PAYLOAD_MAX]
+    DnsCache().record(event.message(), event.ts_ns)
+
+
+def connect_to(addr: str, ts_ns: int) -> Event:
+    e = Event(ts_ns=ts_ns, pid=1, tid=1, dport=443, family=4, comm=b"curl")
+    e.saddr[:4] = ipaddress.IPv4Address("10.0.0.1").packed
+    e.daddr[:4] = ipaddress.IPv4Address(addr).packed
+    return e
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+# Mostly UTF-8 labels (control characters and escape sequences included),
+# since dnslib rejects any other bytes before a name can reach the terminal.
+LABEL = st.one_of(st.text(min_size=1, max_size=15).map(str.encode), st.binary(min_size=1, max_size=63))
+
+
+@settings(max_examples=300)
+@given(labels=st.lists(LABEL, min_size=1, max_size=4),
+       addr=st.ip_addresses(v=4).map(str))
+def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> None:
+    name = dnslib.DNSLabel(labels)
+    reply = dnslib.DNSRecord(dnslib.DNSHeader(id=1, qr=1), q=dnslib.DNSQuestion(name))
+    reply.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(addr), ttl=60))
+    cache = DnsCache()
+    event = DnsEvent.from_buffer_copy(record(reply.pack(), ts_ns=1_000))
+    cache.record(event.message(), event.ts_ns)
+    formatter = TextFormatter(Columns(dns=True), lambda e: query_column(
+        cache, e.family, packed_address(e.family, e.daddr), e.ts_ns))
+    connect = connect_to(addr, ts_ns=2_000)
+    line = formatter.row(connect)
+    assert line.isprintable()
+    if addr == "127.0.0.1":
+        expected = "localhost"
+    elif cache.malformed:
+        # dnslib refuses labels that are not UTF-8 (DNS allows any byte):
+        # such an answer is counted and skipped.
+        assert any(not is_utf8(label) for label in labels)
+        expected = "No DNS Query"
+    else:
+        expected = escape(str(name).removesuffix("."))
+    assert line == TextFormatter(Columns()).row(connect) + " " + expected
