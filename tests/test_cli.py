@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
+import threading
+from pathlib import Path
 
 import pytest
-from conftest import ROOT, TOOL, run_tool
+from conftest import ROOT, TOOL, run_tool, wait_for
 
 from tcpconnect.cli import build_parser, parse_pid, parse_ports, parse_uid
 
@@ -120,3 +123,58 @@ def test_options_match_bcc():
     assert (args.timestamp, args.pid, args.port, args.ipv4, args.lport, args.print_uid,
             args.uid, args.cgroupmap, args.mntnsmap) == (
         True, 1, (80, 81), True, True, True, 0, "/a", "/b")
+
+
+def test_bad_values_beyond_ascii_and_empty_paths():
+    assert_one_line_error(run_tool("-p", "²"), "invalid PID '²'")
+    assert_one_line_error(run_tool("-P", "٨٠"), "invalid port '٨٠'")
+    assert_one_line_error(run_tool("--cgroupmap", ""), "--cgroupmap: empty path")
+    assert_one_line_error(run_tool("--mntnsmap", ""), "--mntnsmap: empty path")
+
+
+def test_thread_id_is_refused_for_pid():
+    done = threading.Event()
+    worker = threading.Thread(target=done.wait)
+    worker.start()
+    try:
+        tid = worker.native_id
+        result = run_tool("-p", str(tid))
+    finally:
+        done.set()
+        worker.join()
+    assert_one_line_error(result, f"-p {tid}: is a thread of process {os.getpid()}")
+
+
+def test_full_output_device_is_a_one_line_error():
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*TOOL, "-P", "80"], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=30, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert result.stderr == "tcpconnect: cannot write output: No space left on device\n"
+
+
+def test_closed_stdout_is_a_one_line_error():
+    result = subprocess.run(" ".join(TOOL) + " -P 80 >&-", shell=True, stderr=subprocess.PIPE,
+                            text=True, timeout=30, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert result.stderr == "tcpconnect: standard output is closed\n"
+
+
+def handles_sigterm(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_start_up_is_an_orderly_stop(sig):
+    proc = subprocess.Popen([*TOOL, "-P", "80"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    # Signal as soon as main() has taken over SIGTERM (before that, only the
+    # interpreter's own start-up runs): the BPF object is not loaded yet.
+    wait_for(lambda: handles_sigterm(proc.pid), timeout=10, what="signal handlers")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -41,8 +41,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{PROG}: error: {message}\n")
 
 
+def is_number(text: str) -> bool:
+    # isdigit() alone accepts "²" and other non-ASCII digits.
+    return text.isascii() and text.isdigit()
+
+
 def parse_pid(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= PID_MAX_LIMIT:
+    if not is_number(text) or not 0 < int(text) <= PID_MAX_LIMIT:
         raise argparse.ArgumentTypeError(f"invalid PID {text!r}: expected 1..{PID_MAX_LIMIT}")
     return int(text)
 
@@ -50,7 +55,7 @@ def parse_pid(text: str) -> int:
 def parse_ports(text: str) -> tuple[int, ...]:
     ports: list[int] = []
     for item in text.split(","):
-        if not item.isdigit() or not 0 < int(item) <= 65535:
+        if not is_number(item) or not 0 < int(item) <= 65535:
             raise argparse.ArgumentTypeError(
                 f"invalid port {item!r} in {text!r}: expected a comma-separated list of 1..65535")
         if int(item) not in ports:
@@ -59,7 +64,7 @@ def parse_ports(text: str) -> tuple[int, ...]:
 
 
 def parse_uid(text: str) -> int:
-    if text.isdigit():
+    if is_number(text):
         if int(text) > UID_MAX:
             raise argparse.ArgumentTypeError(f"invalid UID {text!r}: expected 0..{UID_MAX}")
         return int(text)
@@ -71,7 +76,7 @@ def parse_uid(text: str) -> int:
 
 
 def parse_interval(text: str) -> int:
-    if not text.isdigit() or int(text) == 0:
+    if not is_number(text) or int(text) == 0:
         raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected whole seconds >= 1")
     return int(text)
 
@@ -120,13 +125,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-j/--json cannot be used with -c/--count")
     if args.interval is not None and not args.count:
         parser.error("-i/--interval needs -c/--count")
-    if args.pid is not None and not os.path.exists(f"/proc/{args.pid}"):
-        parser.error(f"-p {args.pid}: no such process")
+    if args.pid is not None:
+        check_process(parser, args.pid)
+    for option, path in (("--cgroupmap", args.cgroupmap), ("--mntnsmap", args.mntnsmap)):
+        if path == "":
+            parser.error(f"{option}: empty path")
     if args.cgroup is not None:
         args.cgroup_id = cgroup_id(parser, args.cgroup)
     else:
         args.cgroup_id = None
     return args
+
+
+def check_process(parser: Parser, pid: int) -> None:
+    """-p filters on the process id; a thread id would silently match nothing."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            tgid = next(int(line.split()[1]) for line in status if line.startswith("Tgid:"))
+    except (OSError, StopIteration):
+        parser.error(f"-p {pid}: no such process")
+    if tgid != pid:
+        parser.error(f"-p {pid}: is a thread of process {tgid}; give the process id")
 
 
 def cgroup_id(parser: Parser, path: str) -> int:
@@ -149,6 +168,7 @@ def check_environment() -> str | None:
             caps = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
     except (OSError, StopIteration, ValueError):
         caps = 0
+
     def has(cap: int) -> bool:
         return bool(caps >> cap & 1)
 
@@ -161,27 +181,50 @@ def check_environment() -> str | None:
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the main loop finishes its batch and exits 0."""
+    """Set by SIGINT/SIGTERM: the main loop finishes its batch and exits 0.
+    A second signal ends the process at once, for when a blocked write
+    keeps the loop from ever seeing the first."""
 
     def __init__(self) -> None:
         self.requested = False
         signal.signal(signal.SIGINT, self._request)
         signal.signal(signal.SIGTERM, self._request)
 
-    def _request(self, _signum: int, _frame: object) -> None:
+    def _request(self, signum: int, _frame: object) -> None:
         self.requested = True
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all, so a signal during start-up is an orderly stop too.
+    stop = StopFlag()
+    if sys.stdout is None:
+        print(f"{PROG}: standard output is closed", file=sys.stderr)
+        return 1
     try:
-        return _main(argv)
+        return _main(argv, stop)
     except ImportError as exc:
         # libbpf.so.1 itself missing: nothing can run, say so plainly.
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`tcpconnect | head`): that is a normal end.
+        _discard_stdout()
+        return 0
+    except OSError as exc:
+        _discard_stdout()
+        print(f"{PROG}: cannot write output: {exc.strerror}", file=sys.stderr)
+        return 1
 
 
-def _main(argv: list[str] | None) -> int:
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null so the interpreter's final flush of what
+    could not be written fails silently instead of printing a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _main(argv: list[str] | None, stop: StopFlag) -> int:
     args = parse_args(argv)
     if args.dns:
         try:
@@ -200,19 +243,15 @@ def _main(argv: list[str] | None) -> int:
     from .session import Session
 
     try:
-        return Session(args, sys.stdout, sys.stderr).run(StopFlag())
+        return Session(args, sys.stdout, sys.stderr).run(stop)
     except BpfError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        # The reader went away (`tcpconnect | head`): that is a normal end.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        return 0
 
 
 def run_console_script() -> NoReturn:
-    sys.exit(main())
-
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # Ctrl-C before main() could take over SIGINT.
+        sys.exit(0)
