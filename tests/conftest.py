@@ -242,6 +242,22 @@ def listening(addr: str, backlog: int = 64, fastopen: bool = False) -> socket.so
     return listener
 
 
+def cgroup2_root() -> Path:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _source, mountpoint, fstype, *_ = line.split()
+        if fstype == "cgroup2":
+            return Path(mountpoint)
+    pytest.fail("no cgroup v2 hierarchy is mounted")
+
+
+def cgroup_id_of(pid: int) -> int:
+    # The v2 line of /proc/PID/cgroup is "0::/path"; the id is the directory's inode.
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return (cgroup2_root() / line[3:].lstrip("/")).stat().st_ino
+    pytest.fail(f"process {pid} is in no cgroup v2")
+
+
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
@@ -272,18 +288,23 @@ class VethPair:
 def veth() -> Iterator[VethPair]:
     tag = uuid.uuid4().hex[:6]
     netns, host_if, peer_if = f"tct{tag}", f"th{tag}", f"tp{tag}"
-    octet = 1 + int(tag, 16) % 250
-    pair = VethPair(netns, f"10.213.{octet}.1", f"10.213.{octet}.2",
-                    f"fd00:213:{octet:x}::1", f"fd00:213:{octet:x}::2")
+    # A random /30 of 10.213.0.0/16 (16384 of them) and a random /64 of a
+    # ULA prefix, so concurrent runs do not collide.
+    block = int(tag, 16) % 16384
+    net4 = f"10.213.{block // 64}"
+    first = block % 64 * 4
+    net6 = f"fd00:213:{tag[:4]}:{tag[4:]}"
+    pair = VethPair(netns, f"{net4}.{first + 1}", f"{net4}.{first + 2}",
+                    f"{net6}::1", f"{net6}::2")
     sh("ip", "netns", "add", netns)
     try:
         sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if,
            "netns", netns)
-        sh("ip", "addr", "add", f"{pair.host4}/24", "dev", host_if)
+        sh("ip", "addr", "add", f"{pair.host4}/30", "dev", host_if)
         sh("ip", "-6", "addr", "add", f"{pair.host6}/64", "dev", host_if, "nodad")
         sh("ip", "link", "set", host_if, "up")
         ns = ("ip", "-n", netns)
-        sh(*ns, "addr", "add", f"{pair.peer4}/24", "dev", peer_if)
+        sh(*ns, "addr", "add", f"{pair.peer4}/30", "dev", peer_if)
         sh(*ns, "-6", "addr", "add", f"{pair.peer6}/64", "dev", peer_if, "nodad")
         sh(*ns, "link", "set", peer_if, "up")
         sh(*ns, "link", "set", "lo", "up")

@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import ROOT, Workload, free_port, refused_connect, row, run_tool, sh, wait_for
+from conftest import (
+    ROOT,
+    Workload,
+    cgroup2_root,
+    cgroup_id_of,
+    free_port,
+    refused_connect,
+    row,
+    run_tool,
+    sh,
+    wait_for,
+)
 
 from tcpconnect.libbpf import BPF_FS_MAGIC, filesystem_magic
 
@@ -23,22 +34,6 @@ ME = os.getpid()
 BPFFS = Path("/sys/fs/bpf")
 OBJECT = ROOT / "src/tcpconnect/tcpconnect.bpf.o"
 LOOPBACK = "127.0.0.1"
-
-
-def cgroup2_root() -> Path:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        _source, mountpoint, fstype, *_ = line.split()
-        if fstype == "cgroup2":
-            return Path(mountpoint)
-    pytest.fail("no cgroup v2 hierarchy is mounted")
-
-
-def cgroup_id_of(pid: int) -> int:
-    # The v2 line of /proc/PID/cgroup is "0::/path"; the id is the directory's inode.
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        if line.startswith("0::"):
-            return (cgroup2_root() / line[3:].lstrip("/")).stat().st_ino
-    pytest.fail(f"process {pid} is in no cgroup v2")
 
 
 def mntns_of(pid: int) -> int:

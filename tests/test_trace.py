@@ -15,6 +15,7 @@ from conftest import (
     BUILD,
     TCP_SYNCNT,
     TCP_USER_TIMEOUT,
+    cgroup_id_of,
     comm_of,
     free_port,
     listening,
@@ -354,15 +355,9 @@ def test_json_rows(trace):
     refused_connect(6, port)
     t.stop()
     [event] = t.json_rows()
-    cgroup_id = os.stat(cgroup_dir()).st_ino
+    cgroup_id = cgroup_id_of(ME)
     assert event == {
         "time": 0.0, "uid": 0, "pid": ME, "tid": threading.get_native_id(),
         "comm": my_comm(), "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,
         "cgroup_id": cgroup_id, "mntns_id": os.stat("/proc/self/ns/mnt").st_ino,
     }
-
-
-def cgroup_dir() -> str:
-    with open("/proc/self/cgroup") as f:
-        path = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
-    return "/sys/fs/cgroup/unified" + path
