@@ -48,13 +48,25 @@ def test_not_an_object_file(tmp_path):
         BpfObject(str(junk))
 
 
+# The events ring is 1 MiB, about 10,000 events: this many connects overflow
+# it for certain while nobody reads, however slow the machine is.
+OVERFLOWING = 40_000
+
+
+def overflowing_burst(port: int) -> int:
+    made = 0
+    while made < OVERFLOWING:
+        made += connect_burst(port, 0.2)
+    return made
+
+
 def test_overflow_is_counted_not_hidden():
     # Nobody reads the ring while the burst runs, so it must overflow; every
     # connect must then be either delivered or counted as lost.
     port = free_port()
     received: list[Event] = []
     with Tracer(TracerConfig(ports=(port,)), received.append) as tracer:
-        made = connect_burst(port, 0.5)
+        made = overflowing_burst(port)
         tracer.poll(0)
         lost = tracer.losses().events
     assert lost > 0
@@ -62,7 +74,9 @@ def test_overflow_is_counted_not_hidden():
     assert all(e.dport == port for e in received)
 
 
-def test_no_overflow_when_read():
+def test_accounting_is_exact_while_reading():
+    # Whether the reader keeps up depends on the machine (bench/ measures
+    # that); that every connect is delivered or counted must not.
     port = free_port()
     received: list[Event] = []
     with Tracer(TracerConfig(ports=(port,)), received.append) as tracer:
@@ -72,8 +86,8 @@ def test_no_overflow_when_read():
             tracer.poll(10)
         tracer.poll(0)
         made = int(burst.stdout.read())
-        assert tracer.losses().events == 0
-    assert len(received) == made
+        lost = tracer.losses().events
+    assert len(received) + lost == made
 
 
 def bpf_ids(pid: int) -> set[str]:
@@ -126,7 +140,7 @@ def test_cli_reports_lost_events(trace):
     t = trace("-P", str(port))
     t.proc.send_signal(signal.SIGSTOP)
     try:
-        made = connect_burst(port, 0.5)
+        made = overflowing_burst(port)
     finally:
         t.proc.send_signal(signal.SIGCONT)
     t.stop()
