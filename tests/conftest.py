@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TextIO
 
 import pytest
 
@@ -56,30 +56,42 @@ class Trace:
             [*TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
         self._lines: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._errors: queue.Queue[str | None] = queue.Queue()
+        # Both pipes are drained all along, so a chatty tracer never blocks.
+        self._readers = [threading.Thread(target=self._read, args=(pipe, lines), daemon=True)
+                         for pipe, lines in ((self.proc.stdout, self._lines),
+                                             (self.proc.stderr, self._errors))]
+        for reader in self._readers:
+            reader.start()
         self.stdout = ""
         self.stderr = ""
         self.returncode: int | None = None
-        self.preamble = [self.next_line(timeout=20)]
-        if self.preamble[0] != BANNER:
+        json_mode = "-j" in args or "--json" in args
+        # With -j the banner goes to stderr, keeping stdout pure JSON Lines.
+        banner = self._next(self._errors if json_mode else self._lines, timeout=20)
+        self.preamble = [banner]
+        if banner != BANNER:
             self.stop()
-            raise AssertionError(f"tcpconnect did not start: {self.preamble!r} {self.stderr!r}")
-        if "-c" not in args and "--count" not in args and "-j" not in args:
+            raise AssertionError(f"tcpconnect did not start: {banner!r} {self.stderr!r}")
+        if "-c" not in args and "--count" not in args and not json_mode:
             self.preamble.append(self.next_line(timeout=5))
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
+    @staticmethod
+    def _read(pipe: TextIO, lines: queue.Queue[str | None]) -> None:
+        for line in pipe:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    @staticmethod
+    def _next(lines: queue.Queue[str | None], timeout: float) -> str:
+        try:
+            return lines.get(timeout=timeout) or ""
+        except queue.Empty:
+            return ""
 
     def next_line(self, timeout: float) -> str:
         """The next line of output, or "" if none comes in time."""
-        try:
-            return self._lines.get(timeout=timeout) or ""
-        except queue.Empty:
-            return ""
+        return self._next(self._lines, timeout)
 
     @property
     def header(self) -> str:
@@ -91,15 +103,19 @@ class Trace:
         the grace sleep makes sure the last connect has been read."""
         time.sleep(0.1)
         self.proc.send_signal(sig)
-        assert self.proc.stderr is not None
-        self.stderr = self.proc.stderr.read()
         self.returncode = self.proc.wait(timeout=20)
-        self._reader.join(timeout=5)
-        rest = []
-        while (line := self._lines.get_nowait()) is not None:
-            rest.append(line)
-        self.stdout = "".join(line + "\n" for line in rest)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        self.stdout = self._rest(self._lines)
+        self.stderr = self._rest(self._errors)
         return self.stdout
+
+    @staticmethod
+    def _rest(lines: queue.Queue[str | None]) -> str:
+        rest = []
+        while (line := lines.get_nowait()) is not None:
+            rest.append(line + "\n")
+        return "".join(rest)
 
     @property
     def rows(self) -> list[str]:

@@ -276,5 +276,7 @@ def test_cli_reports_full_table_per_interval_and_in_total(monkeypatch):
         count_row("127.0.0.1", "127.0.0.4", port, 1),
         count_row("127.0.0.1", "127.0.0.5", port, 1),
     )
+    # The last, partial table is reported like the others, then the total.
     assert err.getvalue() == ("3 connects are missing from this table (count table full)\n"
+                              "1 connects are missing from this table (count table full)\n"
                               "4 connects could not be counted (count table full)\n")

@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .events import DnsEvent, Event, packed_address
 from .output import BANNER, COUNT_HEADER, Columns, JsonFormatter, TextFormatter, count_rows
 from .tracer import LossCounters, Tracer, TracerConfig
 
+if TYPE_CHECKING:  # dns needs dnslib, imported only for -d
+    from .dns import DnsCache
+
 # Upper bound on how long an event waits before it is printed while the
 # kernel side is not waking us (it does only for batches).
 POLL_TIMEOUT_MS = 10
+# How often count mode looks at the clock (-i) and for a stop request.
+COUNT_CHECK_SECONDS = 0.1
 
 
 class Stop(Protocol):
@@ -59,7 +64,11 @@ class Session:
     def run(self, stop: Stop) -> int:
         with Tracer(tracer_config(self.args), self._events.append,
                     self._responses.append) as tracer:
-            self._write([BANNER])
+            if self.args.json:
+                # Keeps stdout pure JSON Lines.
+                self._warn(BANNER)
+            else:
+                self._write([BANNER])
             if self.args.count:
                 self._count_loop(tracer, stop)
             else:
@@ -78,7 +87,7 @@ class Session:
         deadline = time.monotonic() + interval if interval else None
         while not stop.requested:
             # Counting sends nothing through the ring; just sleep between checks.
-            time.sleep(POLL_TIMEOUT_MS * 10 / 1000)
+            time.sleep(COUNT_CHECK_SECONDS)
             if deadline is not None and time.monotonic() >= deadline:
                 deadline += interval
                 # Read before the swap: a failure racing it (one program per
@@ -86,7 +95,10 @@ class Session:
                 losses = tracer.losses()
                 self._print_counts(tracer)
                 self._report_uncounted(losses)
+        losses = tracer.losses()
         self._print_counts(tracer)
+        if interval:
+            self._report_uncounted(losses)
 
     def _print_counts(self, tracer: Tracer) -> None:
         self._write(["", COUNT_HEADER, *count_rows(tracer.take_counts())])
@@ -101,16 +113,30 @@ class Session:
                                              count_failures=now.count_failures)
 
     def _emit(self, tracer: Tracer) -> None:
-        # Answers first: a connect in this batch may use an address that an
-        # answer in this same batch supplied.
         if self._dns_cache is not None:
-            for response in self._responses:
-                self._dns_cache.record(response.message(), response.ts_ns)
-            self._responses.clear()
-        if self._events:
-            self._write([self.formatter.row(e) for e in self._events])
-            self._events.clear()
+            rows = self._rows_after_answers(self._dns_cache)
+        else:
+            rows = [self.formatter.row(e) for e in self._events]
+        self._events.clear()
+        self._write(rows)
         self._report_losses(tracer.losses())
+
+    def _rows_after_answers(self, cache: DnsCache) -> list[str]:
+        """Formats the batch's connects, each after exactly the answers the
+        kernel received before it: an answer in the same batch may be the
+        one a connect used, a later one cannot be."""
+        answers = sorted(self._responses, key=lambda r: r.ts_ns)
+        self._responses.clear()
+        rows = []
+        taken = 0
+        for event in self._events:
+            while taken < len(answers) and answers[taken].ts_ns <= event.ts_ns:
+                cache.record(answers[taken].message(), answers[taken].ts_ns)
+                taken += 1
+            rows.append(self.formatter.row(event))
+        for answer in answers[taken:]:
+            cache.record(answer.message(), answer.ts_ns)
+        return rows
 
     def _write(self, lines: list[str]) -> None:
         if lines:
