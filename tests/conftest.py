@@ -7,6 +7,7 @@ namespaces these fixtures create.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import queue
@@ -147,13 +148,16 @@ def comm_of(pid: int, tid: int | None = None) -> str:
 
 
 def row(pid: int, comm: str, ip: int, saddr: str, daddr: str, dport: int,
-        lport: int | None = None, uid: int | None = None) -> str:
-    """The exact line bcc's layout gives for one connect (without -t)."""
+        lport: int | None = None, uid: int | None = None, query: str = "") -> str:
+    """The exact line bcc's layout gives for one connect (without -t): like
+    bcc, a space and the QUERY column follow DPORT even when it is empty."""
     line = "%-6d" % uid if uid is not None else ""
     if lport is None:
-        return line + "%-7d %-12.12s %-2d %-16s %-16s %-6d" % (pid, comm, ip, saddr, daddr, dport)
-    return line + "%-7d %-12.12s %-2d %-16s %-6d %-16s %-6d" % (
-        pid, comm, ip, saddr, lport, daddr, dport)
+        line += "%-7d %-12.12s %-2d %-16s %-16s %-6d" % (pid, comm, ip, saddr, daddr, dport)
+    else:
+        line += "%-7d %-12.12s %-2d %-16s %-6d %-16s %-6d" % (
+            pid, comm, ip, saddr, lport, daddr, dport)
+    return line + " " + query
 
 
 # A long-lived process that performs connects on request, so a test can know
@@ -309,9 +313,9 @@ def veth() -> Iterator[VethPair]:
     block = int(tag, 16) % 16384
     net4 = f"10.213.{block // 64}"
     first = block % 64 * 4
-    net6 = f"fd00:213:{tag[:4]}:{tag[4:]}"
+    net6 = ipaddress.IPv6Address(f"fd00:213:{tag[:4]}:{tag[4:]}::")
     pair = VethPair(netns, f"{net4}.{first + 1}", f"{net4}.{first + 2}",
-                    f"{net6}::1", f"{net6}::2")
+                    str(net6 + 1), str(net6 + 2))  # str(): the text inet_ntop gives
     sh("ip", "netns", "add", netns)
     try:
         sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if,

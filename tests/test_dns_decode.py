@@ -79,4 +79,4 @@ def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> Non
         expected = "No DNS Query"
     else:
         expected = escape(str(name).removesuffix("."))
-    assert line == TextFormatter(Columns()).row(connect) + " " + expected
+    assert line == TextFormatter(Columns()).row(connect) + expected

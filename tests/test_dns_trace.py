@@ -124,7 +124,7 @@ def unique_loopback(first: int) -> str:
 
 
 def query_row(lookup: Lookup, family: int, saddr: str, port: int, query: str) -> str:
-    return row(lookup.pid, lookup.comm, family, saddr, lookup.target, port) + " " + query
+    return row(lookup.pid, lookup.comm, family, saddr, lookup.target, port, query=query)
 
 
 def test_header_ends_with_query_column(trace):
@@ -194,7 +194,7 @@ def test_slow_lookup_shows_its_age(trace, dnsmasq):
     lookup = lookup_and_connect(server, "svc.test", "A", port, delay=0.15)
     t.stop()
     [line] = t.rows
-    prefix = row(lookup.pid, lookup.comm, 4, "127.0.0.1", answer, port) + " svc.test ("
+    prefix = row(lookup.pid, lookup.comm, 4, "127.0.0.1", answer, port, query="svc.test (")
     assert line.startswith(prefix)
     age = re.fullmatch(r"(\d+\.\d{3})ms\)", line[len(prefix):])
     assert age, line
@@ -218,7 +218,7 @@ def test_connect_without_lookup(trace):
     t = trace("-d", "-P", str(port))
     refused_connect(4, port, addr)
     t.stop()
-    assert t.rows == [row(ME, comm_of(ME), 4, "127.0.0.1", addr, port) + " No DNS Query"]
+    assert t.rows == [row(ME, comm_of(ME), 4, "127.0.0.1", addr, port, query="No DNS Query")]
 
 
 def test_loopback_is_localhost(trace):
@@ -227,8 +227,8 @@ def test_loopback_is_localhost(trace):
     refused_connect(4, port)
     refused_connect(6, port)
     t.stop()
-    assert t.rows == [row(ME, comm_of(ME), 4, "127.0.0.1", "127.0.0.1", port) + " localhost",
-                      row(ME, comm_of(ME), 6, "::1", "::1", port) + " localhost"]
+    assert t.rows == [row(ME, comm_of(ME), 4, "127.0.0.1", "127.0.0.1", port, query="localhost"),
+                      row(ME, comm_of(ME), 6, "::1", "::1", port, query="localhost")]
 
 
 def test_cname_chain_shows_the_question(trace, dnsmasq):
@@ -377,5 +377,5 @@ def test_answer_in_page_fragments(trace, veth, gro, split):
     [line] = t.rows
     # The connect follows the injection only after a process exit: on a
     # busy machine that may take more than 100 ms, which adds the age.
-    expected = row(ME, comm_of(ME), 4, "127.0.0.1", answer, port) + " paged.test"
+    expected = row(ME, comm_of(ME), 4, "127.0.0.1", answer, port, query="paged.test")
     assert re.fullmatch(re.escape(expected) + r"( \(\d+\.\d{3}ms\))?", line), line

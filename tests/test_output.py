@@ -40,9 +40,9 @@ def test_headers(columns, header):
 
 def test_row_layouts():
     assert TextFormatter(Columns()).row(event()) == (
-        "4242    curl         4  10.0.0.1         93.184.216.34    443   ")
+        "4242    curl         4  10.0.0.1         93.184.216.34    443    ")
     assert TextFormatter(Columns(timestamp=True, uid=True, lport=True)).row(event()) == (
-        "0.000    1000  4242    curl         4  10.0.0.1         51234  93.184.216.34    443   ")
+        "0.000    1000  4242    curl         4  10.0.0.1         51234  93.184.216.34    443    ")
     with_query = TextFormatter(Columns(dns=True), query=lambda e: "example.com")
     assert with_query.row(event()) == (
         "4242    curl         4  10.0.0.1         93.184.216.34    443    example.com")
@@ -53,7 +53,7 @@ def test_ipv6_row_and_long_comm_truncated():
     e.saddr[:] = socket.inet_pton(socket.AF_INET6, "fd00::1")
     e.daddr[:] = socket.inet_pton(socket.AF_INET6, "2001:db8::20")
     assert TextFormatter(Columns()).row(e) == (
-        "4242    a-very-long- 6  fd00::1          2001:db8::20     443   ")
+        "4242    a-very-long- 6  fd00::1          2001:db8::20     443    ")
 
 
 def test_timestamps_count_from_the_first_event():

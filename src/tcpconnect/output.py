@@ -81,9 +81,10 @@ class TextFormatter:
         else:
             line += "%-7d %-12.12s %-2d %-16s %-16s %-6d" % (
                 event.pid, comm_text(event), event.family, saddr, daddr, event.dport)
-        if self._query is not None:
-            line += " " + escape(self._query(event))
-        return line
+        # bcc ends every row with a space and the QUERY column, empty
+        # without -d; parsers that split on single spaces expect it.
+        query = escape(self._query(event)) if self._query is not None else ""
+        return line + " " + query
 
 
 class JsonFormatter:
