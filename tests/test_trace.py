@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -209,7 +210,7 @@ def test_family_filter(trace, option, family):
 @pytest.mark.parametrize("family", [4, 6])
 def test_connects_across_network_namespaces(trace, veth, workload, family):
     host, peer = (veth.host4, veth.peer4) if family == 4 else (veth.host6, veth.peer6)
-    server = veth.run(sys_python(), "-c", LISTENER, peer, stdout=subprocess.PIPE, text=True)
+    server = veth.run(sys.executable, "-c", LISTENER, peer, stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
         inside = workload(netns=veth.netns)
@@ -239,12 +240,6 @@ print(s.getsockname()[1], flush=True)
 while True:
     s.accept()[0].close()
 """
-
-
-def sys_python() -> str:
-    import sys
-
-    return sys.executable
 
 
 @pytest.mark.parametrize("mode", ["plain", "async", "sqpoll"])
@@ -303,7 +298,7 @@ def test_tcp_fastopen_connect_option(trace, veth, write):
     # connect is deferred to the first write every time.
     subprocess.run(["ip", "netns", "exec", veth.netns, "sysctl", "-qw",
                     "net.ipv4.tcp_fastopen=5"], check=True)
-    client = veth.run(sys_python(), "-c", FASTOPEN_CONNECT_CLIENT,
+    client = veth.run(sys.executable, "-c", FASTOPEN_CONNECT_CLIENT,
                       "write" if write else "idle", stdin=subprocess.PIPE,
                       stdout=subprocess.PIPE, text=True)
     try:
@@ -334,7 +329,7 @@ def test_signals_end_with_exit_zero(trace, sig):
 def test_pipe_closed_by_reader_ends_quietly():
     port = free_port()
     proc = subprocess.Popen(
-        f"{sys_python()} -m tcpconnect -P {port} | head -n 3",
+        f"{sys.executable} -m tcpconnect -P {port} | head -n 3",
         shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # head leaves after the banner, the header and one row; the tracer
     # notices when it next writes, so keep connecting until it is gone.

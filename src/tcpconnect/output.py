@@ -33,13 +33,25 @@ class Columns:
     dns: bool = False
 
 
+class RelativeClock:
+    """Seconds since the first event, as bcc's TIME(s) column counts."""
+
+    def __init__(self) -> None:
+        self._start_ns: int | None = None
+
+    def seconds(self, event: Event) -> float:
+        if self._start_ns is None:
+            self._start_ns = event.ts_ns
+        return (event.ts_ns - self._start_ns) / 1e9
+
+
 class TextFormatter:
     """bcc's layout, column for column, so existing parsers keep working."""
 
     def __init__(self, columns: Columns, query: Callable[[Event], str] | None = None) -> None:
         self.columns = columns
         self._query = query
-        self._start_ns: int | None = None
+        self._clock = RelativeClock()
 
     def header(self) -> str:
         cols = self.columns
@@ -59,17 +71,11 @@ class TextFormatter:
             line += " QUERY"
         return line
 
-    def seconds(self, event: Event) -> float:
-        """Seconds since the first event, as bcc's TIME(s) column counts."""
-        if self._start_ns is None:
-            self._start_ns = event.ts_ns
-        return (event.ts_ns - self._start_ns) / 1e9
-
     def row(self, event: Event) -> str:
         cols = self.columns
         line = ""
         if cols.timestamp:
-            line += "%-9.3f" % self.seconds(event)
+            line += "%-9.3f" % self._clock.seconds(event)
         if cols.uid:
             line += "%-6d" % event.uid
         saddr = format_address(event.family, event.saddr)
@@ -94,7 +100,7 @@ class JsonFormatter:
     def __init__(self, columns: Columns, query: Callable[[Event], str] | None = None) -> None:
         self.columns = columns
         self._query = query
-        self._text = TextFormatter(columns)
+        self._clock = RelativeClock()
 
     def header(self) -> None:
         return None
@@ -102,7 +108,7 @@ class JsonFormatter:
     def row(self, event: Event) -> str:
         record: dict[str, object] = {}
         if self.columns.timestamp:
-            record["time"] = round(self._text.seconds(event), 6)
+            record["time"] = round(self._clock.seconds(event), 6)
         record.update(
             uid=event.uid,
             pid=event.pid,
