@@ -67,6 +67,19 @@ def packed_address(family: int, raw: ctypes.Array) -> bytes:
     return bytes(raw)[:4] if family == 4 else bytes(raw)
 
 
+# Text of recently seen addresses, per family. A traced host talks to few
+# peers, and inet_ntop costs the reader more per event than the rest of a row.
+_ADDRESS_TEXT: dict[int, dict[bytes, str]] = {4: {}, 6: {}}
+ADDRESS_CACHE_SIZE = 4096
+
+
 def format_address(family: int, raw: ctypes.Array) -> str:
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
-    return socket.inet_ntop(af, packed_address(family, raw))
+    key = bytes(raw)
+    known = _ADDRESS_TEXT[4 if family == 4 else 6]
+    text = known.get(key)
+    if text is None:
+        if len(known) >= ADDRESS_CACHE_SIZE:
+            known.clear()  # cheaper than LRU bookkeeping on every hit
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        text = known[key] = socket.inet_ntop(af, key[:4] if family == 4 else key)
+    return text

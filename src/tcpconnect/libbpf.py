@@ -335,6 +335,10 @@ class GlobalVariables:
     def get(self, name: str, ctype: type[ctypes._CData]) -> object:
         return ctype.from_address(self._address(name, ctype)).value
 
+    def view(self, name: str, ctype: type[ctypes._CData]) -> ctypes._CData:
+        """The variable in place, for arrays (which have no .value)."""
+        return ctype.from_address(self._address(name, ctype))
+
 
 class BpfObject:
     """An opened (then loaded) BPF object file."""
@@ -448,6 +452,8 @@ class RingBuffer:
         """Waits up to timeout_ms for a wakeup, then drains every ring: the
         kernel side wakes us only for batches, so a quiet timeout may still
         leave records behind."""
+        if self._ptr is None:
+            raise BpfError("no ring buffer to poll: none was added")
         if _lib.ring_buffer__poll(self._ptr, timeout_ms) < 0:
             err = ctypes.get_errno()
             if err != errno.EINTR:
@@ -455,6 +461,8 @@ class RingBuffer:
         self.drain()
 
     def drain(self) -> None:
+        if self._ptr is None:
+            return
         if _lib.ring_buffer__consume(self._ptr) < 0:
             err = ctypes.get_errno()
             if err != errno.EINTR:

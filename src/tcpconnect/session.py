@@ -37,6 +37,8 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
         cgroup_id=args.cgroup_id,
         cgroup_map=args.cgroupmap,
         mntns_map=args.mntnsmap,
+        timestamps=args.timestamp or args.dns,
+        task_ids=args.json,
     )
 
 
@@ -77,7 +79,7 @@ class Session:
                 while not stop.requested:
                     tracer.poll(POLL_TIMEOUT_MS)
                     self._emit(tracer)
-                tracer.flush_pending()
+                tracer.finish()
                 self._emit(tracer)
             self._report_totals(tracer.losses())
         return 0
