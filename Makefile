@@ -5,7 +5,7 @@ BUILD := build
 BPF_OBJ := src/tcpconnect/tcpconnect.bpf.o
 BPF_SRC := src/tcpconnect/bpf/tcpconnect.bpf.c src/tcpconnect/bpf/tcpconnect.h
 APT_PACKAGES := clang libbpf-dev libbpf1 bpftool iproute2 liburing-dev dnsmasq-base gcc make \
-	python3 python3-venv procps util-linux
+	python3 python3-venv procps util-linux nftables
 HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=

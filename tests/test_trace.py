@@ -356,3 +356,40 @@ def test_json_rows(trace):
         "comm": my_comm(), "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,
         "cgroup_id": cgroup_id, "mntns_id": os.stat("/proc/self/ns/mnt").st_ino,
     }
+
+
+FIREWALLED_CLIENT = """
+import socket, sys
+client = socket.socket()
+client.setblocking(False)
+sys.stdin.readline()
+client.connect_ex(("127.0.0.1", int(sys.argv[1])))
+print(client.getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_syn_dropped_by_firewall_is_reported_at_once(trace, veth):
+    # The SYN never reaches a device, and the socket keeps retrying for
+    # minutes; the row must still come now, with the port the SYN had.
+    port = free_port()
+    nft = ["ip", "netns", "exec", veth.netns, "nft"]
+    subprocess.run([*nft, "add table inet t"], check=True)
+    subprocess.run([*nft, "add chain inet t out { type filter hook output priority 0; }"],
+                   check=True)
+    subprocess.run([*nft, f"add rule inet t out tcp dport {port} drop"], check=True)
+    client = veth.run(sys.executable, "-c", FIREWALLED_CLIENT, str(port),
+                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        t = trace("-L", "-p", str(client.pid))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        lport = int(client.stdout.readline())
+        line = t.next_line(timeout=3)
+        comm = comm_of(client.pid)
+        t.stop()
+    finally:
+        client.kill()
+        client.wait()
+    assert line == row(client.pid, comm, 4, "127.0.0.1", "127.0.0.1", port, lport=lport)
+    assert t.rows == []

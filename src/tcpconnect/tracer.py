@@ -116,6 +116,7 @@ class Tracer:
         wanted = {
             "handle_set_state": True,
             "handle_xmit": self._wants_lport,
+            "handle_drop": self._wants_lport,
             "handle_receive": config.dns,
         }
         for name, load in wanted.items():

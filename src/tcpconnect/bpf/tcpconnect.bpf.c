@@ -315,18 +315,34 @@ int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate
 	return 0;
 }
 
-SEC("tp_btf/net_dev_queue")
-int BPF_PROG(handle_xmit, struct sk_buff *skb)
+/* Resolves the parked attempt whose packet this is, if any. Runs for every
+ * packet sent or dropped: bail out before any map lookup while no attempt
+ * is waiting for its port. */
+static __always_inline void resolve_packet_owner(const struct sk_buff *skb)
 {
-	/* Runs for every transmitted packet: bail out before any map lookup
-	 * while no attempt is waiting for its port. */
 	struct sock *sk;
 
 	if (!pending_count)
-		return 0;
+		return;
 	sk = skb->sk;
 	if (sk)
 		resolve_pending(sk);
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(handle_xmit, struct sk_buff *skb)
+{
+	resolve_packet_owner(skb);
+	return 0;
+}
+
+/* A SYN that never reaches a device (dropped by netfilter, or queued for a
+ * neighbour that never answers) is freed here: report the attempt now, not
+ * when the connect times out minutes later. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(handle_drop, struct sk_buff *skb)
+{
+	resolve_packet_owner(skb);
 	return 0;
 }
 
