@@ -31,6 +31,7 @@ BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
 LIBBPF_WARN = 0
 BPF_FS_MAGIC = 0xCAFE4A11
+BPF_MAP_TYPE_HASH = 1
 
 
 class BpfError(Exception):
@@ -236,14 +237,6 @@ class Map:
     def update(self, key: ctypes._CData, value: ctypes._CData) -> None:
         _check(_lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0),
                f"cannot update map {self.name}")
-
-    def lookup(self, key: ctypes._CData, value: ctypes._CData) -> bool:
-        """Fills value and returns True if key is present."""
-        if _lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) == 0:
-            return True
-        if ctypes.get_errno() == errno.ENOENT:
-            return False
-        raise _failure(f"cannot look up map {self.name}", ctypes.get_errno())
 
     def pop(self, key: ctypes._CData, value: ctypes._CData) -> bool:
         """Atomically reads and removes key; False if it was not there."""

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .events import CountKey, DnsEvent, Event
-from .libbpf import BpfError, BpfObject, GlobalVariables, Link, Map, RingBuffer
+from .libbpf import (
+    BPF_MAP_TYPE_HASH,
+    BpfError,
+    BpfObject,
+    GlobalVariables,
+    Link,
+    Map,
+    RingBuffer,
+)
 
 OBJECT_PATH = Path(__file__).with_name("tcpconnect.bpf.o")
-BPF_MAP_TYPE_HASH = 1
 # Wake the reader early only once this much is queued; below it the reader's
 # poll timeout picks records up. A wakeup from the traced task costs it far
 # more than the wakeup itself (the reader may be scheduled onto its CPU), so
@@ -62,7 +70,11 @@ def open_filter_map(path: str, option: str, layout: tuple[int, int]) -> Map:
         pinned = Map.from_pin(path)
     except BpfError as exc:
         raise BpfError(f"{option}: {exc}") from None
-    info = pinned.info()
+    try:
+        info = pinned.info()
+    except BpfError:
+        pinned.close()
+        raise
     key_size, value_size = layout
     if (info.type, info.key_size, info.value_size) != (BPF_MAP_TYPE_HASH, key_size, value_size):
         pinned.close()
@@ -151,6 +163,11 @@ class Tracer:
             port_bitmap[port // 64] |= 1 << port % 64
         for table in COUNT_TABLES:
             obj.set_max_entries(table, config.count_capacity)
+        # A ring nobody reads would still pin its memory in the kernel.
+        if config.count:
+            obj.set_max_entries("events", mmap.PAGESIZE)
+        if not config.dns:
+            obj.set_max_entries("dns_events", mmap.PAGESIZE)
         for option, path, map_name, layout, flag in (
             ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT,
              "filter_by_cgroup_map"),

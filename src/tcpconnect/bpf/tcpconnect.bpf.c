@@ -183,7 +183,13 @@ static __always_inline bool task_wanted(struct event *e)
 		return false;
 	if (filter_by_uid && e->uid != filter_uid)
 		return false;
+	return true;
+}
 
+/* Checked after the cheaper task and connection filters, so a connect that
+ * -P or -4/-6 rejects does not pay for these lookups. */
+static __always_inline bool container_wanted(struct event *e)
+{
 	if (want_ids || filter_cgroup_id || filter_by_cgroup_map) {
 		e->cgroup_id = bpf_get_current_cgroup_id();
 		if (filter_cgroup_id && e->cgroup_id != filter_cgroup_id)
@@ -276,7 +282,8 @@ static __always_inline void on_connect(const struct sock *sk)
 {
 	struct event e = {};
 
-	if (!task_wanted(&e) || !read_addresses(sk, &e) || !connection_wanted(&e))
+	if (!task_wanted(&e) || !read_addresses(sk, &e) || !connection_wanted(&e) ||
+	    !container_wanted(&e))
 		return;
 	if (count_mode) {
 		count_connect(&e);
