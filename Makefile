@@ -55,5 +55,12 @@ run: install
 test: install
 	$(VENV)/bin/pytest -q
 
+# The benchmark's peers: libbpf-tools tcpstates is measured; bcc and bpftrace
+# only show how they fail here, so not getting them does not stop it.
+bench: install
+	@$(MAKE) --no-print-directory apt APT_PACKAGES=libbpf-tools
+	-@$(MAKE) --no-print-directory apt APT_PACKAGES="bpfcc-tools bpftrace"
+	$(VENV)/bin/python bench/run.py $(ARGS)
+
 clean:
 	rm -rf $(BUILD) $(BPF_OBJ) $(VENV) src/*.egg-info

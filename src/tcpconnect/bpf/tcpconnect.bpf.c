@@ -166,19 +166,14 @@ static __always_inline bool read_addresses(const struct sock *sk, struct event *
 	return true;
 }
 
-static __always_inline __u64 current_mntns_id(void)
+/* The task's fields are read with plain loads too: what
+ * bpf_get_current_pid_tgid(), bpf_get_current_uid_gid() and
+ * bpf_get_current_comm() return, without a helper call for each. */
+static __always_inline bool task_wanted(const struct task_struct *task, struct event *e)
 {
-	return bpf_get_current_task_btf()->nsproxy->mnt_ns->ns.inum;
-}
-
-static __always_inline bool task_wanted(struct event *e)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-
-	e->pid = pid_tgid >> 32;
-	e->tid = (__u32)pid_tgid;
-	e->uid = (__u32)uid_gid;
+	e->pid = task->tgid;
+	e->tid = task->pid;
+	e->uid = task->cred->uid.val;
 	if (filter_pid && e->pid != filter_pid)
 		return false;
 	if (filter_by_uid && e->uid != filter_uid)
@@ -188,7 +183,7 @@ static __always_inline bool task_wanted(struct event *e)
 
 /* Checked after the cheaper task and connection filters, so a connect that
  * -P or -4/-6 rejects does not pay for these lookups. */
-static __always_inline bool container_wanted(struct event *e)
+static __always_inline bool container_wanted(const struct task_struct *task, struct event *e)
 {
 	if (want_ids || filter_cgroup_id || filter_by_cgroup_map) {
 		e->cgroup_id = bpf_get_current_cgroup_id();
@@ -198,7 +193,7 @@ static __always_inline bool container_wanted(struct event *e)
 			return false;
 	}
 	if (want_ids || filter_by_mntns_map) {
-		e->mntns_id = current_mntns_id();
+		e->mntns_id = task->nsproxy->mnt_ns->ns.inum;
 		if (filter_by_mntns_map && !bpf_map_lookup_elem(&mntns_map, &e->mntns_id))
 			return false;
 	}
@@ -280,10 +275,11 @@ static __always_inline void resolve_pending(const struct sock *sk)
 
 static __always_inline void on_connect(const struct sock *sk)
 {
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct event e = {};
 
-	if (!task_wanted(&e) || !read_addresses(sk, &e) || !connection_wanted(&e) ||
-	    !container_wanted(&e))
+	if (!task_wanted(task, &e) || !read_addresses(sk, &e) || !connection_wanted(&e) ||
+	    !container_wanted(task, &e))
 		return;
 	if (count_mode) {
 		count_connect(&e);
@@ -291,9 +287,9 @@ static __always_inline void on_connect(const struct sock *sk)
 	}
 	if (want_ts)
 		e.ts_ns = bpf_ktime_get_ns();
-	/* What bpf_get_current_comm() copies up to the NUL (user space reads
-	 * no further), for a fraction of the cost of the helper call. */
-	__builtin_memcpy(e.comm, bpf_get_current_task_btf()->comm, sizeof(e.comm));
+	/* Up to the NUL (user space reads no further) the same bytes as
+	 * bpf_get_current_comm(). */
+	__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
 	if (want_lport) {
 		__u64 key = (__u64)sk;
 

@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""tcpconnect's benchmark: `make bench` (or `bench/run.py --quick`).
+
+Prints what tracing costs a tight loopback connect() loop (build/connect_loop)
+in each output mode, whether every connect was reported, start-up time, peak
+memory and how long a lone connect takes to show up; runs libbpf-tools
+tcpstates on the same loop as a reference, and shows why the other tcpconnect
+implementations cannot run on this kernel.
+
+Traced and untraced runs alternate (untraced, traced, untraced, traced, ...,
+untraced) and each traced run is compared with the mean of the untraced runs
+either side of it, so that a machine getting busier or quieter during the
+benchmark moves both sides of a ratio alike. The connect loop is pinned to
+one CPU, so the scheduler moving it around adds no noise; the tracer is free
+to run anywhere. An empty program on the same tracepoint gives the floor:
+what attaching anything there costs. All traffic stays on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from tcpconnect.output import BANNER, COUNT_HEADER  # noqa: E402
+
+BUILD = ROOT / "build"
+CONNECT_LOOP = BUILD / "connect_loop"
+TRACER = ROOT / ".venv" / "bin" / "tcpconnect"
+NOOP_SOURCE = ROOT / "bench" / "noop.bpf.c"
+WORKLOAD_CPU = 0
+TRACEFS = Path("/sys/kernel/tracing")
+# Where the Debian packages put the peers (not $PATH: ours is tcpconnect too).
+PEER_DIRS = (Path("/usr/sbin"), Path("/usr/lib/libbpf-tools"), Path("/usr/bin"))
+STOP_TIMEOUT_S = 60
+ATTACH_TIMEOUT_S = 20
+# Peers that cannot run here; each is run once to show how it fails.
+FAILING_PEERS = (
+    ("bcc tcpconnect", "bpfcc-tools", ("tcpconnect-bpfcc",)),
+    ("libbpf-tools tcpconnect", "libbpf-tools", ("tcpconnect",)),
+    ("bpftrace tcpconnect.bt", "bpftrace", ("tcpconnect.bt",)),
+)
+ERROR_LINE = re.compile(r"error|fail|unable|cannot|not found|denied", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    port: int
+    listener: bool
+
+    def loop_command(self, seconds: float) -> list[str]:
+        command = [str(CONNECT_LOOP), "-p", str(self.port), "-d", str(seconds)]
+        return command + ["-l"] if self.listener else command
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    options: tuple[str, ...] = ()
+    peer: bool = False  # libbpf-tools tcpstates
+    floor: bool = False  # bench/noop.bpf.c
+
+    def command(self, port: int, noop_object: Path | None) -> list[str]:
+        if self.peer:
+            return [str(find_tool("tcpstates")), "-D", str(port)]
+        if self.floor:
+            return [sys.executable, __file__, "--attach-noop", str(noop_object)]
+        return [str(TRACER), *self.options, "-P", str(port)]
+
+    @property
+    def reports(self) -> bool:
+        return not self.floor
+
+
+MODES = (
+    Mode("empty program (floor)", floor=True),
+    Mode("default"),
+    Mode("-L", ("-L",)),
+    Mode("-c", ("-c",)),
+    Mode("-d", ("-d",)),
+    Mode("-j", ("-j",)),
+    Mode("tcpstates (libbpf-tools)", peer=True),
+)
+
+
+@dataclass
+class Result:
+    untraced: list[float] = field(default_factory=list)
+    traced: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    connects: int = 0
+    events: int = 0
+    lost: int = 0
+    peak_rss_kb: int = 0
+    tracer_cpu_s: float = 0.0
+
+
+def find_tool(name: str) -> Path | None:
+    return next((d / name for d in PEER_DIRS if (d / name).is_file()), None)
+
+
+def ports_nobody_uses(count: int) -> list[int]:
+    """Loopback ports free now and below the ephemeral range, so that a
+    connect to one is never answered by the connecting socket itself."""
+    found: list[int] = []
+    for port in range(20000 + os.getpid() % 10000, 32768):
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port))
+            found.append(port)
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        if len(found) == count:
+            return found
+    raise SystemExit("bench: not enough free ports below 32768")
+
+
+def pin_to_workload_cpu() -> None:
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {WORKLOAD_CPU})
+
+
+def run_loop(workload: Workload, seconds: float) -> int:
+    """Connects made by one connect_loop run."""
+    done = subprocess.run(workload.loop_command(seconds), capture_output=True, text=True,
+                          check=False, preexec_fn=pin_to_workload_cpu)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: connect_loop failed: {done.stderr.strip()}")
+    return int(done.stdout)
+
+
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM: the high-water mark of the process's own memory (a child's
+    ru_maxrss would also count the parent's memory it was forked with)."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_files(pid: int) -> set[str]:
+    found = set()
+    for fd in os.scandir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.readlink(fd.path))
+        except FileNotFoundError:  # closed while we looked
+            continue
+    return found
+
+
+class TracerRun:
+    """One traced period: a tracer started, attached, and stopped like Ctrl-C."""
+
+    def __init__(self, command: list[str], workdir: Path, stdout: int | None = None) -> None:
+        self.out_path = workdir / "out"
+        self.err_path = workdir / "err"
+        self.err_path.write_bytes(b"")
+        self._err = open(self.err_path, "wb")
+        self._out = open(self.out_path, "wb") if stdout is None else None
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=self._err,
+                                     stdout=self._out if stdout is None else stdout)
+        self.peak_rss_kb = 0
+
+    def wait_attached(self, peer: bool) -> None:
+        """Our tool (and --attach-noop) prints its banner once attached;
+        tcpstates buffers its output, but opens its perf buffer's epoll only
+        after attaching."""
+        deadline = time.monotonic() + ATTACH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"bench: {self.proc.args[0]} exited: {self.stderr().strip()}")
+            if peer:
+                if "anon_inode:[eventpoll]" in open_files(self.proc.pid):
+                    return
+            elif BANNER in self.banner_stream().read_text(errors="replace"):
+                return
+            time.sleep(0.005)
+        self.stop()
+        raise SystemExit(f"bench: {self.proc.args[0]} did not attach: {self.stderr().strip()}")
+
+    def stop(self) -> None:
+        """Records the peak RSS, then stops the tracer like Ctrl-C would."""
+        if self.proc.poll() is not None:
+            raise SystemExit(f"bench: {self.proc.args[0]} died: {self.stderr().strip()}")
+        self.peak_rss_kb = peak_rss_kb(self.proc.pid)
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise SystemExit(f"bench: {self.proc.args[0]} did not stop on SIGINT") from None
+        finally:
+            self._err.close()
+            if self._out is not None:
+                self._out.close()
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def banner_stream(self) -> Path:
+        # With -j the banner goes to stderr, keeping stdout pure JSON Lines.
+        return self.err_path if "-j" in self.proc.args else self.out_path
+
+
+def reported_events(mode: Mode, path: Path, port: int) -> int:
+    """Connects to port that the tracer's output (in path) accounts for."""
+    with open(path, errors="replace") as out:
+        if mode.peer:
+            return sum(1 for line in out if "CLOSE       -> SYN_SENT" in line)
+        if "-c" in mode.options:
+            for line in out:
+                if line.rstrip("\n") == COUNT_HEADER:
+                    break
+            return sum(int(f[3]) for f in map(str.split, out)
+                       if len(f) == 4 and f[2] == str(port))
+        if "-j" in mode.options:
+            return sum(1 for line in out
+                       if line.startswith("{") and json.loads(line)["dport"] == port)
+        # Text rows follow the banner and the header; DPORT is found by name
+        # because -L and -d move columns around.
+        next(out, None)
+        column = next(out, "DPORT").split().index("DPORT")
+        return sum(1 for line in out if line.split()[column:column + 1] == [str(port)])
+
+
+def lost_events(mode: Mode, stderr: str) -> int:
+    pattern = r"lost (\d+) events" if mode.peer else r"Possibly lost (\d+) events"
+    return sum(int(n) for n in re.findall(pattern, stderr))
+
+
+def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, seconds: float,
+                     workdir: Path, noop_object: Path | None) -> dict[str, Result]:
+    results = {mode.name: Result() for mode in modes}
+    run_loop(workload, 0.5)  # warm-up: page cache, first socket allocations
+    before = run_loop(workload, seconds)
+    for _ in range(rounds):
+        for mode in modes:
+            result = results[mode.name]
+            tracer = TracerRun(mode.command(workload.port, noop_object), workdir)
+            try:
+                tracer.wait_attached(mode.peer)
+                started = cpu_seconds(tracer.proc.pid)
+                traced = run_loop(workload, seconds)
+                result.tracer_cpu_s += cpu_seconds(tracer.proc.pid) - started
+            finally:
+                tracer.stop()
+            after = run_loop(workload, seconds)
+            untraced = (before + after) / 2
+            before = after
+            result.untraced.append(untraced / seconds)
+            result.traced.append(traced / seconds)
+            result.ratios.append(traced / untraced)
+            result.connects += traced
+            if mode.reports:
+                result.events += reported_events(mode, tracer.out_path, workload.port)
+                result.lost += lost_events(mode, tracer.stderr())
+                result.peak_rss_kb = max(result.peak_rss_kb, tracer.peak_rss_kb)
+    return results
+
+
+def measure_startup(options: tuple[str, ...], port: int, launches: int) -> tuple[list[float], int]:
+    """Milliseconds from launch to the banner on a pipe, and the peak RSS (kB)
+    of an idle tracer."""
+    times, rss = [], 0
+    for _ in range(launches):
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            tracer = TracerRun([str(TRACER), *options, "-P", str(port)], Path(tmp),
+                               stdout=subprocess.PIPE)
+            assert tracer.proc.stdout is not None
+            first = tracer.proc.stdout.readline().decode().rstrip("\n")
+            times.append((time.perf_counter() - start) * 1000)
+            tracer.stop()
+            if first != BANNER:
+                raise SystemExit(f"bench: tracer did not start: {tracer.stderr().strip()}")
+            rss = max(rss, tracer.peak_rss_kb)
+    return times, rss
+
+
+def measure_latency(options: tuple[str, ...], port: int, connects: int,
+                    spacing_s: float) -> list[float]:
+    """Milliseconds from connect() returning to its row arriving on the
+    tracer's stdout, for connects far apart (the tracer is mostly idle)."""
+    arrivals: list[float] = []
+
+    def read(stream: IO[bytes]) -> None:
+        for line in stream:
+            if line.split()[-1:] == [str(port).encode()] or b'"dport": %d' % port in line:
+                arrivals.append(time.monotonic())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tracer = TracerRun([str(TRACER), *options, "-P", str(port)], Path(tmp),
+                           stdout=subprocess.PIPE)
+        assert tracer.proc.stdout is not None
+        if tracer.banner_stream() == tracer.err_path:
+            tracer.wait_attached(peer=False)
+        elif tracer.proc.stdout.readline().decode().rstrip("\n") != BANNER:
+            tracer.stop()
+            raise SystemExit(f"bench: tracer did not start: {tracer.stderr().strip()}")
+        reader = threading.Thread(target=read, args=(tracer.proc.stdout,), daemon=True)
+        reader.start()
+        returned = []
+        for _ in range(connects):
+            with socket.socket() as sock:
+                try:
+                    sock.connect(("127.0.0.1", port))
+                except ConnectionRefusedError:
+                    pass
+                returned.append(time.monotonic())
+            time.sleep(spacing_s)
+        time.sleep(0.2)
+        tracer.stop()
+        reader.join(timeout=5)
+    if len(arrivals) != connects:
+        raise SystemExit(f"bench: {connects} connects but {len(arrivals)} rows in the latency run")
+    return [(shown - made) * 1000 for made, shown in zip(returned, arrivals)]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def failing_peer(package: str, names: tuple[str, ...]) -> str:
+    """How a peer fails to start here: its decisive error line, the last one
+    naming an error (earlier ones tend to be warnings; bcc prints its
+    reason on stdout, after the traceback on stderr)."""
+    tool = next((t for t in map(find_tool, names) if t is not None), None)
+    if tool is None:
+        return f"not installed (apt-get install {package})"
+    try:
+        done = subprocess.run([str(tool)], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, check=False)
+    except subprocess.TimeoutExpired:
+        return "still running after 60 s: it attached"
+    output = (done.stderr + done.stdout).splitlines()
+    errors = [line.strip() for line in output
+              if ERROR_LINE.search(line) and not line.startswith(" ")]
+    return f"exit {done.returncode}: {(errors or output or ['(no output)'])[-1]}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+             for row in [header, ["-" * w for w in widths], *rows]]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    with open("/proc/cpuinfo") as cpuinfo:
+        model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                      if line.startswith("model name")), platform.machine())
+    return (f"{model}, {os.cpu_count()} CPUs, kernel {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def build_noop(workdir: Path) -> Path | None:
+    """Compiles bench/noop.bpf.c against the vmlinux.h `make install` made."""
+    target = workdir / "noop.bpf.o"
+    try:
+        done = subprocess.run(["clang", "-g", "-O2", "-target", "bpf", f"-I{BUILD}", "-c",
+                               str(NOOP_SOURCE), "-o", str(target)],
+                              capture_output=True, text=True, check=False)
+        problem = done.stderr.strip() if done.returncode else ""
+    except OSError as exc:
+        problem = str(exc)
+    if problem:
+        print(f"bench: cannot build {NOOP_SOURCE.name}, no floor row: "
+              f"{problem.splitlines()[-1]}", file=sys.stderr)
+        return None
+    return target
+
+
+def attach_noop(path: str) -> int:
+    """--attach-noop: holds the empty program attached until SIGINT."""
+    from tcpconnect.libbpf import BpfObject
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    obj = BpfObject(path)
+    try:
+        obj.load()
+        link = obj.program("noop").attach()
+        print(BANNER, flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        link.close()
+    finally:
+        obj.close()
+    return 0
+
+
+class OtherLoad:
+    """User-space CPU time that processes other than this benchmark's used
+    while it ran, and time the hypervisor took (steal): both make figures
+    noisy. (System time is left out: it includes the loop's own softirq work
+    done by kernel threads.)"""
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        with open("/proc/stat") as stat:
+            user, nice, _system, _idle, _iowait, _irq, _softirq, steal = (
+                int(v) for v in stat.readline().split()[1:9])
+        hz = os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        return (user + nice) / hz, own.user + own.children_user, steal / hz
+
+    def report(self) -> str:
+        user, own, steal = (end - start for end, start in zip(self._sample(), self._start))
+        return (f"Other processes' user CPU time while measuring: {max(0.0, user - own):.1f} s; "
+                f"hypervisor steal: {steal:.1f} s")
+
+
+def ensure_tracefs() -> bool:
+    """tcpstates attaches a classic tracepoint, which needs tracefs; mounts it
+    if missing and says whether it did (so it can be unmounted again)."""
+    if os.path.ismount(TRACEFS):
+        return False
+    subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)], check=True)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="one short round per mode (about a minute)")
+    parser.add_argument("--rounds", type=int, help="traced/untraced pairs per mode (default 5)")
+    parser.add_argument("--seconds", type=float, help="length of each run (default 1.5)")
+    parser.add_argument("--attach-noop", metavar="OBJECT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.attach_noop:
+        return attach_noop(args.attach_noop)
+    rounds = args.rounds or (1 if args.quick else 5)
+    seconds = args.seconds or (1.0 if args.quick else 1.5)
+    for needed in (CONNECT_LOOP, TRACER):
+        if not needed.exists():
+            print(f"bench: {needed} is missing: run `make install`", file=sys.stderr)
+            return 1
+
+    modes = list(MODES)
+    if find_tool("tcpstates") is None:
+        print("bench: tcpstates not installed (apt-get install libbpf-tools): "
+              "no reference row", file=sys.stderr)
+        modes = [m for m in modes if not m.peer]
+    mounted = ensure_tracefs()
+    try:
+        return run(modes, rounds, seconds)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(TRACEFS)], check=False)
+
+
+def run(modes: list[Mode], rounds: int, seconds: float) -> int:
+    print(f"machine: {machine()}")
+    print(f"{rounds} round(s) of {seconds:g} s per mode and workload; connect loop pinned to "
+          f"CPU {WORKLOAD_CPU}; ratio = median over rounds of traced / mean of the untraced "
+          "runs either side\n", flush=True)
+    refused, listener, other = ports_nobody_uses(3)
+    workloads = [Workload("refused", refused, listener=False),
+                 Workload("listener", listener, listener=True)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tcpconnect-bench-") as tmp:
+        noop_object = build_noop(Path(tmp))
+        if noop_object is None:
+            modes = [m for m in modes if not m.floor]
+        load = OtherLoad()
+        for workload in workloads:
+            results = measure_overhead(workload, modes, rounds, seconds, Path(tmp), noop_object)
+            for mode in modes:
+                r = results[mode.name]
+                reported = [f"{r.events:,}", "yes" if r.events == r.connects else "NO",
+                            f"{r.lost:,}", f"{r.peak_rss_kb / 1024:.1f}",
+                            f"{r.tracer_cpu_s / r.connects * 1e6:.2f}"]
+                rows.append([
+                    workload.name, mode.name,
+                    f"{statistics.median(r.untraced):,.0f}", f"{statistics.median(r.traced):,.0f}",
+                    f"{statistics.median(r.ratios):.3f}", f"{r.connects:,}",
+                    *(reported if mode.reports else ["-"] * len(reported)),
+                ])
+    print("Connect rate, traced vs untraced (connects/s; output to a file; -P to the loop's port)")
+    print(table(["workload", "mode", "untraced/s", "traced/s", "ratio", "connects", "reported",
+                 "all?", "lost", "peak RSS MB", "tracer CPU us/connect"], rows))
+    print("tcpstates reports the CLOSE -> SYN_SENT transitions it printed.")
+    print(load.report() + "\n")
+
+    port = other
+    startup_rows = []
+    for options in ((), ("-d",)):
+        times, rss = measure_startup(options, port, launches=5)
+        startup_rows.append([" ".join(("tcpconnect", *options)),
+                             f"{statistics.median(times):.0f}", f"{max(times):.0f}",
+                             f"{rss / 1024:.1f}"])
+    print("Start-up: launch to banner (attached), 5 launches")
+    print(table(["command", "median ms", "max ms", "peak RSS MB"], startup_rows) + "\n")
+
+    latency_rows = []
+    for options in ((), ("-L",), ("-j",)):
+        latencies = measure_latency(options, port, connects=50, spacing_s=0.02)
+        latency_rows.append([" ".join(("tcpconnect", *options)),
+                             f"{percentile(latencies, 50):.1f}",
+                             f"{percentile(latencies, 99):.1f}", f"{max(latencies):.1f}"])
+    print("Display latency: connect() returned -> row read from the tracer's stdout "
+          "(50 connects, 20 ms apart)")
+    print(table(["command", "p50 ms", "p99 ms", "max ms"], latency_rows) + "\n")
+
+    print("Peers that cannot start on this kernel (no kprobes, no kernel headers):")
+    print(table(["tool", "result"],
+                [[name, failing_peer(package, names)]
+                 for name, package, names in FAILING_PEERS]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
