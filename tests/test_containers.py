@@ -158,33 +158,33 @@ def child_cgroup() -> Iterator[Cgroup]:
         path.rmdir()
 
 
-def test_cgroupmap_reports_only_cgroups_in_the_map(trace, workload, pins, child_cgroup):
-    cgroups = pins.map(value=8)
-    cgroups.add(child_cgroup.id)
-    inside, outside = workload(), workload()
-    child_cgroup.add(inside.pid)
+def assert_only_inside_reported(trace, inside: Workload, outside: Workload,
+                                *filter_args: str) -> None:
+    """Traces with the filter; of connects from inside, outside and this
+    process, only the one from inside may show."""
     port = free_port()
-    t = trace("--cgroupmap", str(cgroups.path), "-P", str(port))
+    t = trace(*filter_args, "-P", str(port))
     refused(inside, port)
     refused(outside, port)
     refused_connect(4, port)
     t.stop()
     assert t.rows == [row_of(inside, port)]
     assert (t.returncode, t.stderr) == (0, "")
+
+
+def test_cgroupmap_reports_only_cgroups_in_the_map(trace, workload, pins, child_cgroup):
+    cgroups = pins.map(value=8)
+    cgroups.add(child_cgroup.id)
+    inside, outside = workload(), workload()
+    child_cgroup.add(inside.pid)
+    assert_only_inside_reported(trace, inside, outside, "--cgroupmap", str(cgroups.path))
 
 
 def test_mntnsmap_reports_only_mount_namespaces_in_the_map(trace, workload, pins):
     namespaces = pins.map(value=4)
     inside, outside = in_own_mount_ns(workload), workload()
     namespaces.add(mntns_of(inside.pid))
-    port = free_port()
-    t = trace("--mntnsmap", str(namespaces.path), "-P", str(port))
-    refused(inside, port)
-    refused(outside, port)
-    refused_connect(4, port)
-    t.stop()
-    assert t.rows == [row_of(inside, port)]
-    assert (t.returncode, t.stderr) == (0, "")
+    assert_only_inside_reported(trace, inside, outside, "--mntnsmap", str(namespaces.path))
 
 
 def test_both_maps_given_both_must_match(trace, workload, pins, child_cgroup):
@@ -230,14 +230,7 @@ def test_map_updated_while_tracing_takes_effect_at_once(trace, workload, pins, c
 def test_cgroup_path_reports_only_that_cgroup(trace, workload, child_cgroup):
     inside, outside = workload(), workload()
     child_cgroup.add(inside.pid)
-    port = free_port()
-    t = trace("--cgroup", str(child_cgroup.path), "-P", str(port))
-    refused(inside, port)
-    refused(outside, port)
-    refused_connect(4, port)
-    t.stop()
-    assert t.rows == [row_of(inside, port)]
-    assert (t.returncode, t.stderr) == (0, "")
+    assert_only_inside_reported(trace, inside, outside, "--cgroup", str(child_cgroup.path))
 
 
 def test_json_carries_cgroup_and_mount_namespace_ids(trace, workload, child_cgroup):
