@@ -397,18 +397,22 @@ def build_noop(workdir: Path) -> Path | None:
 
 def attach_noop(path: str) -> int:
     """--attach-noop: holds the empty program attached until SIGINT."""
-    from tcpconnect.libbpf import BpfObject
+    from tcpconnect.libbpf import BpfError, BpfObject
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    obj = BpfObject(path)
     try:
-        obj.load()
-        link = obj.program("noop").attach()
-        print(BANNER, flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        link.close()
-    finally:
-        obj.close()
+        obj = BpfObject(path)
+        try:
+            obj.load()
+            link = obj.program("noop").attach()
+            print(BANNER, flush=True)
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            link.close()
+        finally:
+            obj.close()
+    except BpfError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -448,7 +452,7 @@ def ensure_tracefs() -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="one short round per mode (about a minute)")
+                        help="one short round per mode: under a minute, rough figures")
     parser.add_argument("--rounds", type=int, help="traced/untraced pairs per mode (default 5)")
     parser.add_argument("--seconds", type=float, help="length of each run (default 1.5)")
     parser.add_argument("--attach-noop", metavar="OBJECT", help=argparse.SUPPRESS)
@@ -457,6 +461,8 @@ def main() -> int:
         return attach_noop(args.attach_noop)
     rounds = args.rounds or (1 if args.quick else 5)
     seconds = args.seconds or (1.0 if args.quick else 1.5)
+    if rounds < 1 or seconds <= 0:
+        parser.error("--rounds and --seconds must be positive")
     for needed in (CONNECT_LOOP, TRACER):
         if not needed.exists():
             print(f"bench: {needed} is missing: run `make install`", file=sys.stderr)
@@ -483,6 +489,7 @@ def run(modes: list[Mode], rounds: int, seconds: float) -> int:
     refused, listener, other = ports_nobody_uses(3)
     workloads = [Workload("refused", refused, listener=False),
                  Workload("listener", listener, listener=True)]
+    results: dict[tuple[str, str], Result] = {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="tcpconnect-bench-") as tmp:
         noop_object = build_noop(Path(tmp))
@@ -490,49 +497,86 @@ def run(modes: list[Mode], rounds: int, seconds: float) -> int:
             modes = [m for m in modes if not m.floor]
         load = OtherLoad()
         for workload in workloads:
-            results = measure_overhead(workload, modes, rounds, seconds, Path(tmp), noop_object)
+            measured = measure_overhead(workload, modes, rounds, seconds, Path(tmp), noop_object)
             for mode in modes:
-                r = results[mode.name]
+                r = results[workload.name, mode.name] = measured[mode.name]
                 reported = [f"{r.events:,}", "yes" if r.events == r.connects else "NO",
                             f"{r.lost:,}", f"{r.peak_rss_kb / 1024:.1f}",
                             f"{r.tracer_cpu_s / r.connects * 1e6:.2f}"]
                 rows.append([
                     workload.name, mode.name,
                     f"{statistics.median(r.untraced):,.0f}", f"{statistics.median(r.traced):,.0f}",
-                    f"{statistics.median(r.ratios):.3f}", f"{r.connects:,}",
+                    f"{statistics.median(r.ratios):.3f}",
+                    f"{min(r.ratios):.3f}-{max(r.ratios):.3f}", f"{r.connects:,}",
                     *(reported if mode.reports else ["-"] * len(reported)),
                 ])
     print("Connect rate, traced vs untraced (connects/s; output to a file; -P to the loop's port)")
-    print(table(["workload", "mode", "untraced/s", "traced/s", "ratio", "connects", "reported",
-                 "all?", "lost", "peak RSS MB", "tracer CPU us/connect"], rows))
+    print(table(["workload", "mode", "untraced/s", "traced/s", "ratio", "range", "connects",
+                 "reported", "all?", "lost", "peak RSS MB", "tracer CPU us/connect"], rows))
     print("tcpstates reports the CLOSE -> SYN_SENT transitions it printed.")
     print(load.report() + "\n")
 
-    port = other
-    startup_rows = []
-    for options in ((), ("-d",)):
-        times, rss = measure_startup(options, port, launches=5)
-        startup_rows.append([" ".join(("tcpconnect", *options)),
-                             f"{statistics.median(times):.0f}", f"{max(times):.0f}",
-                             f"{rss / 1024:.1f}"])
+    startups = {options: measure_startup(options, other, launches=5)
+                for options in ((), ("-d",))}
     print("Start-up: launch to banner (attached), 5 launches")
-    print(table(["command", "median ms", "max ms", "peak RSS MB"], startup_rows) + "\n")
+    print(table(["command", "median ms", "max ms", "peak RSS MB"],
+                [[command_line(options), f"{statistics.median(times):.0f}",
+                  f"{max(times):.0f}", f"{rss / 1024:.1f}"]
+                 for options, (times, rss) in startups.items()]) + "\n")
 
-    latency_rows = []
-    for options in ((), ("-L",), ("-j",)):
-        latencies = measure_latency(options, port, connects=50, spacing_s=0.02)
-        latency_rows.append([" ".join(("tcpconnect", *options)),
-                             f"{percentile(latencies, 50):.1f}",
-                             f"{percentile(latencies, 99):.1f}", f"{max(latencies):.1f}"])
+    latencies = {options: measure_latency(options, other, connects=50, spacing_s=0.02)
+                 for options in ((), ("-L",), ("-j",))}
     print("Display latency: connect() returned -> row read from the tracer's stdout "
           "(50 connects, 20 ms apart)")
-    print(table(["command", "p50 ms", "p99 ms", "max ms"], latency_rows) + "\n")
+    print(table(["command", "p50 ms", "p99 ms", "max ms"],
+                [[command_line(options), f"{percentile(values, 50):.1f}",
+                  f"{percentile(values, 99):.1f}", f"{max(values):.1f}"]
+                 for options, values in latencies.items()]) + "\n")
 
     print("Peers that cannot start on this kernel (no kprobes, no kernel headers):")
     print(table(["tool", "result"],
                 [[name, failing_peer(package, names)]
-                 for name, package, names in FAILING_PEERS]))
+                 for name, package, names in FAILING_PEERS]) + "\n")
+
+    print("Issue 6 targets (goals, not pass/fail of the tool)")
+    print(table(["target", "measured", "met?"], targets(results, startups, latencies)))
     return 0
+
+
+def command_line(options: tuple[str, ...]) -> str:
+    return " ".join(("tcpconnect", *options))
+
+
+def targets(results: dict[tuple[str, str], Result],
+            startups: dict[tuple[str, ...], tuple[list[float], int]],
+            latencies: dict[tuple[str, ...], list[float]]) -> list[list[str]]:
+    def ratio(mode: str) -> tuple[str, float]:
+        medians = {workload: statistics.median(r.ratios)
+                   for (workload, name), r in results.items() if name == mode}
+        text = ", ".join(f"{workload} {value:.3f}" for workload, value in medians.items())
+        return text, min(medians.values(), default=0.0)
+
+    def verdict(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    ours = [r for (_, name), r in results.items()
+            if any(m.name == name and m.reports and not m.peer for m in MODES)]
+    default, default_worst = ratio("default")
+    count, count_worst = ratio("-c")
+    floor, _ = ratio("empty program (floor)")
+    lost = sum(r.lost for r in ours)
+    startup = max(statistics.median(times) for times, _ in startups.values())
+    rss = max([r.peak_rss_kb for r in ours] + [kb for _, kb in startups.values()]) / 1024
+    p99 = max(percentile(values, 99) for values in latencies.values())
+    return [
+        ["traced/untraced >= 0.97, default mode", default, verdict(default_worst >= 0.97)],
+        ["traced/untraced >= 0.99, -c", count, verdict(count_worst >= 0.99)],
+        ["  (floor: empty program, same tracepoint)", floor, ""],
+        ["no lost events at saturation", f"{lost} lost, all modes", verdict(lost == 0)],
+        ["start-up <= 150 ms", f"{startup:.0f} ms (slowest median)", verdict(startup <= 150)],
+        ["peak RSS <= 40 MB", f"{rss:.1f} MB (largest)", verdict(rss <= 40)],
+        ["display latency p99 <= 50 ms", f"{p99:.1f} ms (worst mode)", verdict(p99 <= 50)],
+    ]
 
 
 if __name__ == "__main__":
