@@ -393,3 +393,13 @@ def test_syn_dropped_by_firewall_is_reported_at_once(trace, veth):
         client.wait()
     assert line == row(client.pid, comm, 4, "127.0.0.1", "127.0.0.1", port, lport=lport)
     assert t.rows == []
+
+
+@pytest.mark.parametrize("option,shown", [("-4", True), ("-6", False)])
+def test_ipv4_mapped_connect_counts_as_ipv4_for_family_filters(trace, option, shown):
+    port = free_port()
+    t = trace(option, "-P", str(port))
+    refused_connect(6, port, addr="::ffff:127.0.0.1")
+    t.stop()
+    expected = [row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", port)] if shown else []
+    assert t.rows == expected
