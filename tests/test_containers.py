@@ -29,6 +29,7 @@ from conftest import (
 )
 
 from tcpconnect.libbpf import BPF_FS_MAGIC, filesystem_magic
+from tcpconnect.output import COUNT_HEADER
 
 ME = os.getpid()
 BPFFS = Path("/sys/fs/bpf")
@@ -296,3 +297,18 @@ def test_cgroup_path_that_is_not_a_cgroup_v2_directory_is_refused(tmp_path, chil
     member_file = child_cgroup.path / "cgroup.procs"
     expect_refusal(["--cgroup", str(member_file)],
                    f"error: --cgroup {member_file}: not a cgroup v2 directory", 2)
+
+
+def test_count_mode_counts_only_the_filtered_cgroup(trace, workload, child_cgroup):
+    inside, outside = workload(), workload()
+    child_cgroup.add(inside.pid)
+    port = free_port()
+    t = trace("-c", "--cgroup", str(child_cgroup.path), "-P", str(port))
+    for _ in range(2):
+        refused(inside, port)
+    for _ in range(3):
+        refused(outside, port)
+    refused_connect(4, port)
+    t.stop()
+    assert t.stdout == "\n".join(["", COUNT_HEADER, "%-25s %-25s %-20s %-10d" % (
+        LOOPBACK, LOOPBACK, port, 2)]) + "\n"
