@@ -81,5 +81,5 @@ def format_address(family: int, raw: ctypes.Array) -> str:
         if len(known) >= ADDRESS_CACHE_SIZE:
             known.clear()  # cheaper than LRU bookkeeping on every hit
         af = socket.AF_INET if family == 4 else socket.AF_INET6
-        text = known[key] = socket.inet_ntop(af, key[:4] if family == 4 else key)
+        text = known[key] = socket.inet_ntop(af, packed_address(family, raw))
     return text

@@ -201,9 +201,7 @@ class Tracer:
         they happened, so they are reported when tracing ends. Detaching
         first means nothing can be submitted after the last read."""
         assert self._obj is not None and self._ring is not None
-        for link in self._links:
-            link.close()
-        self._links.clear()
+        self._detach()
         self._ring.drain()
         if not self._wants_lport or self._on_event is None:
             return
@@ -241,10 +239,13 @@ class Tracer:
                 taken.append((key, value.value))
         return taken
 
-    def close(self) -> None:
+    def _detach(self) -> None:
         for link in self._links:
             link.close()
         self._links.clear()
+
+    def close(self) -> None:
+        self._detach()
         if self._ring is not None:
             self._ring.close()
             self._ring = None
