@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BUILD := build
-BPF_OBJ := src/tcpconnect/tcpconnect.bpf.o
-BPF_SRC := src/tcpconnect/bpf/tcpconnect.bpf.c src/tcpconnect/bpf/tcpconnect.h
+# Two objects: dns_dynptr.bpf.o holds the one program that needs a kfunc, so
+# tcpconnect.bpf.o loads without the kernel's own BTF (see dns_dynptr.bpf.c).
+BPF_OBJS := src/tcpconnect/tcpconnect.bpf.o src/tcpconnect/dns_dynptr.bpf.o
+BPF_HEADERS := $(wildcard src/tcpconnect/bpf/*.h)
 APT_PACKAGES := clang libbpf-dev libbpf1 bpftool iproute2 liburing-dev dnsmasq-base gcc make \
 	python3 python3-venv procps util-linux nftables
 HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
@@ -12,7 +14,7 @@ ARGS ?=
 
 .PHONY: install run test bench clean apt
 
-install: apt $(VENV)/.installed $(BPF_OBJ) $(HELPERS)
+install: apt $(VENV)/.installed $(BPF_OBJS) $(HELPERS)
 
 # Installs only what is missing, so repeated runs need no network.
 apt:
@@ -37,9 +39,9 @@ $(BUILD)/vmlinux.h:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp
 	mv $@.tmp $@
 
-$(BPF_OBJ): $(BPF_SRC) $(BUILD)/vmlinux.h
+src/tcpconnect/%.bpf.o: src/tcpconnect/bpf/%.bpf.c $(BPF_HEADERS) $(BUILD)/vmlinux.h
 	clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
-	  -I$(BUILD) -c src/tcpconnect/bpf/tcpconnect.bpf.c -o $@
+	  -I$(BUILD) -c $< -o $@
 
 $(BUILD)/uring_connect: tests/helpers/uring_connect.c
 	mkdir -p $(BUILD)
@@ -63,4 +65,4 @@ bench: install
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
 clean:
-	rm -rf $(BUILD) $(BPF_OBJ) $(VENV) src/*.egg-info
+	rm -rf $(BUILD) $(BPF_OBJS) $(VENV) src/*.egg-info

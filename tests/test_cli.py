@@ -65,7 +65,7 @@ def test_help_ends_with_examples():
     assert text.startswith("usage: tcpconnect [-h] [-t] [-p PID] [-P PORT] [-4 | -6]")
     examples = text[text.index("examples:"):].splitlines()
     assert examples[1].strip().startswith("tcpconnect ")
-    assert text.rstrip().splitlines()[-1].strip().startswith("tcpconnect --cgroup")
+    assert text.rstrip().splitlines()[-1].strip().startswith("tcpconnect --btf")
 
 
 def test_without_privileges():

@@ -32,7 +32,8 @@ EXAMPLES = """examples:
     tcpconnect -j               # one JSON object per connect
     tcpconnect --cgroupmap /sys/fs/bpf/test01     # only cgroups listed in this pinned map
     tcpconnect --mntnsmap /sys/fs/bpf/mnt_ns_set  # only mount namespaces in this pinned map
-    tcpconnect --cgroup /sys/fs/cgroup/unified/app  # only this cgroup v2"""
+    tcpconnect --cgroup /sys/fs/cgroup/unified/app  # only this cgroup v2
+    tcpconnect --btf /var/lib/btf/5.10.0-32-amd64.btf  # a kernel without its own BTF"""
 
 
 class Parser(argparse.ArgumentParser):
@@ -113,6 +114,9 @@ def build_parser() -> Parser:
                         help="trace mount namespaces in this pinned BPF map only")
     parser.add_argument("--cgroup", metavar="PATH",
                         help="trace this cgroup v2 directory only")
+    parser.add_argument("--btf", metavar="FILE",
+                        help="BTF of the running kernel, for kernels without "
+                             "/sys/kernel/btf/vmlinux (e.g. from BTFHub)")
     return parser
 
 
@@ -134,7 +138,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.cgroup_id = cgroup_id(parser, args.cgroup)
     else:
         args.cgroup_id = None
+    if args.btf is not None:
+        check_btf(parser, args.btf)
     return args
+
+
+def check_btf(parser: Parser, path: str) -> None:
+    from .libbpf import BpfError, check_btf_file
+
+    if not os.path.isfile(path):
+        parser.error(f"--btf {path}: no such file")
+    try:
+        check_btf_file(path)
+    except BpfError as exc:
+        parser.error(f"--btf {exc}")
 
 
 def check_process(parser: Parser, pid: int) -> None:
@@ -174,9 +191,6 @@ def check_environment() -> str | None:
 
     if not (has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))):
         return "must run as root (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
-    if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        return ("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): "
-                "it needs CONFIG_DEBUG_INFO_BTF=y")
     return None
 
 

@@ -32,6 +32,7 @@ BTF_KIND_DATASEC = 15
 LIBBPF_WARN = 0
 BPF_FS_MAGIC = 0xCAFE4A11
 BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_RINGBUF = 27
 
 
 class BpfError(Exception):
@@ -67,6 +68,21 @@ class BpfMapInfo(Structure):
         return name.decode() if name else f"type {self.type}"
 
 
+class _ObjectOpenOpts(Structure):
+    """The leading part of libbpf's struct bpf_object_open_opts, up to the
+    last field used here; libbpf reads only `sz` bytes of it."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("object_name", c_char_p),
+        ("relaxed_maps", c_bool),
+        ("pin_root_path", c_char_p),
+        ("_removed_attach_prog_fd", c_uint32),
+        ("kconfig", c_char_p),
+        ("btf_custom_path", c_char_p),
+    ]
+
+
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
 RINGBUF_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 
@@ -90,7 +106,7 @@ def _declare(name: str, restype: type | None, *argtypes: type) -> None:
 
 for _name, _res, _args in [
     ("libbpf_set_print", c_void_p, [_PRINT_FN]),
-    ("bpf_object__open_file", c_void_p, [c_char_p, c_void_p]),
+    ("bpf_object__open_file", c_void_p, [c_char_p, POINTER(_ObjectOpenOpts)]),
     ("bpf_object__load", c_int, [c_void_p]),
     ("bpf_object__close", None, [c_void_p]),
     ("bpf_object__btf", c_void_p, [c_void_p]),
@@ -113,6 +129,9 @@ for _name, _res, _args in [
     ("bpf_map_lookup_and_delete_elem", c_int, [c_int, c_void_p, c_void_p]),
     ("bpf_map_get_next_key", c_int, [c_int, c_void_p, c_void_p]),
     ("btf__find_by_name_kind", c_int, [c_void_p, c_char_p, c_uint32]),
+    ("btf__parse", c_void_p, [c_char_p, c_void_p]),
+    ("btf__free", None, [c_void_p]),
+    ("libbpf_probe_bpf_map_type", c_int, [c_uint32, c_void_p]),
     ("btf__type_by_id", POINTER(_BtfType), [c_void_p, c_uint32]),
     ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
     ("ring_buffer__new", c_void_p, [c_int, RINGBUF_SAMPLE_FN, c_void_p, c_void_p]),
@@ -333,13 +352,36 @@ class GlobalVariables:
         return ctype.from_address(self._address(name, ctype))
 
 
-class BpfObject:
-    """An opened (then loaded) BPF object file."""
+def check_btf_file(path: str) -> None:
+    """Raises BpfError unless path holds BTF that libbpf can read (raw BTF,
+    as BTFHub ships it, or an ELF file with a .BTF section)."""
+    _log.mark()
+    btf = _lib.btf__parse(os.fsencode(path), None)
+    if not btf:
+        err = ctypes.get_errno() or errno.EINVAL
+        raise BpfError(f"{path}: not a readable BTF file ({os.strerror(err)})")
+    _lib.btf__free(btf)
 
-    def __init__(self, path: str) -> None:
+
+def kernel_has_map_type(map_type: int) -> bool:
+    """Whether the running kernel can create maps of this type, asked the
+    way libbpf asks: by creating a small one."""
+    result = _lib.libbpf_probe_bpf_map_type(map_type, None)
+    if result < 0:
+        raise _failure(f"cannot probe the kernel for BPF map type {map_type}", result)
+    return result == 1
+
+
+class BpfObject:
+    """An opened (then loaded) BPF object file. With btf_path, CO-RE
+    relocations use that BTF file instead of the kernel's own."""
+
+    def __init__(self, path: str, btf_path: str | None = None) -> None:
         self.path = path
+        opts = _ObjectOpenOpts(sz=ctypes.sizeof(_ObjectOpenOpts),
+                               btf_custom_path=os.fsencode(btf_path) if btf_path else None)
         _log.mark()
-        ptr = _lib.bpf_object__open_file(os.fsencode(path), None)
+        ptr = _lib.bpf_object__open_file(os.fsencode(path), ctypes.byref(opts))
         self._ptr: int | None = _check_ptr(ptr, f"cannot open BPF object {path}")
 
     def _find_map(self, name: str) -> int:

@@ -37,6 +37,7 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
         cgroup_id=args.cgroup_id,
         cgroup_map=args.cgroupmap,
         mntns_map=args.mntnsmap,
+        btf_path=args.btf,
         timestamps=args.timestamp or args.dns,
         task_ids=args.json,
     )
@@ -165,6 +166,14 @@ class Session:
         if totals.pending_failures:
             self._warn(f"{totals.pending_failures} connects were reported without their "
                        "local port (pending table full)")
+        if totals.dns_unreadable:
+            self._warn(f"{totals.dns_unreadable} DNS responses could not be read: their payload "
+                       "was in page fragments, which tracing programs on this kernel cannot "
+                       "read (Linux 6.12 can)")
+        if totals.dns_uncheckable:
+            self._warn(f"{totals.dns_uncheckable} received packets were not checked for DNS "
+                       "responses: their headers were in page fragments, which tracing "
+                       "programs on this kernel cannot read (Linux 6.12 can)")
         if self._dns_cache is not None and self._dns_cache.malformed:
             self._warn(f"Skipped {self._dns_cache.malformed} malformed DNS responses")
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .events import CountKey, DnsEvent, Event
+from .kernel import KernelSupport, probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
     BpfError,
@@ -21,6 +22,8 @@ from .libbpf import (
 
 # os.path, not pathlib: importing pathlib adds ~4 ms to start-up.
 OBJECT_PATH = os.path.join(os.path.dirname(__file__), "tcpconnect.bpf.o")
+# -d's whole-packet capture, for kernels that allow it (see dns_dynptr.bpf.c).
+DNS_DYNPTR_PATH = os.path.join(os.path.dirname(__file__), "dns_dynptr.bpf.o")
 # Wake the reader early only once this much is queued; below it the reader's
 # poll timeout picks records up. A wakeup from the traced task costs it far
 # more than the wakeup itself (the reader may be scheduled onto its CPU), so
@@ -34,6 +37,14 @@ MNTNS_MAP_LAYOUT = (8, 4)
 # are allocated on demand, so the size costs nothing until it is used.
 COUNT_CAPACITY = 65536
 COUNT_TABLES = ("counts_0", "counts_1")
+# Every program of the main object: each hook as tp_btf and as raw_tp.
+MAIN_PROGRAMS = (
+    "handle_set_state", "handle_set_state_raw",
+    "handle_xmit", "handle_xmit_raw",
+    "handle_drop", "handle_drop_raw",
+    "handle_receive_linear", "handle_receive_raw",
+)
+DNS_DYNPTR_PROGRAM = "handle_receive"
 # One bit per destination port, for -P.
 PORT_BITMAP = ctypes.c_uint64 * (65536 // 64)
 
@@ -51,6 +62,9 @@ class TracerConfig:
     cgroup_id: int | None = None
     cgroup_map: str | None = None
     mntns_map: str | None = None
+    # BTF of the running kernel for CO-RE, for kernels that do not expose
+    # their own (libbpf's btf_custom_path).
+    btf_path: str | None = None
     # Event fields filled only when asked for: each costs the traced connect
     # tens of nanoseconds in the kernel. Unfilled ones are 0.
     timestamps: bool = False
@@ -63,6 +77,10 @@ class LossCounters:
     dns_events: int
     count_failures: int
     pending_failures: int
+    # -d with the linear-area capture: answers whose payload, and packets
+    # whose headers, lay in page fragments it cannot read.
+    dns_unreadable: int = 0
+    dns_uncheckable: int = 0
 
 
 def open_filter_map(path: str, option: str, layout: tuple[int, int]) -> Map:
@@ -97,10 +115,15 @@ class Tracer:
         self._on_event = on_event
         self._on_dns = on_dns
         self._obj: BpfObject | None = None
+        self._dns_obj: BpfObject | None = None
         self._links: list[Link] = []
         self._pinned: list[Map] = []
         self._ring: RingBuffer | None = None
         self._bss: GlobalVariables | None = None
+        self._dns_bss: GlobalVariables | None = None
+        # The programs attached, in attach order: which variant of each hook
+        # this kernel got.
+        self.programs: list[str] = []
         # Index in COUNT_TABLES of the table the kernel is counting into.
         self._live_table = 0
 
@@ -121,29 +144,56 @@ class Tracer:
         self.close()
 
     def _open(self) -> None:
-        if not os.path.exists(OBJECT_PATH):
-            raise BpfError(f"BPF object {OBJECT_PATH} is missing: build it with `make install`")
+        for path in (OBJECT_PATH, DNS_DYNPTR_PATH):
+            if not os.path.exists(path):
+                raise BpfError(f"BPF object {path} is missing: build it with `make install`")
         config = self.config
-        self._obj = obj = BpfObject(OBJECT_PATH)
+        support = probe_kernel(config.btf_path)
+        if config.dns and support.own_btf:
+            self._dns_obj = self._load_dns_dynptr()
+        self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
         self._configure(obj)
-        wanted = {
-            "handle_set_state": True,
-            "handle_xmit": self._wants_lport,
-            "handle_drop": self._wants_lport,
-            "handle_receive": config.dns,
-        }
-        for name, load in wanted.items():
-            obj.program(name).set_autoload(load)
+        wanted = self._main_programs(support)
+        for name in MAIN_PROGRAMS:
+            obj.program(name).set_autoload(name in wanted)
+        if self._dns_obj is not None:
+            obj.reuse_map("dns_events", self._dns_obj.map("dns_events"))
         obj.load()
         self._bss = obj.live_variables(".bss")
-        for name, load in wanted.items():
-            if load:
-                self._links.append(obj.program(name).attach())
+        for name in wanted:
+            self._links.append(obj.program(name).attach())
+            self.programs.append(name)
+        if self._dns_obj is not None:
+            self._dns_bss = self._dns_obj.live_variables(".bss")
+            self._links.append(self._dns_obj.program(DNS_DYNPTR_PROGRAM).attach())
+            self.programs.append(DNS_DYNPTR_PROGRAM)
         self._ring = RingBuffer()
         if not config.count and self._on_event is not None:
             self._ring.add(obj.map("events"), self._deliver_event)
         if config.dns and self._on_dns is not None:
             self._ring.add(obj.map("dns_events"), self._deliver_dns)
+
+    def _main_programs(self, support: KernelSupport) -> list[str]:
+        suffix = "" if support.own_btf else "_raw"
+        wanted = ["handle_set_state" + suffix]
+        if self._wants_lport:
+            wanted += ["handle_xmit" + suffix, "handle_drop" + suffix]
+        if self.config.dns and self._dns_obj is None:
+            wanted.append("handle_receive_linear" if support.own_btf else "handle_receive_raw")
+        return wanted
+
+    def _load_dns_dynptr(self) -> BpfObject | None:
+        """The whole-packet DNS capture, or None where the kernel refuses it
+        (tracing programs may not use skb dynptrs before Linux 6.12); the
+        linear-area capture of the main object then stands in."""
+        obj = BpfObject(DNS_DYNPTR_PATH, self.config.btf_path)
+        try:
+            obj.initial_variables(".rodata").set("wakeup_bytes", ctypes.c_uint64, WAKEUP_BYTES)
+            obj.load()
+        except BpfError:
+            obj.close()
+            return None
+        return obj
 
     def _configure(self, obj: BpfObject) -> None:
         config = self.config
@@ -214,11 +264,16 @@ class Tracer:
     def losses(self) -> LossCounters:
         assert self._bss is not None
         read = self._bss.get
+        lost_dns = int(read("lost_dns_events", ctypes.c_uint64))
+        if self._dns_bss is not None:
+            lost_dns += int(self._dns_bss.get("lost_dns_events", ctypes.c_uint64))
         return LossCounters(
             events=int(read("lost_events", ctypes.c_uint64)),
-            dns_events=int(read("lost_dns_events", ctypes.c_uint64)),
+            dns_events=lost_dns,
             count_failures=int(read("count_failures", ctypes.c_uint64)),
             pending_failures=int(read("pending_failures", ctypes.c_uint64)),
+            dns_unreadable=int(read("dns_unreadable", ctypes.c_uint64)),
+            dns_uncheckable=int(read("dns_uncheckable", ctypes.c_uint64)),
         )
 
     def take_counts(self) -> list[tuple[CountKey, int]]:
@@ -249,12 +304,14 @@ class Tracer:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        if self._obj is not None:
-            self._obj.close()
-            self._obj = None
+        for bss in (self._bss, self._dns_bss):
+            if bss is not None:
+                bss.close()
+        self._bss = self._dns_bss = None
+        for obj in (self._obj, self._dns_obj):
+            if obj is not None:
+                obj.close()
+        self._obj = self._dns_obj = None
         for pinned in self._pinned:
             pinned.close()
         self._pinned.clear()
-        if self._bss is not None:
-            self._bss.close()
-            self._bss = None

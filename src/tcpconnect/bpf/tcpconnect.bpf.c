@@ -4,6 +4,11 @@
  * no trampolines) and CO-RE reads, so it needs neither kernel headers nor a
  * compiler on the traced machine.
  *
+ * Every hook exists twice: as a tp_btf program (plain loads on BTF-typed
+ * arguments, Linux 5.8+ with BTF) and as a raw_tp program (probe reads, for
+ * kernels without BTF of their own, run with --btf FILE). User space loads
+ * one of the two with set_autoload; see kernel_read.bpf.h.
+ *
  * An attempt is seen when a TCP socket moves CLOSE -> SYN_SENT, which happens
  * inside connect() (and io_uring connect, and sendto(MSG_FASTOPEN)) in the
  * context of the task doing it. The local port is chosen just after that
@@ -17,14 +22,12 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "tcpconnect.h"
+#include "kernel_read.bpf.h"
+#include "dns_packet.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define DNS_PORT 53
 
 /* Filters and modes, written by user space before load. */
 const volatile __u32 filter_pid = 0;
@@ -43,14 +46,13 @@ const volatile bool want_ts = false;
 const volatile bool want_ids = false; /* cgroup and mount namespace ids */
 /* -P ports, one bit each: a plain load where a hash lookup costs ~40 ns. */
 const volatile __u64 port_bitmap[65536 / 64] = {};
-/* Wake the reader only once this much is queued; it polls with a timeout
- * for the rest, which keeps the traced workload from paying for a wakeup
- * on every connect. */
-const volatile __u64 wakeup_bytes = 1;
 
 /* Read by user space through the mmapped .bss. */
 __u64 lost_events = 0;
 __u64 lost_dns_events = 0;
+/* -d on kernels whose tracing programs can read only the linear area. */
+__u64 dns_unreadable = 0;
+__u64 dns_uncheckable = 0;
 __u64 count_failures = 0;
 __u64 pending_failures = 0;
 __s64 pending_count = 0;
@@ -112,12 +114,6 @@ struct {
 	__type(value, __u32);
 } mntns_map SEC(".maps");
 
-static __always_inline __u64 ringbuf_flags(void *ring)
-{
-	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline bool is_v4_mapped(const __u8 *a)
 {
 	const __u32 *w = (const __u32 *)a;
@@ -128,52 +124,76 @@ static __always_inline bool is_v4_mapped(const __u8 *a)
 static __always_inline __u16 local_port(const struct sock *sk)
 {
 	/* inet_sport, not skc_num: after a refused connect the kernel has
-	 * already cleared skc_num by the time we may look. */
+	 * already cleared skc_num by the time we may look. A probe read even
+	 * in tp_btf programs: the verifier types sk as struct sock and refuses
+	 * a plain load past it into struct inet_sock. */
 	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 }
 
-/* Fills the socket part of *e; false when the socket is of no interest.
- * sk comes typed from the tracepoint, so its fields are read with plain
- * (CO-RE relocated) loads: a probe-read helper call per field cost the
- * traced connect ~30 ns each. */
-static __always_inline bool read_addresses(const struct sock *sk, struct event *e)
+static __always_inline void read_v4_addresses(const struct sock_common *skc, bool typed,
+					      struct event *e)
+{
+	e->family = 4;
+	*(__u32 *)e->saddr = READ_FIELD(typed, skc, skc_rcv_saddr);
+	*(__u32 *)e->daddr = READ_FIELD(typed, skc, skc_daddr);
+}
+
+/* Fills the socket part of *e; false when the socket is of no interest. */
+static __always_inline bool read_addresses(const struct sock *sk, bool typed, struct event *e)
 {
 	const struct sock_common *skc = &sk->__sk_common;
-	__u16 family = skc->skc_family;
+	__u16 family = READ_FIELD(typed, skc, skc_family);
 
 	if (family == AF_INET) {
-		e->family = 4;
-		*(__u32 *)e->saddr = skc->skc_rcv_saddr;
-		*(__u32 *)e->daddr = skc->skc_daddr;
+		read_v4_addresses(skc, typed, e);
 	} else if (family == AF_INET6) {
-		__builtin_memcpy(e->daddr, &skc->skc_v6_daddr, sizeof(e->daddr));
+		struct in6_addr daddr = READ_FIELD(typed, skc, skc_v6_daddr);
+
+		__builtin_memcpy(e->daddr, &daddr, sizeof(e->daddr));
 		if (is_v4_mapped(e->daddr)) {
 			/* A v6 socket talking to a v4 peer is an IPv4 connection
 			 * on the wire; the v4 fields are set by now, the mapped v6
 			 * source may not be yet. */
-			e->family = 4;
 			__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-			*(__u32 *)e->saddr = skc->skc_rcv_saddr;
-			*(__u32 *)e->daddr = skc->skc_daddr;
+			read_v4_addresses(skc, typed, e);
 		} else {
+			struct in6_addr saddr = READ_FIELD(typed, skc, skc_v6_rcv_saddr);
+
 			e->family = 6;
-			__builtin_memcpy(e->saddr, &skc->skc_v6_rcv_saddr, sizeof(e->saddr));
+			__builtin_memcpy(e->saddr, &saddr, sizeof(e->saddr));
 		}
 	} else {
 		return false;
 	}
-	e->dport = bpf_ntohs(skc->skc_dport);
+	e->dport = bpf_ntohs(READ_FIELD(typed, skc, skc_dport));
 	return true;
 }
 
-/* The task's fields are read with plain loads too: what
+/* The current task with its BTF type, so its fields are plain loads: what
  * bpf_get_current_pid_tgid(), bpf_get_current_uid_gid() and
- * bpf_get_current_comm() return, without a helper call for each. */
+ * bpf_get_current_comm() return, without a helper call for each. NULL where
+ * the kernel cannot type it (the helper exists from Linux 5.11; raw_tp
+ * programs on a kernel without BTF): then those helpers are used. */
+static __always_inline struct task_struct *typed_current_task(bool typed)
+{
+	if (typed && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+		return bpf_get_current_task_btf();
+	return NULL;
+}
+
 static __always_inline bool task_wanted(const struct task_struct *task, struct event *e)
 {
-	e->pid = task->tgid;
-	e->tid = task->pid;
-	e->uid = task->cred->uid.val;
+	if (task) {
+		e->pid = task->tgid;
+		e->tid = task->pid;
+		e->uid = task->cred->uid.val;
+	} else {
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+		e->pid = pid_tgid >> 32;
+		e->tid = (__u32)pid_tgid;
+		e->uid = (__u32)bpf_get_current_uid_gid();
+	}
 	if (filter_pid && e->pid != filter_pid)
 		return false;
 	if (filter_by_uid && e->uid != filter_uid)
@@ -193,7 +213,13 @@ static __always_inline bool container_wanted(const struct task_struct *task, str
 			return false;
 	}
 	if (want_ids || filter_by_mntns_map) {
-		e->mntns_id = task->nsproxy->mnt_ns->ns.inum;
+		if (task) {
+			e->mntns_id = task->nsproxy->mnt_ns->ns.inum;
+		} else {
+			struct task_struct *current = (void *)bpf_get_current_task();
+
+			e->mntns_id = BPF_CORE_READ(current, nsproxy, mnt_ns, ns.inum);
+		}
 		if (filter_by_mntns_map && !bpf_map_lookup_elem(&mntns_map, &e->mntns_id))
 			return false;
 	}
@@ -273,12 +299,12 @@ static __always_inline void resolve_pending(const struct sock *sk)
 	submit(&e);
 }
 
-static __always_inline void on_connect(const struct sock *sk)
+static __always_inline void on_connect(const struct sock *sk, bool typed)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_struct *task = typed_current_task(typed);
 	struct event e = {};
 
-	if (!task_wanted(task, &e) || !read_addresses(sk, &e) || !connection_wanted(&e) ||
+	if (!task_wanted(task, &e) || !read_addresses(sk, typed, &e) || !connection_wanted(&e) ||
 	    !container_wanted(task, &e))
 		return;
 	if (count_mode) {
@@ -289,7 +315,10 @@ static __always_inline void on_connect(const struct sock *sk)
 		e.ts_ns = bpf_ktime_get_ns();
 	/* Up to the NUL (user space reads no further) the same bytes as
 	 * bpf_get_current_comm(). */
-	__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
+	if (task)
+		__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
+	else
+		bpf_get_current_comm(e.comm, sizeof(e.comm));
 	if (want_lport) {
 		__u64 key = (__u64)sk;
 
@@ -304,30 +333,43 @@ static __always_inline void on_connect(const struct sock *sk)
 	submit(&e);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
+static __always_inline void on_set_state(const struct sock *sk, bool typed, int oldstate,
+					 int newstate)
 {
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
+	if (READ_FIELD(typed, sk, sk_protocol) != IPPROTO_TCP)
+		return;
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
-		on_connect(sk);
+		on_connect(sk, typed);
 	else if (want_lport && oldstate == TCP_SYN_SENT)
 		/* No SYN was seen leaving (dropped by netfilter, TCP_FASTOPEN_CONNECT
 		 * never written): the attempt is over, report it now. */
 		resolve_pending(sk);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	on_set_state(sk, true, oldstate, newstate);
+	return 0;
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(handle_set_state_raw, const struct sock *sk, int oldstate, int newstate)
+{
+	on_set_state(sk, false, oldstate, newstate);
 	return 0;
 }
 
 /* Resolves the parked attempt whose packet this is, if any. Runs for every
  * packet sent or dropped: bail out before any map lookup while no attempt
  * is waiting for its port. */
-static __always_inline void resolve_packet_owner(const struct sk_buff *skb)
+static __always_inline void resolve_packet_owner(const struct sk_buff *skb, bool typed)
 {
-	struct sock *sk;
+	const struct sock *sk;
 
 	if (!pending_count)
 		return;
-	sk = skb->sk;
+	sk = READ_FIELD(typed, skb, sk);
 	if (sk)
 		resolve_pending(sk);
 }
@@ -335,7 +377,14 @@ static __always_inline void resolve_packet_owner(const struct sk_buff *skb)
 SEC("tp_btf/net_dev_queue")
 int BPF_PROG(handle_xmit, struct sk_buff *skb)
 {
-	resolve_packet_owner(skb);
+	resolve_packet_owner(skb, true);
+	return 0;
+}
+
+SEC("raw_tp/net_dev_queue")
+int BPF_PROG(handle_xmit_raw, struct sk_buff *skb)
+{
+	resolve_packet_owner(skb, false);
 	return 0;
 }
 
@@ -345,115 +394,74 @@ int BPF_PROG(handle_xmit, struct sk_buff *skb)
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(handle_drop, struct sk_buff *skb)
 {
-	resolve_packet_owner(skb);
+	resolve_packet_owner(skb, true);
 	return 0;
 }
 
-/* Tracing programs may read a packet through an skb dynptr since kernel
- * commit ffc83860d8c0 (late 2024). Unlike bpf_probe_read_kernel from
- * skb->data it also reads the paged fragments, where the DNS payload is when
- * a driver splits headers from data or the sender used UDP_SEGMENT. */
-extern int bpf_dynptr_from_skb(struct sk_buff *skb, __u64 flags,
-			       struct bpf_dynptr *ptr__uninit) __ksym;
-
-#define NOT_DNS (-1)
-#define HEADERS_PAGED (-2)
-
-/* Reads size bytes at offset of the packet: through the dynptr when there is
- * one, else from the linear area only. */
-static __always_inline int read_packet(const struct sk_buff *skb, const struct bpf_dynptr *packet,
-				       __u32 offset, void *dst, __u32 size)
+SEC("raw_tp/kfree_skb")
+int BPF_PROG(handle_drop_raw, struct sk_buff *skb)
 {
-	if (packet)
-		return bpf_dynptr_read(dst, size, packet, offset, 0);
-	if (offset + size > skb->len - skb->data_len)
-		return -1;
-	return bpf_probe_read_kernel(dst, size, skb->data + offset);
+	resolve_packet_owner(skb, false);
+	return 0;
 }
 
-/* Returns the offset of the UDP payload of a datagram from port 53, or
- * NOT_DNS; without a dynptr, HEADERS_PAGED when the headers lie beyond the
- * linear area. */
-static __always_inline int dns_payload_offset(const struct sk_buff *skb, __u16 proto,
-					      const struct bpf_dynptr *packet, __u16 *payload_len)
+/* -d where the whole packet cannot be read (see dns_dynptr.bpf.c for where
+ * it can): the headers and the answer are read from the linear area, which
+ * holds all of a loopback or veth answer. What lies in page fragments is
+ * counted, not guessed at. */
+static __always_inline void capture_linear_answer(const struct sk_buff *skb, bool typed)
 {
-	int unreadable = packet ? NOT_DNS : HEADERS_PAGED;
-	struct udphdr udp;
-	int offset;
-
-	if (proto == ETH_P_IP) {
-		struct iphdr ip;
-
-		if (read_packet(skb, packet, 0, &ip, sizeof(ip)))
-			return unreadable;
-		/* Later fragments carry no UDP header. */
-		if (ip.protocol != IPPROTO_UDP || (bpf_ntohs(ip.frag_off) & 0x1fff) || ip.ihl < 5)
-			return NOT_DNS;
-		offset = ip.ihl * 4;
-	} else {
-		struct ipv6hdr ip6;
-
-		if (read_packet(skb, packet, 0, &ip6, sizeof(ip6)))
-			return unreadable;
-		if (ip6.nexthdr != IPPROTO_UDP)
-			return NOT_DNS;
-		offset = sizeof(ip6);
-	}
-	if (read_packet(skb, packet, offset, &udp, sizeof(udp)))
-		return unreadable;
-	if (udp.source != bpf_htons(DNS_PORT) || bpf_ntohs(udp.len) < sizeof(udp))
-		return NOT_DNS;
-	*payload_len = bpf_ntohs(udp.len) - sizeof(udp);
-	return offset + sizeof(udp);
-}
-
-/* Every received packet of every network namespace passes here, loopback
- * included, which is what lets -d see answers from local stub resolvers.
- * skb->data is at the network header at this point. */
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(handle_receive, struct sk_buff *skb)
-{
-	__u16 proto = bpf_ntohs(skb->protocol);
-	struct bpf_dynptr packet;
+	__u16 proto = bpf_ntohs(READ_FIELD(typed, skb, protocol));
 	__u16 payload_len = 0;
 	struct dns_event *e;
 	__u32 len;
 	int offset;
 
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
-		return 0;
-	/* The linear area first: creating the dynptr costs more than this
-	 * whole test, which rejects nearly every packet. */
-	offset = dns_payload_offset(skb, proto, NULL, &payload_len);
+		return;
+	offset = dns_payload_offset(skb, typed, proto, NULL, &payload_len);
 	if (offset == NOT_DNS)
-		return 0;
-	if (bpf_dynptr_from_skb(skb, 0, &packet))
-		return 0;
-	if (offset == HEADERS_PAGED)
-		offset = dns_payload_offset(skb, proto, &packet, &payload_len);
-	if (offset < 0 || offset >= skb->len)
-		return 0;
-	/* The first fragment of a larger datagram holds only part of it. */
+		return;
+	if (offset == HEADERS_PAGED) {
+		__sync_fetch_and_add(&dns_uncheckable, 1);
+		return;
+	}
 	len = payload_len;
-	if (len > skb->len - offset)
-		len = skb->len - offset;
-
+	/* The first fragment of a larger datagram holds only part of it: like
+	 * the dynptr path, capture that part (user space counts it malformed). */
+	if (len > READ_FIELD(typed, skb, len) - offset)
+		len = READ_FIELD(typed, skb, len) - offset;
+	if (len > linear_length(skb, typed) - offset) {
+		__sync_fetch_and_add(&dns_unreadable, 1);
+		return;
+	}
 	e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
 	if (!e) {
 		__sync_fetch_and_add(&lost_dns_events, 1);
-		return 0;
+		return;
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->orig_len = payload_len;
-	/* Clamped in asm: written in C, clang bounds a copy of len and hands
-	 * the helper the unbounded original, which the verifier rejects. */
-	asm volatile("if %[len] <= %[max] goto +1; %[len] = %[max]"
-		     : [len] "+r"(len)
-		     : [max] "i"(DNS_PAYLOAD_MAX));
+	len = capture_length(len);
 	e->len = len;
-	if (bpf_dynptr_read(e->payload, len, &packet, offset, 0))
+	if (bpf_probe_read_kernel(e->payload, len, READ_FIELD(typed, skb, data) + offset))
 		e->len = 0;
 	bpf_ringbuf_submit(e, ringbuf_flags(&dns_events));
+}
+
+/* Every received packet of every network namespace passes here, loopback
+ * included, which is what lets -d see answers from local stub resolvers. */
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(handle_receive_linear, struct sk_buff *skb)
+{
+	capture_linear_answer(skb, true);
+	return 0;
+}
+
+SEC("raw_tp/netif_receive_skb")
+int BPF_PROG(handle_receive_raw, struct sk_buff *skb)
+{
+	capture_linear_answer(skb, false);
 	return 0;
 }
 
