@@ -54,8 +54,14 @@ $(BUILD)/connect_loop: bench/connect_loop.c
 run: install
 	$(VENV)/bin/tcpconnect $(ARGS)
 
+# The second pass hides the kernel's BTF from the tool and hands it over with
+# --btf: the raw_tp programs of kernels without BTF, against the same rows.
+RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
+	tests/test_dns_trace.py
+
 test: install
 	$(VENV)/bin/pytest -q
+	TEST_WITHOUT_KERNEL_BTF=1 $(VENV)/bin/pytest -q $(RAW_TP_TESTS)
 
 # The benchmark's peers: libbpf-tools tcpstates is measured; bcc and bpftrace
 # only show how they fail here, so not getting them does not stop it.

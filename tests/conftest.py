@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -48,13 +49,55 @@ def free_port(family: int = socket.AF_INET) -> int:
             probe.close()
 
 
+# Runs a command in a private mount namespace in which the kernel's BTF is
+# hidden, as on a kernel built without CONFIG_DEBUG_INFO_BTF. unshare execs,
+# so the command keeps the pid Popen reports.
+WITHOUT_KERNEL_BTF = ("unshare", "-m", "sh", "-c",
+                      'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh")
+
+# With TEST_WITHOUT_KERNEL_BTF=1 every traced run hides the kernel's BTF and
+# passes a copy of it with --btf instead, so the suite checks the raw_tp
+# programs kernels without BTF get, with the same exact rows.
+WITHOUT_KERNEL_BTF_MODE = os.environ.get("TEST_WITHOUT_KERNEL_BTF") == "1"
+_btf_copy: list[Path] = []
+
+
+def btf_file_copy() -> Path:
+    """The running kernel's BTF as a file outside /sys, made once."""
+    if not _btf_copy:
+        fd, path = tempfile.mkstemp(suffix=".btf")
+        with os.fdopen(fd, "wb") as copy:
+            copy.write(Path("/sys/kernel/btf/vmlinux").read_bytes())
+        _btf_copy.append(Path(path))
+    return _btf_copy[0]
+
+
+_whole_packets: list[bool] = []
+
+
+def dns_capture_reads_whole_packets() -> bool:
+    """Whether -d, as the tool runs in this suite, reads answers in page
+    fragments: the kernel's answer, from loading the tracer as the tool does."""
+    if not _whole_packets:
+        from tcpconnect.tracer import DNS_DYNPTR_PROGRAM, Tracer, TracerConfig
+
+        with Tracer(TracerConfig(dns=True)) as tracer:
+            whole = DNS_DYNPTR_PROGRAM in tracer.programs
+        _whole_packets.append(whole and not WITHOUT_KERNEL_BTF_MODE)
+    return _whole_packets[0]
+
+
 class Trace:
     """A running `tcpconnect` process; stop() ends it like Ctrl-C would."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
+        if WITHOUT_KERNEL_BTF_MODE:
+            prefix = (*WITHOUT_KERNEL_BTF, *prefix)
+            args = (*args, "--btf", str(btf_file_copy()))
         self.args = args
         self.proc = subprocess.Popen(
-            [*TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [*prefix, *TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._errors: queue.Queue[str | None] = queue.Queue()
@@ -343,8 +386,11 @@ def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _root_and_built() -> None:
+def _root_and_built() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.exit("the test suite loads BPF programs and must run as root", returncode=2)
     if not (ROOT / "src/tcpconnect/tcpconnect.bpf.o").exists():
         pytest.exit("BPF object not built: run `make test`", returncode=2)
+    yield
+    for copy in _btf_copy:
+        copy.unlink()

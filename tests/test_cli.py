@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TOOL, run_tool, wait_for
+from conftest import ROOT, TOOL, WITHOUT_KERNEL_BTF, run_tool, wait_for
 
 from tcpconnect.cli import build_parser, parse_pid, parse_ports, parse_uid
 
@@ -77,13 +77,22 @@ def test_without_privileges():
 
 
 def test_kernel_without_btf():
-    # Hide the kernel's BTF in a private mount namespace.
-    script = ("mount -t tmpfs none /sys/kernel/btf && exec " + " ".join(TOOL)
-              + " -P 80")
-    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
-                            text=True, timeout=30, cwd=ROOT, stdin=subprocess.DEVNULL)
+    result = run_tool("-P", "80", prefix=WITHOUT_KERNEL_BTF)
     assert_one_line_error(result, "this kernel has no BTF (/sys/kernel/btf/vmlinux is "
-                                  "missing)", code=1)
+                                  "missing): give this kernel's BTF with --btf FILE", code=1)
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "no such file"),
+    (b"", "not a readable BTF file"),
+    (b"\x9f\xeb" + bytes(40), "not a readable BTF file"),  # BTF magic, broken header
+    (b"#!/bin/sh\n", "not a readable BTF file"),
+])
+def test_bad_btf_file(tmp_path, content, fragment):
+    path = tmp_path / "vmlinux.btf"
+    if content is not None:
+        path.write_bytes(content)
+    assert_one_line_error(run_tool("--btf", str(path)), f"--btf {path}: {fragment}")
 
 
 def test_dns_without_its_libraries(tmp_path):
