@@ -12,7 +12,7 @@ HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 
-.PHONY: install run test bench clean apt
+.PHONY: install run test bench bench-paths clean apt
 
 install: apt $(VENV)/.installed $(BPF_OBJS) $(HELPERS)
 
@@ -69,6 +69,10 @@ bench: install
 	@$(MAKE) --no-print-directory apt APT_PACKAGES=libbpf-tools
 	-@$(MAKE) --no-print-directory apt APT_PACKAGES="bpfcc-tools bpftrace"
 	$(VENV)/bin/python bench/run.py $(ARGS)
+
+# BPF run time per program run on each kernel path (see bench/kernel_paths.py).
+bench-paths: install
+	$(VENV)/bin/python bench/kernel_paths.py $(ARGS)
 
 clean:
 	rm -rf $(BUILD) $(BPF_OBJS) $(VENV) src/*.egg-info
