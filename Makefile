@@ -12,7 +12,7 @@ HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 
-.PHONY: install run test bench bench-paths clean apt
+.PHONY: install run test test-kernels bench bench-paths clean apt
 
 install: apt $(VENV)/.installed $(BPF_OBJS) $(HELPERS)
 
@@ -62,6 +62,14 @@ RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py
 test: install
 	$(VENV)/bin/pytest -q
 	TEST_WITHOUT_KERNEL_BTF=1 $(VENV)/bin/pytest -q $(RAW_TP_TESTS)
+
+# The same suite on Debian's own 5.10, 6.1 and 6.12 kernels, each booted in qemu with this
+# machine's root (kernels/versions pins the packages; kernels/matrix says how).
+# Narrow it with KERNELS="6.1" and/or PYTEST_ARGS="-k dns".
+KERNELS ?=
+test-kernels: install
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="qemu-system-x86 busybox-static kmod xz-utils zstd"
+	kernels/matrix $(KERNELS)
 
 # The benchmark's peers: libbpf-tools tcpstates is measured; bcc and bpftrace
 # only show how they fail here, so not getting them does not stop it.
