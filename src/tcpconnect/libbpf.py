@@ -126,7 +126,6 @@ for _name, _res, _args in [
     ("bpf_map_update_elem", c_int, [c_int, c_void_p, c_void_p, c_uint64]),
     ("bpf_map_lookup_elem", c_int, [c_int, c_void_p, c_void_p]),
     ("bpf_map_delete_elem", c_int, [c_int, c_void_p]),
-    ("bpf_map_lookup_and_delete_elem", c_int, [c_int, c_void_p, c_void_p]),
     ("bpf_map_get_next_key", c_int, [c_int, c_void_p, c_void_p]),
     ("btf__find_by_name_kind", c_int, [c_void_p, c_char_p, c_uint32]),
     ("btf__parse", c_void_p, [c_char_p, c_void_p]),
@@ -257,14 +256,21 @@ class Map:
         _check(_lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0),
                f"cannot update map {self.name}")
 
-    def pop(self, key: ctypes._CData, value: ctypes._CData) -> bool:
-        """Atomically reads and removes key; False if it was not there."""
-        if _lib.bpf_map_lookup_and_delete_elem(self.fd, ctypes.byref(key),
-                                               ctypes.byref(value)) == 0:
-            return True
-        if ctypes.get_errno() == errno.ENOENT:
-            return False
-        raise _failure(f"cannot take from map {self.name}", ctypes.get_errno())
+    def take(self, key: ctypes._CData, value: ctypes._CData) -> bool:
+        """Reads and removes key; False if it was not there, or if a BPF
+        program removed it between the two steps (then the program owns it).
+        Two steps, not BPF_MAP_LOOKUP_AND_DELETE_ELEM: hash maps support that
+        only from Linux 5.14. The value read is the one removed as long as
+        programs only insert and remove entries, never rewrite them."""
+        if _lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return False
+            raise _failure(f"cannot read map {self.name}", ctypes.get_errno())
+        if _lib.bpf_map_delete_elem(self.fd, ctypes.byref(key)) < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return False
+            raise _failure(f"cannot delete from map {self.name}", ctypes.get_errno())
+        return True
 
     def keys(self, key_type: type[ctypes._CData]) -> list[ctypes._CData]:
         """All keys, read in one sweep (entries added meanwhile may be missed)."""

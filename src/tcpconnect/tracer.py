@@ -258,7 +258,7 @@ class Tracer:
         pending = self._obj.map("pending")
         for key in pending.keys(ctypes.c_uint64):
             event = Event()
-            if pending.pop(key, event):
+            if pending.take(key, event):
                 self._on_event(event)
 
     def losses(self) -> LossCounters:
@@ -290,7 +290,7 @@ class Tracer:
         taken = []
         for key in old.keys(CountKey):
             value = ctypes.c_uint64()
-            if old.pop(key, value):
+            if old.take(key, value):
                 taken.append((key, value.value))
         return taken
 
