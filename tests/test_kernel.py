@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
-from conftest import WITHOUT_KERNEL_BTF, run_tool
+from conftest import WITHOUT_KERNEL_BTF, comm_of, free_port, refused_connect, row
 
 from tcpconnect import kernel
 from tcpconnect.libbpf import BPF_MAP_TYPE_RINGBUF, kernel_has_map_type
@@ -23,13 +25,15 @@ def test_kernel_without_ring_buffer_is_named_with_the_minimum(monkeypatch):
         kernel.probe_kernel(None)
 
 
-def test_hidden_kernel_btf_with_btf_file_traces(tmp_path):
+def test_hidden_kernel_btf_with_btf_file_traces(trace, tmp_path):
     # The whole tracing suite runs this way too (TEST_WITHOUT_KERNEL_BTF=1 in
     # make test); this is the quick check that the option is honoured at all.
     btf = tmp_path / "vmlinux.btf"
     btf.write_bytes(open("/sys/kernel/btf/vmlinux", "rb").read())
-    result = run_tool("-c", "-i", "1", "--btf", str(btf), prefix=(
-        "timeout", "--preserve-status", "-s", "INT", "1.5", *WITHOUT_KERNEL_BTF))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Tracing connect ... Hit Ctrl-C to end\n\nLADDR")
-    assert result.stderr == ""
+    port = free_port()
+    t = trace("-P", str(port), "--btf", str(btf), prefix=WITHOUT_KERNEL_BTF)
+    refused_connect(4, port)
+    t.stop()
+    assert t.rows == [row(os.getpid(), comm_of(os.getpid()), 4, "127.0.0.1", "127.0.0.1", port)]
+    assert t.returncode == 0
+    assert t.stderr == ""
