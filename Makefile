@@ -69,7 +69,7 @@ test: install
 KERNELS ?=
 test-kernels: install
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="qemu-system-x86 busybox-static kmod xz-utils zstd"
-	kernels/matrix $(KERNELS)
+	RAW_TP_TESTS="$(RAW_TP_TESTS)" kernels/matrix $(KERNELS)
 
 # The benchmark's peers: libbpf-tools tcpstates is measured; bcc and bpftrace
 # only show how they fail here, so not getting them does not stop it.
