@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dns_attacks
 from tcpconnect.dns import DnsCache, query_column
 
 MS = 1_000_000
@@ -292,9 +293,9 @@ def test_record_never_raises_on_arbitrary_bytes(payload: bytes) -> None:
     recorded = cache.record(payload, 0)
     assert recorded == len(cache)
     if recorded:
-        assert (cache.malformed, cache.ignored) == (0, 0)
+        assert (cache.malformed, cache.ignored, cache.refused) == (0, 0, 0)
     else:
-        assert cache.malformed + cache.ignored <= 1
+        assert cache.malformed + cache.ignored + cache.refused <= 1
 
 
 @st.composite
@@ -330,7 +331,7 @@ def _mutated_response(draw: st.DrawFn) -> bytes:
 def test_record_never_raises_on_mutated_responses(payload: bytes) -> None:
     cache = DnsCache()
     assert cache.record(payload, 0) == len(cache)
-    assert cache.malformed + cache.ignored <= 1
+    assert cache.malformed + cache.ignored + cache.refused <= 1
 
 
 @_FAST
@@ -345,3 +346,32 @@ def test_round_trip(qname: str, chain: list[str], addr, received_ns: int) -> Non
     records.append(record_type(owners[-1], str(addr)))
     assert cache.record(response(qname, *records), received_ns) == 1
     assert cache.lookup(addr.packed) == (qname, received_ns)
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(dns_attacks.pointer_chain(200), id="pointer-chain-200"),
+    pytest.param(dns_attacks.pointer_chain(17), id="pointer-chain-17"),
+    pytest.param(dns_attacks.long_question(40), id="labels-per-message"),
+    pytest.param(dns_attacks.name_over_255_octets(), id="name-over-255-octets"),
+    pytest.param(dns_attacks.address_with_rdlength(1, 5), id="A-rdlength-5"),
+    pytest.param(dns_attacks.address_with_rdlength(1, 3), id="A-rdlength-3"),
+    pytest.param(dns_attacks.address_with_rdlength(28, 4), id="AAAA-rdlength-4"),
+    pytest.param(dns_attacks.address_with_rdlength(28, 20), id="AAAA-rdlength-20"),
+])
+def test_costly_or_lying_answers_are_refused(cache: DnsCache, payload: bytes) -> None:
+    assert len(payload) <= dns_attacks.ANSWER_SIZE
+    assert cache.record(payload, 1) == 0
+    assert (cache.refused, cache.malformed, cache.ignored, len(cache)) == (1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("payload, recorded", [
+    pytest.param(dns_attacks.full_size_answer(), 75, id="full-size"),
+    # Its A records are not named after the question, so none is kept.
+    pytest.param(dns_attacks.pointer_chain(4), 0, id="short-pointer-chain"),
+    pytest.param(dns_attacks.address_with_rdlength(1, 4), 2, id="A-rdlength-4"),
+    pytest.param(dns_attacks.address_with_rdlength(28, 16), 2, id="AAAA-rdlength-16"),
+])
+def test_answers_within_the_bounds_are_parsed(cache: DnsCache, payload: bytes,
+                                              recorded: int) -> None:
+    assert cache.record(payload, 1) == recorded
+    assert (cache.refused, cache.malformed, cache.ignored) == (0, 0, 0)

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
+import dns_attacks
 import dnslib
 import pytest
 from conftest import (
@@ -318,6 +319,43 @@ def test_hostile_name_is_escaped(trace):
     assert t.rows == [query_row(lookup, 4, "127.0.0.1", port,
                                 r"\027[2J\027]0;owned\007.x\000y.test")]
     assert all(c.isprintable() for c in t.stdout.replace("\n", ""))
+
+
+# Sends each payload (hex in argv) from 127.0.0.1:53 to 127.0.0.1:5353 of the
+# network namespace it runs in.
+SEND_FROM_PORT_53 = textwrap.dedent("""
+    import socket, sys
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 53))
+        for payload in sys.argv[1:]:
+            s.sendto(bytes.fromhex(payload), ("127.0.0.1", 5353))
+""")
+
+
+def test_costly_answers_from_an_unprivileged_user_are_refused(trace):
+    """nobody, in a user and network namespace of its own, sends the answers
+    dnslib would spend the most on: the tracer sees them (loopback of every
+    namespace), refuses them within bounded work and loses no connect."""
+    port = free_port()
+    attacks = [dns_attacks.pointer_chain(200), dns_attacks.long_question(40),
+               dns_attacks.name_over_255_octets(), dns_attacks.address_with_rdlength(1, 5)]
+    rounds = 15
+    t = trace("-d", "-P", str(port))
+    sender = subprocess.Popen(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         "unshare", "-Urn", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
+         "/usr/bin/python3", "-c", SEND_FROM_PORT_53,
+         *[payload.hex() for payload in attacks * rounds]],
+        stderr=subprocess.PIPE, text=True)
+    lports = [refused_connect(4, port) for _ in range(100)]
+    assert sender.wait(timeout=30) == 0, sender.stderr.read()
+    t.stop()
+    assert t.rows == [row(ME, comm_of(ME), 4, "127.0.0.1", "127.0.0.1", port, query="localhost")
+                      for _ in lports]
+    refused = re.search(r"^Refused (\d+) DNS responses", t.stderr, re.M)
+    # Other DNS traffic on the machine may add to the count, never take away.
+    assert refused and int(refused.group(1)) >= len(attacks) * rounds, t.stderr
+    assert "lost" not in t.stderr.lower(), t.stderr
 
 
 # Writes one Ethernet frame (this tap's MAC, then the given IP packet) to a

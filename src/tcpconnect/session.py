@@ -176,6 +176,9 @@ class Session:
                        "programs on this kernel cannot read (Linux 6.12 can)")
         if self._dns_cache is not None and self._dns_cache.malformed:
             self._warn(f"Skipped {self._dns_cache.malformed} malformed DNS responses")
+        if self._dns_cache is not None and self._dns_cache.refused:
+            self._warn(f"Refused {self._dns_cache.refused} DNS responses that would cost too much "
+                       "to parse (pointer chains, names over 255 octets, bad address lengths)")
 
     def _warn(self, message: str) -> None:
         self.err.write(message + "\n")
