@@ -6,7 +6,9 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,68 @@ def test_closed_stdout_is_a_one_line_error():
                             text=True, timeout=30, cwd=ROOT, stdin=subprocess.DEVNULL)
     assert result.returncode == 1
     assert result.stderr == "tcpconnect: standard output is closed\n"
+
+
+def test_closed_stderr_is_a_one_line_error_on_stdout():
+    # Without stderr, errors and loss reports would go nowhere.
+    for mode in ("-j", "-t"):
+        result = subprocess.run(" ".join(TOOL) + f" {mode} -P 80 2>&-", shell=True,
+                                stdout=subprocess.PIPE, text=True, timeout=30, cwd=ROOT,
+                                stdin=subprocess.DEVNULL)
+        assert (result.returncode, result.stdout) == (1, "tcpconnect: standard error is closed\n")
+
+
+def test_user_namespace_is_named_as_the_reason():
+    # Full capabilities, but only inside the new user namespace.
+    result = run_tool("-P", "80", prefix=("unshare", "-Ur"))
+    assert_one_line_error(result, "runs in a user namespace, where its capabilities do not "
+                                  "reach BPF", code=1)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["-p", "1" * 5000], "invalid PID '111111111111111111111111...' (5000 characters)"),
+    (["-p", "0" * 5000 + str(missing_pid())], "no such process"),  # leading zeros are fine
+    (["-c", "-i", "9" * 400], "invalid interval '999999999999999999999999...' (400 characters)"),
+    (["-c", "-i", str(2**31)], "expected whole seconds 1..2147483647"),
+    (["-u", "7" * 5000], "invalid UID '777777777777777777777777...' (5000 characters)"),
+    (["-P", "80," + "9" * 5000], "invalid port '999999999999999999999999...' (5000 characters)"),
+    (["--cgroup", "/sys/fs/cgroup/" + "x" * 5000], "File name too long"),
+    (["--btf", "/" + "x" * 5000], "no such file"),
+    (["--cgroup", "/tmp/\x1b[2J\nsecond line"], "/tmp/\\x1b[2J\\nsecond line: No such file"),
+])
+def test_huge_or_hostile_values_give_a_short_line(args, fragment):
+    result = run_tool(*args)
+    assert_one_line_error(result, fragment)
+    assert len(result.stderr) < 400, result.stderr
+
+
+def test_longest_port_list_parses_in_linear_time():
+    # Every port, then every port again: a list scan per duplicate check took
+    # minutes here, a set takes milliseconds (the timeout only catches a hang).
+    code = ("from tcpconnect.cli import parse_ports; ports = ','.join(map(str, range(1, 65536)));"
+            "assert len(parse_ports(ports + ',' + ports)) == 65535")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=20, cwd=ROOT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_at_any_moment_of_start_up_is_an_orderly_stop(sig):
+    """A launcher that blocks the signals before exec (as `make install`'s
+    does with env --block-signal) hands any that come during start-up to the
+    tool's own handlers: exit 0 and no traceback, whenever the signal lands.
+    Only env itself can be killed before it blocks them (microseconds, but a
+    busy machine makes them longer); that is a clean death with no output."""
+    clean_exits = 0
+    for delay_ms in range(0, 40, 4):
+        proc = subprocess.Popen(
+            ["env", "--block-signal=INT", "--block-signal=TERM", *TOOL, "-P", "80"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            stdin=subprocess.DEVNULL)
+        time.sleep(delay_ms / 1000)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        assert (proc.returncode, err) in ((0, ""), (-sig, "")), (delay_ms, proc.returncode, err)
+        clean_exits += proc.returncode == 0
+    assert clean_exits >= 7
 
 
 def handles_sigterm(pid: int) -> bool:

@@ -39,47 +39,74 @@ EXAMPLES = """examples:
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, not argparse's usage dump: errors must be easy to spot in logs.
-        self.exit(2, f"{PROG}: error: {message}\n")
+        self.exit(2, f"{PROG}: error: {one_line(message)}\n")
 
 
-def is_number(text: str) -> bool:
-    # isdigit() alone accepts "²" and other non-ASCII digits.
-    return text.isascii() and text.isdigit()
+INTERVAL_MAX = 2**31 - 1
+# A value longer than this is cut short in error messages, which stay one line.
+SHOWN_MAX = 24
+
+
+def shown(text: str) -> str:
+    """An option value as error messages quote it."""
+    if len(text) > SHOWN_MAX:
+        return repr(text[:SHOWN_MAX] + "...") + f" ({len(text)} characters)"
+    return repr(text)
+
+
+def bounded_number(text: str, high: int) -> int | None:
+    """The value of a plain decimal number within 0..high, else None.
+    isdigit() alone accepts "²" and other non-ASCII digits; the length check
+    comes before int(), which is slow on (and refuses) very long strings."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(high)) or int(digits) > high:
+        return None
+    return int(digits)
 
 
 def parse_pid(text: str) -> int:
-    if not is_number(text) or not 0 < int(text) <= PID_MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"invalid PID {text!r}: expected 1..{PID_MAX_LIMIT}")
-    return int(text)
+    pid = bounded_number(text, PID_MAX_LIMIT)
+    if not pid:
+        raise argparse.ArgumentTypeError(
+            f"invalid PID {shown(text)}: expected 1..{PID_MAX_LIMIT}")
+    return pid
 
 
 def parse_ports(text: str) -> tuple[int, ...]:
-    ports: list[int] = []
+    # A dict keeps the first-seen order and makes each duplicate check O(1).
+    ports: dict[int, None] = {}
     for item in text.split(","):
-        if not is_number(item) or not 0 < int(item) <= 65535:
+        port = bounded_number(item, 65535)
+        if not port:
             raise argparse.ArgumentTypeError(
-                f"invalid port {item!r} in {text!r}: expected a comma-separated list of 1..65535")
-        if int(item) not in ports:
-            ports.append(int(item))
+                f"invalid port {shown(item)} in {shown(text)}: "
+                "expected a comma-separated list of 1..65535")
+        ports[port] = None
     return tuple(ports)
 
 
 def parse_uid(text: str) -> int:
-    if is_number(text):
-        if int(text) > UID_MAX:
-            raise argparse.ArgumentTypeError(f"invalid UID {text!r}: expected 0..{UID_MAX}")
-        return int(text)
+    if text.isascii() and text.isdigit():
+        uid = bounded_number(text, UID_MAX)
+        if uid is None:
+            raise argparse.ArgumentTypeError(
+                f"invalid UID {shown(text)}: expected 0..{UID_MAX}")
+        return uid
     try:
         return pwd.getpwnam(text).pw_uid
     except KeyError:
         raise argparse.ArgumentTypeError(
-            f"invalid UID {text!r}: not a number nor a known user") from None
+            f"invalid UID {shown(text)}: not a number nor a known user") from None
 
 
 def parse_interval(text: str) -> int:
-    if not is_number(text) or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected whole seconds >= 1")
-    return int(text)
+    interval = bounded_number(text, INTERVAL_MAX)
+    if not interval:
+        raise argparse.ArgumentTypeError(
+            f"invalid interval {shown(text)}: expected whole seconds 1..{INTERVAL_MAX}")
+    return interval
 
 
 def build_parser() -> Parser:
@@ -191,7 +218,22 @@ def check_environment() -> str | None:
 
     if not (has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))):
         return "must run as root (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)"
+    if in_user_namespace():
+        # Capabilities there count only for that namespace's own objects;
+        # loading BPF would fail later with a misleading reason.
+        return ("runs in a user namespace, where its capabilities do not reach BPF: "
+                "it needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) in the host's initial "
+                "user namespace")
     return None
+
+
+def in_user_namespace() -> bool:
+    """Only the initial user namespace maps every uid to itself."""
+    try:
+        with open("/proc/self/uid_map") as uid_map:
+            return uid_map.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
 
 
 class StopFlag:
@@ -203,23 +245,51 @@ class StopFlag:
         self.requested = False
         signal.signal(signal.SIGINT, self._request)
         signal.signal(signal.SIGTERM, self._request)
+        # __main__ blocked them until now; one that came meanwhile arrives here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
     def _request(self, signum: int, _frame: object) -> None:
         self.requested = True
         signal.signal(signum, signal.SIG_DFL)
 
 
+ERROR_MAX = 300
+
+
+def one_line(message: str) -> str:
+    """An error as the user sees it: one line (whatever an option value or a
+    path held, control characters included) and short, keeping the start and
+    the reason at the end."""
+    from .output import escape
+
+    text = escape(message)
+    if len(text) > ERROR_MAX:
+        half = (ERROR_MAX - 5) // 2
+        text = f"{text[:half]} ... {text[-half:]}"
+    return text
+
+
+def report(message: str) -> None:
+    print(f"{PROG}: {one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     # First of all, so a signal during start-up is an orderly stop too.
     stop = StopFlag()
+    if sys.stderr is None:
+        # Where the errors and loss reports go: without it, events could be
+        # lost unreported. Said on stdout, as a closed stdout is on stderr.
+        if sys.stdout is not None:
+            print(f"{PROG}: standard error is closed", file=sys.stdout)
+        return 1
     if sys.stdout is None:
-        print(f"{PROG}: standard output is closed", file=sys.stderr)
+        report("standard output is closed")
         return 1
     try:
         return _main(argv, stop)
     except ImportError as exc:
         # libbpf.so.1 itself missing: nothing can run, say so plainly.
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        report(str(exc))
         return 1
     except BrokenPipeError:
         # The reader went away (`tcpconnect | head`): that is a normal end.
@@ -227,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as exc:
         _discard_stdout()
-        print(f"{PROG}: cannot write output: {exc.strerror}", file=sys.stderr)
+        report(f"cannot write output: {exc.strerror}")
         return 1
 
 
@@ -245,12 +315,12 @@ def _main(argv: list[str] | None, stop: StopFlag) -> int:
             import cachetools  # noqa: F401
             import dnslib  # noqa: F401
         except ImportError:
-            print(f"{PROG}: -d/--dns needs the Python packages dnslib and cachetools "
-                  "(pip install dnslib cachetools)", file=sys.stderr)
+            report("-d/--dns needs the Python packages dnslib and cachetools "
+                   "(pip install dnslib cachetools)")
             return 1
     problem = check_environment()
     if problem:
-        print(f"{PROG}: {problem}", file=sys.stderr)
+        report(problem)
         return 1
 
     from .libbpf import BpfError
@@ -259,13 +329,5 @@ def _main(argv: list[str] | None, stop: StopFlag) -> int:
     try:
         return Session(args, sys.stdout, sys.stderr).run(stop)
     except BpfError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        report(str(exc))
         return 1
-
-
-def run_console_script() -> NoReturn:
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        # Ctrl-C before main() could take over SIGINT.
-        sys.exit(0)
