@@ -35,6 +35,7 @@ install: setup
 
 uninstall:
 	rm -f $(PREFIX)/sbin/tcpconnect $(PREFIX)/share/man/man8/tcpconnect.8
+	rmdir --ignore-fail-on-non-empty $(PREFIX)/share/man/man8
 	-mandb -q $(PREFIX)/share/man
 
 # Installs only what is missing, so repeated runs need no network; apt's own
