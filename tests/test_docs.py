@@ -47,3 +47,13 @@ def test_man_page_renders_without_warnings():
                                           "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert "--cgroupmap MAPPATH" in done.stdout
+
+
+def test_example_commands_are_valid():
+    """Each `# tcpconnect ...` of the examples file is an accepted command line."""
+    text = (ROOT / "docs" / "tcpconnect_example.txt").read_text()
+    commands = re.findall(r"^# tcpconnect(.*)$", text, re.M)
+    assert len(commands) > 10
+    for command in commands:
+        if command.split() != ["-h"]:
+            build_parser().parse_args(command.split())
