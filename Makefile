@@ -2,34 +2,66 @@
 PYTHON ?= python3
 VENV := .venv
 BUILD := build
+PREFIX ?= /usr/local
 # Two objects: dns_dynptr.bpf.o holds the one program that needs a kfunc, so
 # tcpconnect.bpf.o loads without the kernel's own BTF (see dns_dynptr.bpf.c).
 BPF_OBJS := src/tcpconnect/tcpconnect.bpf.o src/tcpconnect/dns_dynptr.bpf.o
 BPF_HEADERS := $(wildcard src/tcpconnect/bpf/*.h)
-APT_PACKAGES := clang libbpf-dev libbpf1 bpftool iproute2 liburing-dev dnsmasq-base gcc make \
-	python3 python3-venv procps util-linux nftables
+# Running needs only libbpf1 and Python (man-db for `man tcpconnect`); building the
+# objects adds clang, libbpf's headers and bpftool. The tests' own needs are separate,
+# so `make run` and `make install` leave them out.
+RUN_PACKAGES := libbpf1 python3 python3-venv man-db
+BUILD_PACKAGES := clang libbpf-dev bpftool make
+TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables
+APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)
 HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
+PIP := $(VENV)/bin/pip
 
-.PHONY: install run test test-kernels bench bench-paths clean apt
+.PHONY: setup install uninstall run wheel test test-kernels bench bench-paths clean apt apt-test
 
-install: apt $(VENV)/.installed $(BPF_OBJS) $(HELPERS)
+# The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
+setup: apt $(VENV)/.installed $(BPF_OBJS)
 
-# Installs only what is missing, so repeated runs need no network.
+# /usr/local/sbin comes before /usr/sbin in root's PATH (and sudo's), so this
+# launcher wins over libbpf-tools' /usr/sbin/tcpconnect; likewise the man page
+# over bcc's.
+install: setup
+	ln -sfn $(CURDIR)/$(VENV)/bin/tcpconnect $(PREFIX)/sbin/tcpconnect
+	install -D -m 644 docs/tcpconnect.8 $(PREFIX)/share/man/man8/tcpconnect.8
+	mandb -q $(PREFIX)/share/man
+	@echo "installed $(PREFIX)/sbin/tcpconnect -> $(CURDIR)/$(VENV)/bin/tcpconnect"
+
+uninstall:
+	rm -f $(PREFIX)/sbin/tcpconnect $(PREFIX)/share/man/man8/tcpconnect.8
+	rmdir --ignore-fail-on-non-empty $(PREFIX)/share/man/man8
+	-mandb -q $(PREFIX)/share/man
+
+# Installs only what is missing, so repeated runs need no network; apt's own
+# lines name every package it fetches, dependencies included.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  echo "apt: installing$$missing (and what they depend on)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
+apt-test:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(TEST_PACKAGES)"
+
+# The venv's own setuptools builds the package (pyproject's build-system asks for
+# 77+): no throwaway build environment is downloaded for each install.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(PIP) install 'setuptools>=77'
+	$(PIP) install --no-build-isolation -e '.[dns]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install --no-build-isolation -e '.[dns,test]'
 	touch $@
 
 # vmlinux.h comes from the build machine's BTF; CO-RE relocates the object
@@ -51,15 +83,20 @@ $(BUILD)/connect_loop: bench/connect_loop.c
 	mkdir -p $(BUILD)
 	cc -O2 -Wall -Wextra -o $@ $< -lpthread
 
-run: install
+run: setup
 	$(VENV)/bin/tcpconnect $(ARGS)
+
+# dist/tcpconnect-*.whl holds the CO-RE objects built here: installing it needs
+# no compiler, and the same objects serve every kernel.
+wheel: setup
+	$(PIP) wheel --no-deps --no-build-isolation --wheel-dir dist .
 
 # The second pass hides the kernel's BTF from the tool and hands it over with
 # --btf: the raw_tp programs of kernels without BTF, against the same rows.
 RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
 	tests/test_dns_trace.py
 
-test: install
+test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	$(VENV)/bin/pytest -q
 	TEST_WITHOUT_KERNEL_BTF=1 $(VENV)/bin/pytest -q $(RAW_TP_TESTS)
 
@@ -67,20 +104,20 @@ test: install
 # machine's root (kernels/versions pins the packages; kernels/matrix says how).
 # Narrow it with KERNELS="6.1" and/or PYTEST_ARGS="-k dns".
 KERNELS ?=
-test-kernels: install
+test-kernels: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="qemu-system-x86 busybox-static kmod xz-utils zstd"
 	RAW_TP_TESTS="$(RAW_TP_TESTS)" kernels/matrix $(KERNELS)
 
 # The benchmark's peers: libbpf-tools tcpstates is measured; bcc and bpftrace
 # only show how they fail here, so not getting them does not stop it.
-bench: install
+bench: setup apt-test $(BUILD)/connect_loop
 	@$(MAKE) --no-print-directory apt APT_PACKAGES=libbpf-tools
 	-@$(MAKE) --no-print-directory apt APT_PACKAGES="bpfcc-tools bpftrace"
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
 # BPF run time per program run on each kernel path (see bench/kernel_paths.py).
-bench-paths: install
+bench-paths: setup apt-test $(BUILD)/connect_loop
 	$(VENV)/bin/python bench/kernel_paths.py $(ARGS)
 
 clean:
-	rm -rf $(BUILD) $(BPF_OBJS) $(VENV) src/*.egg-info
+	rm -rf $(BUILD) $(BPF_OBJS) $(VENV) dist src/*.egg-info

@@ -98,7 +98,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if not CONNECT_LOOP.exists():
-        raise SystemExit("bench: build/connect_loop is missing: run `make install`")
+        raise SystemExit("bench: build/connect_loop is missing: run `make bench`")
     previous = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1\n")
     workdir = Path(tempfile.mkdtemp())

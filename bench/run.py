@@ -465,7 +465,7 @@ def main() -> int:
         parser.error("--rounds and --seconds must be positive")
     for needed in (CONNECT_LOOP, TRACER):
         if not needed.exists():
-            print(f"bench: {needed} is missing: run `make install`", file=sys.stderr)
+            print(f"bench: {needed} is missing: run `make bench`", file=sys.stderr)
             return 1
 
     modes = list(MODES)

@@ -91,13 +91,13 @@ class Trace:
     """A running `tcpconnect` process; stop() ends it like Ctrl-C would."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 prefix: tuple[str, ...] = ()) -> None:
+                 prefix: tuple[str, ...] = (), tool: tuple[str, ...] = tuple(TOOL)) -> None:
         if WITHOUT_KERNEL_BTF_MODE:
             prefix = (*WITHOUT_KERNEL_BTF, *prefix)
             args = (*args, "--btf", str(btf_file_copy()))
         self.args = args
         self.proc = subprocess.Popen(
-            [*prefix, *TOOL, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [*prefix, *tool, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._errors: queue.Queue[str | None] = queue.Queue()

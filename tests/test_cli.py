@@ -64,7 +64,7 @@ def test_help_ends_with_examples():
     result = run_tool("-h")
     assert result.returncode == 0
     text = result.stdout
-    assert text.startswith("usage: tcpconnect [-h] [-t] [-p PID] [-P PORT] [-4 | -6]")
+    assert text.startswith("usage: tcpconnect [-h] [-t] [-p PID] [-P PORTS] [-4 | -6]")
     examples = text[text.index("examples:"):].splitlines()
     assert examples[1].strip().startswith("tcpconnect ")
     assert text.rstrip().splitlines()[-1].strip().startswith("tcpconnect --btf")

@@ -119,7 +119,7 @@ def build_parser() -> Parser:
     parser.add_argument("-t", "--timestamp", action="store_true",
                         help="include a timestamp column (seconds since the first connect)")
     parser.add_argument("-p", "--pid", type=parse_pid, help="trace this process ID only")
-    parser.add_argument("-P", "--port", type=parse_ports,
+    parser.add_argument("-P", "--port", type=parse_ports, metavar="PORTS",
                         help="comma-separated list of destination ports to trace")
     family = parser.add_mutually_exclusive_group()
     family.add_argument("-4", "--ipv4", action="store_true", help="trace IPv4 family only")
@@ -129,8 +129,8 @@ def build_parser() -> Parser:
     parser.add_argument("-u", "--uid", type=parse_uid, help="trace this UID (or user) only")
     parser.add_argument("-c", "--count", action="store_true",
                         help="count connects per source IP and destination IP/port")
-    parser.add_argument("-i", "--interval", type=parse_interval,
-                        help="with -c: print and reset the counts every INTERVAL seconds")
+    parser.add_argument("-i", "--interval", type=parse_interval, metavar="SECONDS",
+                        help="with -c: print and reset the counts every SECONDS")
     parser.add_argument("-d", "--dns", action="store_true",
                         help="include the most recent DNS query that resolved the destination")
     parser.add_argument("-j", "--json", action="store_true",
@@ -139,7 +139,7 @@ def build_parser() -> Parser:
                         help="trace cgroups in this pinned BPF map only")
     parser.add_argument("--mntnsmap", metavar="MAPPATH",
                         help="trace mount namespaces in this pinned BPF map only")
-    parser.add_argument("--cgroup", metavar="PATH",
+    parser.add_argument("--cgroup", metavar="DIR",
                         help="trace this cgroup v2 directory only")
     parser.add_argument("--btf", metavar="FILE",
                         help="BTF of the running kernel, for kernels without "
