@@ -27,11 +27,16 @@ setup: apt $(VENV)/.installed $(BPF_OBJS)
 # /usr/local/sbin comes before /usr/sbin in root's PATH (and sudo's), so this
 # launcher wins over libbpf-tools' /usr/sbin/tcpconnect; likewise the man page
 # over bcc's.
+# The launcher blocks SIGINT and SIGTERM before Python starts: a Ctrl-C during
+# start-up then waits for the tool's handlers (src/tcpconnect/__main__.py).
 install: setup
-	ln -sfn $(CURDIR)/$(VENV)/bin/tcpconnect $(PREFIX)/sbin/tcpconnect
+	rm -f $(PREFIX)/sbin/tcpconnect
+	printf '#!/bin/sh\nexec env --block-signal=INT --block-signal=TERM %s "$$@"\n' \
+	  '$(CURDIR)/$(VENV)/bin/tcpconnect' > $(PREFIX)/sbin/tcpconnect
+	chmod 755 $(PREFIX)/sbin/tcpconnect
 	install -D -m 644 docs/tcpconnect.8 $(PREFIX)/share/man/man8/tcpconnect.8
 	mandb -q $(PREFIX)/share/man
-	@echo "installed $(PREFIX)/sbin/tcpconnect -> $(CURDIR)/$(VENV)/bin/tcpconnect"
+	@echo "installed $(PREFIX)/sbin/tcpconnect, which runs $(CURDIR)/$(VENV)/bin/tcpconnect"
 
 uninstall:
 	rm -f $(PREFIX)/sbin/tcpconnect $(PREFIX)/share/man/man8/tcpconnect.8
