@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpconnect.dns import DnsCache, query_column
-from tcpconnect.events import DNS_PAYLOAD_MAX, DnsEvent, Event, packed_address
+from tcpconnect.events import (
+    DNS_EVENT_FORMAT,
+    DNS_PAYLOAD_MAX,
+    DNS_TS_NS,
+    DnsEvent,
+    EventRecord,
+    dns_message,
+    packed_address,
+)
 from tcpconnect.output import Columns, TextFormatter, escape
 
 RECORD_SIZE = ctypes.sizeof(DnsEvent)
@@ -29,17 +37,19 @@ def record(message: bytes, ts_ns: int = 0) -> bytes:
 
 @given(st.binary(min_size=RECORD_SIZE, max_size=RECORD_SIZE))
 def test_any_record_decodes_without_raising(raw: bytes) -> None:
-    event = DnsEvent.from_buffer_copy(raw)
+    event = DNS_EVENT_FORMAT.unpack(raw)
+    length = DnsEvent.from_buffer_copy(raw).len
     # A len beyond the buffer (never written by the kernel) cannot over-read.
-    assert event.message() == raw[HEADER.size:HEADER.size + event.len][:DNS_PAYLOAD_MAX]
-    DnsCache().record(event.message(), event.ts_ns)
+    assert dns_message(event) == raw[HEADER.size:HEADER.size + length][:DNS_PAYLOAD_MAX]
+    DnsCache().record(dns_message(event), event[DNS_TS_NS])
 
 
-def connect_to(addr: str, ts_ns: int) -> Event:
-    e = Event(ts_ns=ts_ns, pid=1, tid=1, dport=443, family=4, comm=b"curl")
-    e.saddr[:4] = ipaddress.IPv4Address("10.0.0.1").packed
-    e.daddr[:4] = ipaddress.IPv4Address(addr).packed
-    return e
+def connect_to(addr: str, ts_ns: int) -> EventRecord:
+    return EventRecord(ts_ns=ts_ns, cgroup_id=0, mntns_id=0,
+                       saddr=ipaddress.IPv4Address("10.0.0.1").packed + bytes(12),
+                       daddr=ipaddress.IPv4Address(addr).packed + bytes(12),
+                       pid=1, tid=1, uid=0, lport=0, dport=443, family=4,
+                       comm=b"curl".ljust(16, b"\0"))
 
 
 def is_utf8(data: bytes) -> bool:
@@ -63,12 +73,12 @@ def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> Non
     reply = dnslib.DNSRecord(dnslib.DNSHeader(id=1, qr=1), q=dnslib.DNSQuestion(name))
     reply.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(addr), ttl=60))
     cache = DnsCache()
-    event = DnsEvent.from_buffer_copy(record(reply.pack(), ts_ns=1_000))
-    cache.record(event.message(), event.ts_ns)
+    event = DNS_EVENT_FORMAT.unpack(record(reply.pack(), ts_ns=1_000))
+    cache.record(dns_message(event), event[DNS_TS_NS])
     formatter = TextFormatter(Columns(dns=True), lambda e: query_column(
         cache, e.family, packed_address(e.family, e.daddr), e.ts_ns))
     connect = connect_to(addr, ts_ns=2_000)
-    line = formatter.row(connect)
+    [line] = formatter.rows([connect])
     assert line.isprintable()
     if addr == "127.0.0.1":
         expected = "localhost"
@@ -79,4 +89,4 @@ def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> Non
         expected = "No DNS Query"
     else:
         expected = escape(str(name).removesuffix("."))
-    assert line == TextFormatter(Columns()).row(connect) + expected
+    assert line == TextFormatter(Columns()).rows([connect])[0] + expected

@@ -119,15 +119,25 @@ def _display_name(label: dnslib.DNSLabel) -> str:
     return str(label).removesuffix(".")
 
 
-def query_column(cache: DnsCache, family: int, daddr: bytes, connect_ns: int) -> str:
-    """QUERY column text for a connect() to ``daddr`` at ``connect_ns``."""
+def query_of(cache: DnsCache, family: int, daddr: bytes,
+             connect_ns: int) -> tuple[str | None, int | None]:
+    """The query behind a connect() to ``daddr`` at ``connect_ns``: the name
+    (None if no answer held the address) and how many ns before the connect
+    its answer arrived (None when the name is not from an answer)."""
     if daddr == _LOOPBACK.get(family):
-        return "localhost"
+        return "localhost", None
     entry = cache.lookup(daddr)
     if entry is None:
-        return "No DNS Query"
+        return None, None
     name, received_ns = entry
-    delta_ns = connect_ns - received_ns
-    if delta_ns > _STALE_NS:
+    return name, connect_ns - received_ns
+
+
+def query_column(cache: DnsCache, family: int, daddr: bytes, connect_ns: int) -> str:
+    """QUERY column text for a connect() to ``daddr`` at ``connect_ns``."""
+    name, delta_ns = query_of(cache, family, daddr, connect_ns)
+    if name is None:
+        return "No DNS Query"
+    if delta_ns is not None and delta_ns > _STALE_NS:
         return f"{name} ({delta_ns / 1_000_000:.3f}ms)"
     return name
