@@ -12,7 +12,7 @@ import dnslib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpconnect.dns import DnsCache, query_column
+from tcpconnect.dns import DnsCache, query_column, query_of
 from tcpconnect.events import (
     DNS_EVENT_FORMAT,
     DNS_PAYLOAD_MAX,
@@ -22,7 +22,7 @@ from tcpconnect.events import (
     dns_message,
     packed_address,
 )
-from tcpconnect.output import Columns, TextFormatter, escape
+from tcpconnect.output import Columns, TextFormatter
 
 RECORD_SIZE = ctypes.sizeof(DnsEvent)
 HEADER = struct.Struct("<QHH")  # ts_ns, len, orig_len
@@ -88,5 +88,21 @@ def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> Non
         assert any(not is_utf8(label) for label in labels)
         expected = "No DNS Query"
     else:
-        expected = escape(str(name).removesuffix("."))
+        # Zone-file text: \DDD for other bytes, \\ and \. for backslash and dot.
+        expected = ".".join("".join(
+            c if 0x21 <= ord(c) <= 0x7E and c not in "\\." else
+            "\\" + c if c in "\\." else "\\%03d" % ord(c)
+            for c in label.decode("latin-1")) for label in labels)
     assert line == TextFormatter(Columns()).rows([connect])[0] + expected
+
+
+def test_a_name_spelling_an_escape_differs_from_one_holding_the_byte() -> None:
+    cache = DnsCache()
+    for label, addr in ((b"\\027", "192.0.2.1"), (b"\x1b", "192.0.2.2")):
+        name = dnslib.DNSLabel([label, b"test"])
+        reply = dnslib.DNSRecord(dnslib.DNSHeader(id=1, qr=1), q=dnslib.DNSQuestion(name))
+        reply.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(addr), ttl=60))
+        cache.record(reply.pack(), 0)
+    spelled = query_of(cache, 4, ipaddress.IPv4Address("192.0.2.1").packed, 0)[0]
+    holding = query_of(cache, 4, ipaddress.IPv4Address("192.0.2.2").packed, 0)[0]
+    assert (spelled, holding) == ("\\\\027.test", "\\027.test")

@@ -94,8 +94,6 @@ def test_escapes_are_unambiguous():
     spelled = row(TextFormatter(Columns()), event(comm=b"bad\\xff"))
     real = row(TextFormatter(Columns()), event(comm=b"bad\xff"))
     assert spelled.split()[1] == "bad\\\\xff" and real.split()[1] == "bad\\xff"
-    formatter = TextFormatter(Columns(dns=True), query=lambda e: "a\\x07.example")
-    assert row(formatter, event()).endswith(" a\\\\x07.example")
 
 
 def test_query_column_is_escaped():

@@ -113,10 +113,20 @@ def _answered_addresses(message: dnslib.DNSRecord) -> dict[bytes, str]:
 
 
 def _display_name(label: dnslib.DNSLabel) -> str:
-    # str(DNSLabel) already turns non-printable bytes into \DDD escapes, so the
-    # result is always a plain str; escaping for the terminal is left to the
-    # output layer, which treats every name as untrusted.
-    return str(label).removesuffix(".")
+    # Zone-file text, so that every name has one spelling and no two names
+    # share one: printable ASCII as is, but a backslash as \\ and a dot
+    # inside a label as \., and any other byte as \DDD (decimal). dnslib's
+    # own str() leaves backslashes alone, so a label holding the four
+    # characters \027 would print like one holding an ESC byte.
+    return ".".join("".join(_zone_char(byte) for byte in part) for part in label.label)
+
+
+def _zone_char(byte: int) -> str:
+    if byte in (0x5C, 0x2E):
+        return "\\" + chr(byte)
+    if 0x21 <= byte <= 0x7E:
+        return chr(byte)
+    return "\\%03d" % byte
 
 
 def query_of(cache: DnsCache, family: int, daddr: bytes,

@@ -42,6 +42,10 @@ Query = tuple[str | None, int | None]
 def _escape_char(c: str) -> str:
     if c == "\\":
         return "\\\\"
+    return _escape_unprintable(c)
+
+
+def _escape_unprintable(c: str) -> str:
     if "\udc80" <= c <= "\udcff":  # a byte that was not UTF-8 (surrogateescape)
         return "\\x%02x" % (ord(c) - 0xDC00)
     if c.isprintable():
@@ -57,6 +61,14 @@ def escape(text: str) -> str:
     if text.isprintable() and "\\" not in text:
         return text
     return "".join(map(_escape_char, text))
+
+
+def escape_query(text: str) -> str:
+    """escape() for DNS names, which dns.py already writes unambiguously in
+    zone-file form (\\DDD, \\\\): only what a terminal could act on is left."""
+    if text.isprintable():
+        return text
+    return "".join(map(_escape_unprintable, text))
 
 
 def comm_text(raw: bytes) -> str:
@@ -149,7 +161,7 @@ class TextFormatter:
             rows = ["%-9.3f%s" % ((e[TS_NS] - start) / 1e9, row) for e, row in zip(events, rows)]
         if self._query is not None:
             query = self._query
-            rows = [row + escape(query(e)) for e, row in zip(events, rows)]
+            rows = [row + escape_query(query(e)) for e, row in zip(events, rows)]
         return rows
 
 
