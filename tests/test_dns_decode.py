@@ -12,9 +12,17 @@ import dnslib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpconnect.dns import DnsCache, query_column
-from tcpconnect.events import DNS_PAYLOAD_MAX, DnsEvent, Event, packed_address
-from tcpconnect.output import Columns, TextFormatter, escape
+from tcpconnect.dns import DnsCache, query_column, query_of
+from tcpconnect.events import (
+    DNS_EVENT_FORMAT,
+    DNS_PAYLOAD_MAX,
+    DNS_TS_NS,
+    DnsEvent,
+    EventRecord,
+    dns_message,
+    packed_address,
+)
+from tcpconnect.output import Columns, TextFormatter
 
 RECORD_SIZE = ctypes.sizeof(DnsEvent)
 HEADER = struct.Struct("<QHH")  # ts_ns, len, orig_len
@@ -29,17 +37,19 @@ def record(message: bytes, ts_ns: int = 0) -> bytes:
 
 @given(st.binary(min_size=RECORD_SIZE, max_size=RECORD_SIZE))
 def test_any_record_decodes_without_raising(raw: bytes) -> None:
-    event = DnsEvent.from_buffer_copy(raw)
+    event = DNS_EVENT_FORMAT.unpack(raw)
+    length = DnsEvent.from_buffer_copy(raw).len
     # A len beyond the buffer (never written by the kernel) cannot over-read.
-    assert event.message() == raw[HEADER.size:HEADER.size + event.len][:DNS_PAYLOAD_MAX]
-    DnsCache().record(event.message(), event.ts_ns)
+    assert dns_message(event) == raw[HEADER.size:HEADER.size + length][:DNS_PAYLOAD_MAX]
+    DnsCache().record(dns_message(event), event[DNS_TS_NS])
 
 
-def connect_to(addr: str, ts_ns: int) -> Event:
-    e = Event(ts_ns=ts_ns, pid=1, tid=1, dport=443, family=4, comm=b"curl")
-    e.saddr[:4] = ipaddress.IPv4Address("10.0.0.1").packed
-    e.daddr[:4] = ipaddress.IPv4Address(addr).packed
-    return e
+def connect_to(addr: str, ts_ns: int) -> EventRecord:
+    return EventRecord(ts_ns=ts_ns, cgroup_id=0, mntns_id=0,
+                       saddr=ipaddress.IPv4Address("10.0.0.1").packed + bytes(12),
+                       daddr=ipaddress.IPv4Address(addr).packed + bytes(12),
+                       pid=1, tid=1, uid=0, lport=0, dport=443, family=4,
+                       comm=b"curl".ljust(16, b"\0"))
 
 
 def is_utf8(data: bytes) -> bool:
@@ -63,12 +73,12 @@ def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> Non
     reply = dnslib.DNSRecord(dnslib.DNSHeader(id=1, qr=1), q=dnslib.DNSQuestion(name))
     reply.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(addr), ttl=60))
     cache = DnsCache()
-    event = DnsEvent.from_buffer_copy(record(reply.pack(), ts_ns=1_000))
-    cache.record(event.message(), event.ts_ns)
+    event = DNS_EVENT_FORMAT.unpack(record(reply.pack(), ts_ns=1_000))
+    cache.record(dns_message(event), event[DNS_TS_NS])
     formatter = TextFormatter(Columns(dns=True), lambda e: query_column(
         cache, e.family, packed_address(e.family, e.daddr), e.ts_ns))
     connect = connect_to(addr, ts_ns=2_000)
-    line = formatter.row(connect)
+    [line] = formatter.rows([connect])
     assert line.isprintable()
     if addr == "127.0.0.1":
         expected = "localhost"
@@ -78,5 +88,21 @@ def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> Non
         assert any(not is_utf8(label) for label in labels)
         expected = "No DNS Query"
     else:
-        expected = escape(str(name).removesuffix("."))
-    assert line == TextFormatter(Columns()).row(connect) + expected
+        # Zone-file text: \DDD for other bytes, \\ and \. for backslash and dot.
+        expected = ".".join("".join(
+            c if 0x21 <= ord(c) <= 0x7E and c not in "\\." else
+            "\\" + c if c in "\\." else "\\%03d" % ord(c)
+            for c in label.decode("latin-1")) for label in labels)
+    assert line == TextFormatter(Columns()).rows([connect])[0] + expected
+
+
+def test_a_name_spelling_an_escape_differs_from_one_holding_the_byte() -> None:
+    cache = DnsCache()
+    for label, addr in ((b"\\027", "192.0.2.1"), (b"\x1b", "192.0.2.2")):
+        name = dnslib.DNSLabel([label, b"test"])
+        reply = dnslib.DNSRecord(dnslib.DNSHeader(id=1, qr=1), q=dnslib.DNSQuestion(name))
+        reply.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(addr), ttl=60))
+        cache.record(reply.pack(), 0)
+    spelled = query_of(cache, 4, ipaddress.IPv4Address("192.0.2.1").packed, 0)[0]
+    holding = query_of(cache, 4, ipaddress.IPv4Address("192.0.2.2").packed, 0)[0]
+    assert (spelled, holding) == ("\\\\027.test", "\\027.test")

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from conftest import ROOT
 
-from tcpconnect.events import MIRRORS
+from tcpconnect.events import DNS_EVENT_FORMAT, EVENT_FORMAT, MIRRORS, DnsEvent, Event, EventRecord
 
 OBJECT = ROOT / "src/tcpconnect/tcpconnect.bpf.o"
 
@@ -40,3 +40,19 @@ def test_mirror_matches_btf(btf_types, name):
     members = [(m["name"], m["bits_offset"] // 8, type_size(btf_types, m["type_id"]))
                for m in struct["members"]]
     assert fields == members
+
+
+def test_batch_format_decodes_like_the_mirror():
+    # The struct format the reader decodes batches with is derived from the
+    # mirror; both must read the same bytes the same way.
+    event = Event(ts_ns=1, cgroup_id=2, mntns_id=3, pid=4, tid=5, uid=6, lport=7, dport=8,
+                  family=6, comm=b"name")
+    event.saddr[:] = bytes(range(16))
+    event.daddr[:] = bytes(range(16, 32))
+    decoded = EventRecord._make(EVENT_FORMAT.unpack(bytes(event)))
+    assert EVENT_FORMAT.size == ctypes.sizeof(Event)
+    for name, _ in Event._fields_:
+        value = getattr(event, name)
+        expected = bytes(value) if isinstance(value, ctypes.Array) else value
+        assert getattr(decoded, name) == (expected.ljust(16, b"\0") if name == "comm" else expected)
+    assert DNS_EVENT_FORMAT.size == ctypes.sizeof(DnsEvent)

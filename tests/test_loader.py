@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import BUILD, connect_burst, free_port, wait_for
 
-from tcpconnect.events import Event
+from tcpconnect.events import DPORT, EVENT_FORMAT
 from tcpconnect.libbpf import BpfError, BpfObject
-from tcpconnect.tracer import Tracer, TracerConfig
+from tcpconnect.tracer import Tracer, TracerConfig, events_ring_bytes
 
 MISSING_TRACEPOINT_PROGRAM = """
 #include "vmlinux.h"
@@ -48,9 +48,9 @@ def test_not_an_object_file(tmp_path):
         BpfObject(str(junk))
 
 
-# The events ring is 1 MiB, about 10,000 events: this many connects overflow
-# it for certain while nobody reads, however slow the machine is.
-OVERFLOWING = 40_000
+# Four times what the events ring holds: this many connects overflow it for
+# certain while nobody reads, however slow the machine is.
+OVERFLOWING = 4 * events_ring_bytes() // (EVENT_FORMAT.size + 8)
 
 
 def overflowing_burst(port: int) -> int:
@@ -64,27 +64,26 @@ def test_overflow_is_counted_not_hidden():
     # Nobody reads the ring while the burst runs, so it must overflow; every
     # connect must then be either delivered or counted as lost.
     port = free_port()
-    received: list[Event] = []
-    with Tracer(TracerConfig(ports=(port,)), received.append) as tracer:
+    with Tracer(TracerConfig(ports=(port,))) as tracer:
         made = overflowing_burst(port)
-        tracer.poll(0)
+        received = tracer.poll(0).events
         lost = tracer.losses().events
     assert lost > 0
     assert len(received) + lost == made
-    assert all(e.dport == port for e in received)
+    assert all(e[DPORT] == port for e in received)
 
 
 def test_accounting_is_exact_while_reading():
     # Whether the reader keeps up depends on the machine (bench/ measures
     # that); that every connect is delivered or counted must not.
     port = free_port()
-    received: list[Event] = []
-    with Tracer(TracerConfig(ports=(port,)), received.append) as tracer:
+    received: list[tuple] = []
+    with Tracer(TracerConfig(ports=(port,))) as tracer:
         burst = subprocess.Popen([str(BUILD / "connect_loop"), "-p", str(port), "-d", "1"],
                                  stdout=subprocess.PIPE, text=True)
         while burst.poll() is None:
-            tracer.poll(10)
-        tracer.poll(0)
+            received += tracer.poll(10).events
+        received += tracer.poll(0).events
         made = int(burst.stdout.read())
         lost = tracer.losses().events
     assert len(received) + lost == made
@@ -111,7 +110,7 @@ def kernel_has(entry: str) -> bool:
 
 
 def test_everything_is_released_on_close():
-    with Tracer(TracerConfig(lport=True), lambda e: None):
+    with Tracer(TracerConfig(lport=True)):
         held = bpf_ids(os.getpid())
         assert len(held) >= 4  # two programs, two links
         assert all(kernel_has(entry) for entry in held)

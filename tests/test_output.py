@@ -7,18 +7,27 @@ import socket
 
 import pytest
 
-from tcpconnect.events import Event
+from tcpconnect.events import EventRecord
 from tcpconnect.output import Columns, JsonFormatter, TextFormatter, escape
 
 
-def event(**fields) -> Event:
-    e = Event(ts_ns=5_000_000_000, pid=4242, tid=4243, uid=1000, lport=51234, dport=443,
-              family=4, comm=b"curl", cgroup_id=7, mntns_id=4026531841)
-    e.saddr[:4] = socket.inet_pton(socket.AF_INET, "10.0.0.1")
-    e.daddr[:4] = socket.inet_pton(socket.AF_INET, "93.184.216.34")
-    for name, value in fields.items():
-        setattr(e, name, value)
-    return e
+def event(**fields) -> EventRecord:
+    """A decoded event as the ring reader hands it over (arrays as the
+    kernel's zero-padded bytes)."""
+    for name in ("saddr", "daddr", "comm"):
+        if name in fields:
+            fields[name] = fields[name].ljust(16, b"\0")
+    return EventRecord(
+        ts_ns=5_000_000_000, pid=4242, tid=4243, uid=1000, lport=51234, dport=443, family=4,
+        comm=b"curl".ljust(16, b"\0"), cgroup_id=7, mntns_id=4026531841,
+        saddr=socket.inet_pton(socket.AF_INET, "10.0.0.1").ljust(16, b"\0"),
+        daddr=socket.inet_pton(socket.AF_INET, "93.184.216.34").ljust(16, b"\0"),
+    )._replace(**fields)
+
+
+def row(formatter, e: EventRecord) -> str:
+    [line] = formatter.rows([e])
+    return line
 
 
 @pytest.mark.parametrize("columns,header", [
@@ -39,27 +48,27 @@ def test_headers(columns, header):
 
 
 def test_row_layouts():
-    assert TextFormatter(Columns()).row(event()) == (
+    assert row(TextFormatter(Columns()), event()) == (
         "4242    curl         4  10.0.0.1         93.184.216.34    443    ")
-    assert TextFormatter(Columns(timestamp=True, uid=True, lport=True)).row(event()) == (
+    assert row(TextFormatter(Columns(timestamp=True, uid=True, lport=True)), event()) == (
         "0.000    1000  4242    curl         4  10.0.0.1         51234  93.184.216.34    443    ")
     with_query = TextFormatter(Columns(dns=True), query=lambda e: "example.com")
-    assert with_query.row(event()) == (
+    assert row(with_query, event()) == (
         "4242    curl         4  10.0.0.1         93.184.216.34    443    example.com")
 
 
 def test_ipv6_row_and_long_comm_truncated():
-    e = event(family=6, comm=b"a-very-long-pro")
-    e.saddr[:] = socket.inet_pton(socket.AF_INET6, "fd00::1")
-    e.daddr[:] = socket.inet_pton(socket.AF_INET6, "2001:db8::20")
-    assert TextFormatter(Columns()).row(e) == (
+    e = event(family=6, comm=b"a-very-long-pro",
+              saddr=socket.inet_pton(socket.AF_INET6, "fd00::1"),
+              daddr=socket.inet_pton(socket.AF_INET6, "2001:db8::20"))
+    assert row(TextFormatter(Columns()), e) == (
         "4242    a-very-long- 6  fd00::1          2001:db8::20     443    ")
 
 
 def test_timestamps_count_from_the_first_event():
     formatter = TextFormatter(Columns(timestamp=True))
-    first = formatter.row(event(ts_ns=10_000_000_000))
-    later = formatter.row(event(ts_ns=12_345_678_900))
+    first = row(formatter, event(ts_ns=10_000_000_000))
+    later = row(formatter, event(ts_ns=12_345_678_900))
     assert first.startswith("0.000    ")
     assert later.startswith("2.346    ")
 
@@ -69,24 +78,62 @@ def test_hostile_strings_are_escaped():
     assert escape("\x1b[2Jevil\n") == "\\x1b[2Jevil\\n"
     assert escape("bell\x07") == "bell\\x07"
     assert escape("\u202eltr") == "\\u202eltr"
-    row = TextFormatter(Columns()).row(event(comm=b"\x1b]0;title\x07"))
-    assert "\x1b" not in row and "\x07" not in row
-    assert row.split()[1] == "\\x1b]0;title"  # escaped, then cut to 12 like bcc
-    assert "\\xff" in TextFormatter(Columns()).row(event(comm=b"bad\xff"))
+    line = row(TextFormatter(Columns()), event(comm=b"\x1b]0;title\x07"))
+    assert "\x1b" not in line and "\x07" not in line
+    assert line.split()[1] == "\\x1b]0;title"  # escaped, then cut to 12 like bcc
+    assert "\\xff" in row(TextFormatter(Columns()), event(comm=b"bad\xff"))
+
+
+def test_escapes_are_unambiguous():
+    # A name that spells an escape out must not print like one holding the
+    # character, nor like one holding a byte that is not UTF-8.
+    assert escape("\\x1b[2J") == "\\\\x1b[2J"
+    spelled = row(TextFormatter(Columns()), event(comm=b"\\x1b[2J"))
+    real = row(TextFormatter(Columns()), event(comm=b"\x1b[2J"))
+    assert spelled.split()[1] == "\\\\x1b[2J" and real.split()[1] == "\\x1b[2J"
+    spelled = row(TextFormatter(Columns()), event(comm=b"bad\\xff"))
+    real = row(TextFormatter(Columns()), event(comm=b"bad\xff"))
+    assert spelled.split()[1] == "bad\\\\xff" and real.split()[1] == "bad\\xff"
 
 
 def test_query_column_is_escaped():
     formatter = TextFormatter(Columns(dns=True), query=lambda e: "evil\x1b[31m.example")
-    assert formatter.row(event()).endswith(" evil\\x1b[31m.example")
+    assert row(formatter, event()).endswith(" evil\\x1b[31m.example")
 
 
 def test_json_row():
-    formatter = JsonFormatter(Columns(timestamp=True, lport=True), query=lambda e: "x.test")
+    formatter = JsonFormatter(Columns(timestamp=True, lport=True),
+                              query=lambda e: ("x.test", 512_004_000))
     assert formatter.header() is None
-    record = json.loads(formatter.row(event(comm=b"cu\x1brl")))
+    record = json.loads(row(formatter, event(comm=b"cu\x1brl")))
     assert record == {
         "time": 0.0, "uid": 1000, "pid": 4242, "tid": 4243, "comm": "cu\x1brl", "ip": 4,
         "saddr": "10.0.0.1", "lport": 51234, "daddr": "93.184.216.34", "dport": 443,
-        "cgroup_id": 7, "mntns_id": 4026531841, "query": "x.test",
+        "cgroup_id": 7, "mntns_id": 4026531841, "query": "x.test", "query_age_ms": 512.004,
     }
-    assert "\x1b" not in formatter.row(event(comm=b"cu\x1brl"))
+    assert "\x1b" not in row(formatter, event(comm=b"cu\x1brl"))
+
+
+@pytest.mark.parametrize("query,fields", [
+    (("example.com", 2_500_000), {"query": "example.com", "query_age_ms": 2.5}),
+    (("localhost", None), {"query": "localhost", "query_age_ms": None}),
+    ((None, None), {"query": None, "query_age_ms": None}),
+])
+def test_json_query_and_its_age_are_separate_fields(query, fields):
+    record = json.loads(row(JsonFormatter(Columns(dns=True), query=lambda e: query), event()))
+    assert {k: record[k] for k in fields} == fields
+
+
+def test_json_without_dns_has_no_query_fields():
+    record = json.loads(row(JsonFormatter(Columns()), event()))
+    assert "query" not in record and "query_age_ms" not in record
+
+
+@pytest.mark.parametrize("comm", [b"curl", b"cu\x1brl", b'say "hi"\\', b"bad\xff", "é中".encode()])
+def test_json_rows_equal_json_dumps(comm):
+    # Rows are built from a template; they must be what json.dumps makes.
+    e = event(comm=comm, family=6, saddr=socket.inet_pton(socket.AF_INET6, "::1"),
+              daddr=socket.inet_pton(socket.AF_INET6, "2001:db8::1"))
+    formatter = JsonFormatter(Columns(timestamp=True, lport=True),
+                              query=lambda e: ('evil"\x1b.example', 1))
+    assert row(formatter, e) == json.dumps(json.loads(row(formatter, e)), ensure_ascii=True)

@@ -107,6 +107,29 @@ def test_named_thread_shows_its_own_comm_and_process_id(trace):
     assert event["lport"] == result["lport"]
 
 
+def test_non_ascii_name_on_an_ascii_stdout(trace):
+    # Any process may call itself anything; an ASCII-only stdout must not
+    # make the tracer fail (or drop the rest of the batch): characters it
+    # cannot encode are written as \x/\u escapes.
+    port = free_port()
+    t = trace("-P", str(port), env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    named_tids = []
+
+    def connect_as(name: str) -> None:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name)
+        named_tids.append(threading.get_native_id())
+        refused_connect(4, port)
+
+    for name in ("café-中", "plain"):
+        worker = threading.Thread(target=connect_as, args=(name,))
+        worker.start()
+        worker.join()
+    t.stop()
+    assert t.returncode == 0, t.stderr
+    assert [r.split()[1] for r in t.rows] == ["caf\\xe9-\\u4e2d", "plain"]
+
+
 def test_nonblocking_connect(trace):
     with listening("127.0.0.1") as listener:
         port = listener.getsockname()[1]

@@ -185,21 +185,41 @@ def _answered_addresses(questions: list[dnslib.DNSQuestion],
 
 
 def _display_name(label: dnslib.DNSLabel) -> str:
-    # str(DNSLabel) already turns non-printable bytes into \DDD escapes, so the
-    # result is always a plain str; escaping for the terminal is left to the
-    # output layer, which treats every name as untrusted.
-    return str(label).removesuffix(".")
+    # Zone-file text, so that every name has one spelling and no two names
+    # share one: printable ASCII as is, but a backslash as \\ and a dot
+    # inside a label as \., and any other byte as \DDD (decimal). dnslib's
+    # own str() leaves backslashes alone, so a label holding the four
+    # characters \027 would print like one holding an ESC byte.
+    return ".".join("".join(_zone_char(byte) for byte in part) for part in label.label)
+
+
+def _zone_char(byte: int) -> str:
+    if byte in (0x5C, 0x2E):
+        return "\\" + chr(byte)
+    if 0x21 <= byte <= 0x7E:
+        return chr(byte)
+    return "\\%03d" % byte
+
+
+def query_of(cache: DnsCache, family: int, daddr: bytes,
+             connect_ns: int) -> tuple[str | None, int | None]:
+    """The query behind a connect() to ``daddr`` at ``connect_ns``: the name
+    (None if no answer held the address) and how many ns before the connect
+    its answer arrived (None when the name is not from an answer)."""
+    if daddr == _LOOPBACK.get(family):
+        return "localhost", None
+    entry = cache.lookup(daddr)
+    if entry is None:
+        return None, None
+    name, received_ns = entry
+    return name, connect_ns - received_ns
 
 
 def query_column(cache: DnsCache, family: int, daddr: bytes, connect_ns: int) -> str:
     """QUERY column text for a connect() to ``daddr`` at ``connect_ns``."""
-    if daddr == _LOOPBACK.get(family):
-        return "localhost"
-    entry = cache.lookup(daddr)
-    if entry is None:
+    name, delta_ns = query_of(cache, family, daddr, connect_ns)
+    if name is None:
         return "No DNS Query"
-    name, received_ns = entry
-    delta_ns = connect_ns - received_ns
-    if delta_ns > _STALE_NS:
+    if delta_ns is not None and delta_ns > _STALE_NS:
         return f"{name} ({delta_ns / 1_000_000:.3f}ms)"
     return name

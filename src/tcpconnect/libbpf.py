@@ -2,7 +2,7 @@
 
 Split by concern like a loader should be: `BpfObject` (open, configure, load,
 close), `Program`/`Link` (attach and release), `Map` (fd-level operations,
-pinned-map reuse) and `RingBuffer` (event delivery). Every failure raises
+pinned-map reuse); ring buffers are read in ringbuf.py. Every failure raises
 `BpfError` naming the object involved and the reason.
 """
 
@@ -25,7 +25,6 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from typing import Callable
 
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
@@ -84,7 +83,6 @@ class _ObjectOpenOpts(Structure):
 
 
 _PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
-RINGBUF_SAMPLE_FN = CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
 
 
 def _load_library() -> ctypes.CDLL:
@@ -133,11 +131,6 @@ for _name, _res, _args in [
     ("libbpf_probe_bpf_map_type", c_int, [c_uint32, c_void_p]),
     ("btf__type_by_id", POINTER(_BtfType), [c_void_p, c_uint32]),
     ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
-    ("ring_buffer__new", c_void_p, [c_int, RINGBUF_SAMPLE_FN, c_void_p, c_void_p]),
-    ("ring_buffer__add", c_int, [c_void_p, c_int, RINGBUF_SAMPLE_FN, c_void_p]),
-    ("ring_buffer__poll", c_int, [c_void_p, c_int]),
-    ("ring_buffer__consume", c_int, [c_void_p]),
-    ("ring_buffer__free", None, [c_void_p]),
 ]:
     _declare(_name, _res, *_args)
 
@@ -320,22 +313,42 @@ class Program:
         return Link(self.name, _check_ptr(ptr, f"cannot attach program {self.name}"))
 
 
+class MappedMemory:
+    """A shared mapping of a map's fd, read and written through ctypes: an
+    aligned 8-byte field is then loaded and stored whole, as the kernel
+    reading it concurrently needs (the struct module may move such a field
+    a byte at a time)."""
+
+    def __init__(self, fd: int, size: int, what: str, offset: int = 0,
+                 writable: bool = False) -> None:
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        address = _libc.mmap(None, size, prot, mmap.MAP_SHARED, fd, offset)
+        if address in (None, MAP_FAILED):
+            raise _failure(f"cannot map {what}", ctypes.get_errno())
+        self.address: int = address
+        self.size = size
+
+    def close(self) -> None:
+        if self.size:
+            _libc.munmap(self.address, self.size)
+            self.size = 0
+
+
 class GlobalVariables:
     """Typed access to the variables of one data section (.rodata, .bss),
     located through the object's BTF the way a generated skeleton would."""
 
     def __init__(self, section: str, base: int, layout: dict[str, tuple[int, int]],
-                 mapped_size: int = 0) -> None:
+                 mapping: MappedMemory | None = None) -> None:
         self.section = section
         self._base = base
         self._layout = layout
-        self._mapped_size = mapped_size
+        self._mapping = mapping
 
     def close(self) -> None:
         """Unmaps live variables; the mapping would keep the map alive."""
-        if self._mapped_size:
-            _libc.munmap(self._base, self._mapped_size)
-            self._mapped_size = 0
+        if self._mapping is not None:
+            self._mapping.close()
 
     def _address(self, name: str, ctype: type[ctypes._CData]) -> int:
         try:
@@ -430,12 +443,9 @@ class BpfObject:
         """Variables of a loaded section, mapped from the kernel's copy, so
         reads see what the programs write (.bss counters) without a syscall."""
         map_ptr = self._find_map(section)
-        size = _lib.bpf_map__value_size(map_ptr)
-        base = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED,
-                          _lib.bpf_map__fd(map_ptr), 0)
-        if base in (None, MAP_FAILED):
-            raise _failure(f"cannot map section {section} of {self.path}", ctypes.get_errno())
-        return GlobalVariables(section, base, self._section_layout(section), size)
+        mapping = MappedMemory(_lib.bpf_map__fd(map_ptr), _lib.bpf_map__value_size(map_ptr),
+                               f"section {section} of {self.path}")
+        return GlobalVariables(section, mapping.address, self._section_layout(section), mapping)
 
     def _section_layout(self, section: str) -> dict[str, tuple[int, int]]:
         btf = _lib.bpf_object__btf(self._ptr)
@@ -462,54 +472,4 @@ class BpfObject:
     def close(self) -> None:
         if self._ptr:
             _lib.bpf_object__close(self._ptr)
-            self._ptr = None
-
-
-class RingBuffer:
-    """Consumer of one or more BPF ring buffer maps, each with its callback.
-
-    Callbacks get the raw record as bytes; they must not raise (an exception
-    cannot cross libbpf), so they should only collect."""
-
-    def __init__(self) -> None:
-        self._ptr: int | None = None
-        self._callbacks: list[ctypes._CFuncPtr] = []
-
-    def add(self, ring: Map, handler: Callable[[bytes], None]) -> None:
-        def sample(_ctx: int, data: int, size: int) -> int:
-            handler(ctypes.string_at(data, size))
-            return 0
-
-        callback = RINGBUF_SAMPLE_FN(sample)
-        self._callbacks.append(callback)  # libbpf keeps only the raw pointer
-        if self._ptr is None:
-            ptr = _lib.ring_buffer__new(ring.fd, callback, None, None)
-            self._ptr = _check_ptr(ptr, f"cannot set up ring buffer {ring.name}")
-        else:
-            _check(_lib.ring_buffer__add(self._ptr, ring.fd, callback, None),
-                   f"cannot add ring buffer {ring.name}")
-
-    def poll(self, timeout_ms: int) -> None:
-        """Waits up to timeout_ms for a wakeup, then drains every ring: the
-        kernel side wakes us only for batches, so a quiet timeout may still
-        leave records behind."""
-        if self._ptr is None:
-            raise BpfError("no ring buffer to poll: none was added")
-        if _lib.ring_buffer__poll(self._ptr, timeout_ms) < 0:
-            err = ctypes.get_errno()
-            if err != errno.EINTR:
-                raise _failure("cannot poll ring buffer", err)
-        self.drain()
-
-    def drain(self) -> None:
-        if self._ptr is None:
-            return
-        if _lib.ring_buffer__consume(self._ptr) < 0:
-            err = ctypes.get_errno()
-            if err != errno.EINTR:
-                raise _failure("cannot read ring buffer", err)
-
-    def close(self) -> None:
-        if self._ptr:
-            _lib.ring_buffer__free(self._ptr)
             self._ptr = None

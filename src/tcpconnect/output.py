@@ -1,28 +1,94 @@
-"""Turns events and counts into bcc-compatible text lines, or JSON lines."""
+"""Turns events and counts into bcc-compatible text lines, or JSON lines.
+
+Events arrive in batches of decoded tuples (see events.EventRecord) and are
+formatted a batch at a time: one %-format per row, with the text of process
+names and addresses cached, since a traced host repeats few of each.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TextIO
 
-from .events import CountKey, Event, format_address
+from .events import (
+    ADDRESS_TEXT,
+    CGROUP_ID,
+    COMM,
+    DADDR,
+    DPORT,
+    FAMILY,
+    LPORT,
+    MNTNS_ID,
+    PID,
+    SADDR,
+    TID,
+    TS_NS,
+    UID,
+    CountKey,
+    format_address,
+)
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
+# Distinct process names whose text is kept.
+COMM_CACHE_SIZE = 4096
+# A DNS query: the name (None when no answer held the address) and how long
+# before the connect its answer arrived (None when the name is not from an
+# answer: no query, or loopback's "localhost").
+Query = tuple[str | None, int | None]
+
+
+def _escape_char(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    return _escape_unprintable(c)
+
+
+def _escape_unprintable(c: str) -> str:
+    if "\udc80" <= c <= "\udcff":  # a byte that was not UTF-8 (surrogateescape)
+        return "\\x%02x" % (ord(c) - 0xDC00)
+    if c.isprintable():
+        return c
+    return c.encode("unicode_escape").decode("ascii")
 
 
 def escape(text: str) -> str:
-    """Makes an untrusted string (process name, DNS name) safe for a terminal:
-    anything unprintable, escape sequences included, becomes \\xNN/\\uNNNN."""
+    """Makes an untrusted string (process name, DNS name) safe for a terminal
+    and unambiguous: anything unprintable, escape sequences included, becomes
+    \\xNN/\\uNNNN, and a backslash becomes \\\\, so a name that spells out an
+    escape differs from one that holds the character."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(map(_escape_char, text))
+
+
+def escape_query(text: str) -> str:
+    """escape() for DNS names, which dns.py already writes unambiguously in
+    zone-file form (\\DDD, \\\\): only what a terminal could act on is left."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    return "".join(map(_escape_unprintable, text))
 
 
-def comm_text(event: Event) -> str:
-    return escape(event.comm.decode("utf-8", "backslashreplace"))
+def comm_text(raw: bytes) -> str:
+    """The process name of a 16-byte kernel field, escaped for a terminal."""
+    return escape(raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"))
+
+
+class _TextCache(dict):
+    """text = cache[key], computed by `make` on a miss; cleared when full,
+    which is cheaper than LRU bookkeeping on every hit."""
+
+    def __init__(self, make: Callable[[bytes], str]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: bytes) -> str:
+        if len(self) >= COMM_CACHE_SIZE:
+            self.clear()
+        text = self[key] = self._make(key)
+        return text
 
 
 @dataclass(frozen=True)
@@ -39,19 +105,22 @@ class RelativeClock:
     def __init__(self) -> None:
         self._start_ns: int | None = None
 
-    def seconds(self, event: Event) -> float:
+    def start_ns(self, events: list[tuple]) -> int:
         if self._start_ns is None:
-            self._start_ns = event.ts_ns
-        return (event.ts_ns - self._start_ns) / 1e9
+            self._start_ns = events[0][TS_NS]
+        return self._start_ns
 
 
 class TextFormatter:
     """bcc's layout, column for column, so existing parsers keep working."""
 
-    def __init__(self, columns: Columns, query: Callable[[Event], str] | None = None) -> None:
+    def __init__(self, columns: Columns, query: Callable[[tuple], str] | None = None) -> None:
         self.columns = columns
         self._query = query
         self._clock = RelativeClock()
+        # bcc's COMM is cut to 12 characters; the escaped text is cut, as bcc
+        # cuts what it prints.
+        self._comm = _TextCache(lambda raw: "%-12.12s" % comm_text(raw))
 
     def header(self) -> str:
         cols = self.columns
@@ -71,64 +140,91 @@ class TextFormatter:
             line += " QUERY"
         return line
 
-    def row(self, event: Event) -> str:
-        cols = self.columns
-        line = ""
-        if cols.timestamp:
-            line += "%-9.3f" % self._clock.seconds(event)
-        if cols.uid:
-            line += "%-6d" % event.uid
-        saddr = format_address(event.family, event.saddr)
-        daddr = format_address(event.family, event.daddr)
-        if cols.lport:
-            line += "%-7d %-12.12s %-2d %-16s %-6d %-16s %-6d" % (
-                event.pid, comm_text(event), event.family, saddr, event.lport, daddr,
-                event.dport)
-        else:
-            line += "%-7d %-12.12s %-2d %-16s %-16s %-6d" % (
-                event.pid, comm_text(event), event.family, saddr, daddr, event.dport)
+    def rows(self, events: list[tuple]) -> list[str]:
+        if not events:
+            return []
+        cols, comm, addr = self.columns, self._comm, ADDRESS_TEXT
         # bcc ends every row with a space and the QUERY column, empty
         # without -d; parsers that split on single spaces expect it.
-        query = escape(self._query(event)) if self._query is not None else ""
-        return line + " " + query
+        if cols.lport:
+            rows = ["%-7d %s %-2d %-16s %-6d %-16s %-6d " % (
+                e[PID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]], e[LPORT],
+                addr[e[FAMILY]][e[DADDR]], e[DPORT]) for e in events]
+        else:
+            rows = ["%-7d %s %-2d %-16s %-16s %-6d " % (
+                e[PID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]],
+                addr[e[FAMILY]][e[DADDR]], e[DPORT]) for e in events]
+        if cols.uid:
+            rows = ["%-6d%s" % (e[UID], row) for e, row in zip(events, rows)]
+        if cols.timestamp:
+            start = self._clock.start_ns(events)
+            rows = ["%-9.3f%s" % ((e[TS_NS] - start) / 1e9, row) for e, row in zip(events, rows)]
+        if self._query is not None:
+            query = self._query
+            rows = [row + escape_query(query(e)) for e, row in zip(events, rows)]
+        return rows
 
 
 class JsonFormatter:
     """One JSON object per line; optional fields follow the same options as
-    the text columns."""
+    the text columns. Rows are built from a template rather than json.dumps
+    of a dict (several times the cost); every string in them comes from
+    json.dumps or inet_ntop, so they are valid JSON all the same."""
 
-    def __init__(self, columns: Columns, query: Callable[[Event], str] | None = None) -> None:
+    def __init__(self, columns: Columns, query: Callable[[tuple], Query] | None = None) -> None:
         self.columns = columns
         self._query = query
         self._clock = RelativeClock()
+        # ensure_ascii keeps control characters escaped for terminals.
+        self._comm = _TextCache(lambda raw: json.dumps(
+            raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"), ensure_ascii=True))
+        template = '"uid": %d, "pid": %d, "tid": %d, "comm": %s, "ip": %d, "saddr": "%s", '
+        if columns.lport:
+            template += '"lport": %d, '
+        self._template = template + '"daddr": "%s", "dport": %d, "cgroup_id": %d, "mntns_id": %d'
 
     def header(self) -> None:
         return None
 
-    def row(self, event: Event) -> str:
-        record: dict[str, object] = {}
-        if self.columns.timestamp:
-            record["time"] = round(self._clock.seconds(event), 6)
-        record.update(
-            uid=event.uid,
-            pid=event.pid,
-            tid=event.tid,
-            comm=event.comm.decode("utf-8", "backslashreplace"),
-            ip=event.family,
-            saddr=format_address(event.family, event.saddr),
-        )
+    def rows(self, events: list[tuple]) -> list[str]:
+        if not events:
+            return []
+        template, comm, addr = self._template, self._comm, ADDRESS_TEXT
         if self.columns.lport:
-            record["lport"] = event.lport
-        record.update(
-            daddr=format_address(event.family, event.daddr),
-            dport=event.dport,
-            cgroup_id=event.cgroup_id,
-            mntns_id=event.mntns_id,
-        )
+            rows = [template % (
+                e[UID], e[PID], e[TID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]],
+                e[LPORT], addr[e[FAMILY]][e[DADDR]], e[DPORT], e[CGROUP_ID], e[MNTNS_ID])
+                for e in events]
+        else:
+            rows = [template % (
+                e[UID], e[PID], e[TID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]],
+                addr[e[FAMILY]][e[DADDR]], e[DPORT], e[CGROUP_ID], e[MNTNS_ID])
+                for e in events]
+        if self.columns.timestamp:
+            start = self._clock.start_ns(events)
+            rows = ['"time": %r, %s' % (round((e[TS_NS] - start) / 1e9, 6), row)
+                    for e, row in zip(events, rows)]
         if self._query is not None:
-            record["query"] = self._query(event)
-        # ensure_ascii keeps control characters escaped for terminals.
-        return json.dumps(record, ensure_ascii=True)
+            query = self._query
+            rows = [row + _query_fields(*query(e)) for e, row in zip(events, rows)]
+        return ["{" + row + "}" for row in rows]
+
+
+def _query_fields(name: str | None, age_ns: int | None) -> str:
+    return ', "query": %s, "query_age_ms": %s' % (
+        "null" if name is None else json.dumps(name, ensure_ascii=True),
+        "null" if age_ns is None else repr(round(age_ns / 1e6, 3)))
+
+
+def tolerate_unencodable(stream: TextIO) -> TextIO:
+    """Makes a text stream write what its encoding cannot hold as \\xNN,
+    \\uNNNN escapes instead of failing: a process may call itself anything,
+    and stdout may be ASCII (LC_ALL=C, PYTHONIOENCODING=ascii). escape()
+    doubles literal backslashes, so these escapes stay unambiguous in text."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+    return stream
 
 
 def count_rows(counts: Iterable[tuple[CountKey, int]]) -> list[str]:
@@ -139,5 +235,5 @@ def count_rows(counts: Iterable[tuple[CountKey, int]]) -> list[str]:
         item[0].family != 4, -item[1], bytes(item[0].daddr), bytes(item[0].saddr),
         item[0].dport))
     return ["%-25s %-25s %-20s %-10d" % (
-        format_address(key.family, key.saddr), format_address(key.family, key.daddr),
+        format_address(key.family, bytes(key.saddr)), format_address(key.family, bytes(key.daddr)),
         key.dport, count) for key, count in ordered]

@@ -7,9 +7,17 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from .events import DnsEvent, Event, packed_address
-from .output import BANNER, COUNT_HEADER, Columns, JsonFormatter, TextFormatter, count_rows
-from .tracer import LossCounters, Tracer, TracerConfig
+from .events import DADDR, DNS_TS_NS, FAMILY, TS_NS, dns_message, packed_address
+from .output import (
+    BANNER,
+    COUNT_HEADER,
+    Columns,
+    JsonFormatter,
+    TextFormatter,
+    count_rows,
+    tolerate_unencodable,
+)
+from .tracer import Batch, LossCounters, Tracer, TracerConfig
 
 if TYPE_CHECKING:  # dns needs dnslib, imported only for -d
     from .dns import DnsCache
@@ -46,27 +54,27 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
 class Session:
     def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
         self.args = args
-        self.out = out
-        self.err = err
-        self._events: list[Event] = []
-        self._responses: list[DnsEvent] = []
+        self.out = tolerate_unencodable(out)
+        self.err = tolerate_unencodable(err)
         self._reported = LossCounters(0, 0, 0, 0)
         self._dns_cache = None
-        query = None
-        if args.dns:
-            from .dns import DnsCache, query_column
-
-            cache = self._dns_cache = DnsCache()
-            query = lambda e: query_column(  # noqa: E731
-                cache, e.family, packed_address(e.family, e.daddr), e.ts_ns)
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
                           dns=args.dns)
-        formatter_type = JsonFormatter if args.json else TextFormatter
-        self.formatter = formatter_type(columns, query)
+        if not args.dns:
+            self.formatter = (JsonFormatter if args.json else TextFormatter)(columns)
+            return
+        from .dns import DnsCache, query_column, query_of
+
+        cache = self._dns_cache = DnsCache()
+        if args.json:
+            self.formatter = JsonFormatter(columns, lambda e: query_of(
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]))
+        else:
+            self.formatter = TextFormatter(columns, lambda e: query_column(
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]))
 
     def run(self, stop: Stop) -> int:
-        with Tracer(tracer_config(self.args), self._events.append,
-                    self._responses.append) as tracer:
+        with Tracer(tracer_config(self.args)) as tracer:
             if self.args.json:
                 # Keeps stdout pure JSON Lines.
                 self._warn(BANNER)
@@ -78,10 +86,8 @@ class Session:
                 header = self.formatter.header()
                 self._write([header] if header else [])
                 while not stop.requested:
-                    tracer.poll(POLL_TIMEOUT_MS)
-                    self._emit(tracer)
-                tracer.finish()
-                self._emit(tracer)
+                    self._emit(tracer.poll(POLL_TIMEOUT_MS), tracer)
+                self._emit(tracer.finish(), tracer)
             self._report_totals(tracer.losses())
         return 0
 
@@ -115,30 +121,33 @@ class Session:
         self._reported = dataclasses.replace(self._reported,
                                              count_failures=now.count_failures)
 
-    def _emit(self, tracer: Tracer) -> None:
-        if self._dns_cache is not None:
-            rows = self._rows_after_answers(self._dns_cache)
+    def _emit(self, batch: Batch, tracer: Tracer) -> None:
+        if self._dns_cache is not None and batch.answers:
+            rows = self._rows_after_answers(batch, self._dns_cache)
         else:
-            rows = [self.formatter.row(e) for e in self._events]
-        self._events.clear()
+            rows = self.formatter.rows(batch.events)
         self._write(rows)
         self._report_losses(tracer.losses())
 
-    def _rows_after_answers(self, cache: DnsCache) -> list[str]:
+    def _rows_after_answers(self, batch: Batch, cache: DnsCache) -> list[str]:
         """Formats the batch's connects, each after exactly the answers the
         kernel received before it: an answer in the same batch may be the
-        one a connect used, a later one cannot be."""
-        answers = sorted(self._responses, key=lambda r: r.ts_ns)
-        self._responses.clear()
-        rows = []
-        taken = 0
-        for event in self._events:
-            while taken < len(answers) and answers[taken].ts_ns <= event.ts_ns:
-                cache.record(answers[taken].message(), answers[taken].ts_ns)
-                taken += 1
-            rows.append(self.formatter.row(event))
+        one a connect used, a later one cannot be. Connects between two
+        answers are formatted together."""
+        answers = sorted(batch.answers, key=lambda r: r[DNS_TS_NS])
+        events = batch.events
+        rows: list[str] = []
+        taken = done = 0
+        for i, event in enumerate(events):
+            if taken < len(answers) and answers[taken][DNS_TS_NS] <= event[TS_NS]:
+                rows += self.formatter.rows(events[done:i])
+                done = i
+                while taken < len(answers) and answers[taken][DNS_TS_NS] <= event[TS_NS]:
+                    cache.record(dns_message(answers[taken]), answers[taken][DNS_TS_NS])
+                    taken += 1
+        rows += self.formatter.rows(events[done:])
         for answer in answers[taken:]:
-            cache.record(answer.message(), answer.ts_ns)
+            cache.record(dns_message(answer), answer[DNS_TS_NS])
         return rows
 
     def _write(self, lines: list[str]) -> None:

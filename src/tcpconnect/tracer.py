@@ -5,10 +5,9 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 
-from .events import CountKey, DnsEvent, Event
+from .events import DNS_EVENT_FORMAT, EVENT_FORMAT, CountKey, Event, decode_event
 from .kernel import KernelSupport, probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
@@ -17,19 +16,33 @@ from .libbpf import (
     GlobalVariables,
     Link,
     Map,
-    RingBuffer,
 )
+from .ringbuf import RingReader, RingWaiter
 
 # os.path, not pathlib: importing pathlib adds ~4 ms to start-up.
 OBJECT_PATH = os.path.join(os.path.dirname(__file__), "tcpconnect.bpf.o")
 # -d's whole-packet capture, for kernels that allow it (see dns_dynptr.bpf.c).
 DNS_DYNPTR_PATH = os.path.join(os.path.dirname(__file__), "dns_dynptr.bpf.o")
-# Wake the reader early only once this much is queued; below it the reader's
-# poll timeout picks records up. A wakeup from the traced task costs it far
-# more than the wakeup itself (the reader may be scheduled onto its CPU), so
-# it is kept for bursts the timeout alone could not absorb: a quarter of the
-# 1 MiB ring holds 10 ms of ~250,000 connects/s.
-WAKEUP_BYTES = 256 * 1024
+
+
+def events_ring_bytes(cpus: int | None = None) -> int:
+    """Size of the events ring: 4 MiB (about 40,000 events, a quarter second
+    of one CPU connecting flat out) per CPU that could be connecting at
+    once, so the reader may be kept off a CPU for as long however many of
+    them are busy. A power of two, as the kernel requires; capped because
+    the kernel pins the whole ring and the reader maps it."""
+    cpus = cpus or os.cpu_count() or 1
+    return min(4 << 20 << (cpus - 1).bit_length(), 32 << 20)
+
+
+# Wake the reader early only once a quarter of the ring is queued; below it
+# the reader's poll timeout picks records up. A wakeup from the traced task
+# costs it far more than the wakeup itself (the reader may be scheduled onto
+# its CPU), so it is kept for bursts the timeout alone could not absorb: a
+# quarter of a 1 MiB ring holds 10 ms of ~250,000 connects/s.
+WAKEUP_FRACTION = 4
+# The DNS ring keeps its fixed size: answers arrive far more slowly.
+DNS_RING_BYTES = 1 << 20
 # Pinned filter maps use bcc's layouts: (key size, value size).
 CGROUP_MAP_LAYOUT = (8, 8)
 MNTNS_MAP_LAYOUT = (8, 4)
@@ -71,6 +84,18 @@ class TracerConfig:
     task_ids: bool = False  # cgroup_id and mntns_id
 
 
+@dataclass
+class Batch:
+    """What one read of the rings returned, each list oldest first: events
+    decoded as EVENT_FORMAT tuples (see events.EventRecord), DNS answers as
+    DNS_EVENT_FORMAT tuples. The events ring is read before the answers
+    ring, so every answer the kernel received before a connect of this
+    batch is in this batch or an earlier one."""
+
+    events: list[tuple] = field(default_factory=list)
+    answers: list[tuple] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class LossCounters:
     events: int
@@ -108,17 +133,15 @@ class Tracer:
     """The loaded, attached tracer. Use as a context manager: everything it
     attached or opened is released on exit, and nothing is pinned."""
 
-    def __init__(self, config: TracerConfig,
-                 on_event: Callable[[Event], None] | None = None,
-                 on_dns: Callable[[DnsEvent], None] | None = None) -> None:
+    def __init__(self, config: TracerConfig) -> None:
         self.config = config
-        self._on_event = on_event
-        self._on_dns = on_dns
         self._obj: BpfObject | None = None
         self._dns_obj: BpfObject | None = None
         self._links: list[Link] = []
         self._pinned: list[Map] = []
-        self._ring: RingBuffer | None = None
+        self._events: RingReader | None = None
+        self._answers: RingReader | None = None
+        self._waiter: RingWaiter | None = None
         self._bss: GlobalVariables | None = None
         self._dns_bss: GlobalVariables | None = None
         # The programs attached, in attach order: which variant of each hook
@@ -167,11 +190,14 @@ class Tracer:
             self._dns_bss = self._dns_obj.live_variables(".bss")
             self._links.append(self._dns_obj.program(DNS_DYNPTR_PROGRAM).attach())
             self.programs.append(DNS_DYNPTR_PROGRAM)
-        self._ring = RingBuffer()
-        if not config.count and self._on_event is not None:
-            self._ring.add(obj.map("events"), self._deliver_event)
-        if config.dns and self._on_dns is not None:
-            self._ring.add(obj.map("dns_events"), self._deliver_dns)
+        rings = []
+        if not config.count:
+            self._events = RingReader(obj.map("events"), EVENT_FORMAT)
+            rings.append(self._events)
+        if config.dns:
+            self._answers = RingReader(obj.map("dns_events"), DNS_EVENT_FORMAT)
+            rings.append(self._answers)
+        self._waiter = RingWaiter(rings)
 
     def _main_programs(self, support: KernelSupport) -> list[str]:
         suffix = "" if support.own_btf else "_raw"
@@ -188,7 +214,8 @@ class Tracer:
         linear-area capture of the main object then stands in."""
         obj = BpfObject(DNS_DYNPTR_PATH, self.config.btf_path)
         try:
-            obj.initial_variables(".rodata").set("wakeup_bytes", ctypes.c_uint64, WAKEUP_BYTES)
+            obj.initial_variables(".rodata").set("wakeup_bytes", ctypes.c_uint64,
+                                                 DNS_RING_BYTES // WAKEUP_FRACTION)
             obj.load()
         except BpfError:
             obj.close()
@@ -206,7 +233,10 @@ class Tracer:
         rodata.set("filter_cgroup_id", ctypes.c_uint64, config.cgroup_id or 0)
         rodata.set("count_mode", ctypes.c_bool, config.count)
         rodata.set("want_lport", ctypes.c_bool, self._wants_lport)
-        rodata.set("wakeup_bytes", ctypes.c_uint64, WAKEUP_BYTES)
+        # One threshold for both rings of this object: a quarter of the
+        # smaller still wakes the reader before either fills.
+        rodata.set("wakeup_bytes", ctypes.c_uint64,
+                   min(events_ring_bytes(), DNS_RING_BYTES) // WAKEUP_FRACTION)
         rodata.set("want_ts", ctypes.c_bool, config.timestamps)
         rodata.set("want_ids", ctypes.c_bool, config.task_ids)
         port_bitmap = rodata.view("port_bitmap", PORT_BITMAP)
@@ -215,10 +245,8 @@ class Tracer:
         for table in COUNT_TABLES:
             obj.set_max_entries(table, config.count_capacity)
         # A ring nobody reads would still pin its memory in the kernel.
-        if config.count:
-            obj.set_max_entries("events", mmap.PAGESIZE)
-        if not config.dns:
-            obj.set_max_entries("dns_events", mmap.PAGESIZE)
+        obj.set_max_entries("events", mmap.PAGESIZE if config.count else events_ring_bytes())
+        obj.set_max_entries("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE)
         for option, path, map_name, layout, flag in (
             ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT,
              "filter_by_cgroup_map"),
@@ -231,35 +259,33 @@ class Tracer:
                 self._pinned.append(pinned)
                 obj.reuse_map(map_name, pinned)
 
-    def _deliver_event(self, raw: bytes) -> None:
-        assert self._on_event is not None
-        self._on_event(Event.from_buffer_copy(raw))
+    def poll(self, timeout_ms: int) -> Batch:
+        """What arrived, waiting up to timeout_ms for it."""
+        assert self._waiter is not None
+        self._waiter.wait(timeout_ms)
+        return self._read()
 
-    def _deliver_dns(self, raw: bytes) -> None:
-        assert self._on_dns is not None
-        self._on_dns(DnsEvent.from_buffer_copy(raw))
+    def _read(self) -> Batch:
+        # Events first: see Batch.
+        return Batch(self._events.read() if self._events is not None else [],
+                     self._answers.read() if self._answers is not None else [])
 
-    def poll(self, timeout_ms: int) -> None:
-        """Delivers what arrived, waiting up to timeout_ms for it."""
-        assert self._ring is not None
-        self._ring.poll(timeout_ms)
-
-    def finish(self) -> None:
-        """Stops tracing and delivers everything still in the kernel, including,
+    def finish(self) -> Batch:
+        """Stops tracing and returns everything still in the kernel, including,
         without a local port, the attempts still waiting for one (a
         TCP_FASTOPEN_CONNECT socket never written, a SYN still retrying):
         they happened, so they are reported when tracing ends. Detaching
         first means nothing can be submitted after the last read."""
-        assert self._obj is not None and self._ring is not None
+        assert self._obj is not None
         self._detach()
-        self._ring.drain()
-        if not self._wants_lport or self._on_event is None:
-            return
-        pending = self._obj.map("pending")
-        for key in pending.keys(ctypes.c_uint64):
-            event = Event()
-            if pending.take(key, event):
-                self._on_event(event)
+        batch = self._read()
+        if self._wants_lport and self._events is not None:
+            pending = self._obj.map("pending")
+            for key in pending.keys(ctypes.c_uint64):
+                event = Event()
+                if pending.take(key, event):
+                    batch.events.append(decode_event(event))
+        return batch
 
     def losses(self) -> LossCounters:
         assert self._bss is not None
@@ -301,9 +327,13 @@ class Tracer:
 
     def close(self) -> None:
         self._detach()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+        for ring in (self._events, self._answers):
+            if ring is not None:
+                ring.close()
+        self._events = self._answers = None
         for bss in (self._bss, self._dns_bss):
             if bss is not None:
                 bss.close()
