@@ -146,7 +146,20 @@ class TextFormatter:
         cols, comm, addr = self.columns, self._comm, ADDRESS_TEXT
         # bcc ends every row with a space and the QUERY column, empty
         # without -d; parsers that split on single spaces expect it.
-        if cols.lport:
+        if cols.timestamp or cols.uid:
+            start = self._clock.start_ns(events)
+            # One pass for the optional columns too (a second pass for them
+            # cost -t -U -L a fifth more per row); %.0s takes a value of a
+            # column that is off without printing it.
+            template = (("%-9.3f" if cols.timestamp else "%.0s")
+                        + ("%-6d" if cols.uid else "%.0s")
+                        + ("%-7d %s %-2d %-16s %-6d %-16s %-6d " if cols.lport
+                           else "%-7d %s %-2d %-16s%.0s %-16s %-6d "))
+            rows = [template % (
+                (e[TS_NS] - start) / 1e9, e[UID], e[PID], comm[e[COMM]], e[FAMILY],
+                addr[e[FAMILY]][e[SADDR]], e[LPORT], addr[e[FAMILY]][e[DADDR]], e[DPORT])
+                for e in events]
+        elif cols.lport:
             rows = ["%-7d %s %-2d %-16s %-6d %-16s %-6d " % (
                 e[PID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]], e[LPORT],
                 addr[e[FAMILY]][e[DADDR]], e[DPORT]) for e in events]
@@ -154,11 +167,6 @@ class TextFormatter:
             rows = ["%-7d %s %-2d %-16s %-16s %-6d " % (
                 e[PID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]],
                 addr[e[FAMILY]][e[DADDR]], e[DPORT]) for e in events]
-        if cols.uid:
-            rows = ["%-6d%s" % (e[UID], row) for e, row in zip(events, rows)]
-        if cols.timestamp:
-            start = self._clock.start_ns(events)
-            rows = ["%-9.3f%s" % ((e[TS_NS] - start) / 1e9, row) for e, row in zip(events, rows)]
         if self._query is not None:
             query = self._query
             rows = [row + escape_query(query(e)) for e, row in zip(events, rows)]
