@@ -47,7 +47,8 @@ _POINTERS_PER_NAME_MAX = 16
 # Labels decoded per message, each pointer level counted again: a full-size
 # answer of 1232 bytes with 70 A records whose names point at a 5-label
 # question decodes ~700. At this bound the costliest answer dnslib accepts
-# takes about twice as long as that ordinary one (bench/dns_cost.py).
+# takes about twice as long as that ordinary one (docs/dns.md has the figures;
+# bench/dns_hostile.py sends such answers next to a connect load).
 _LABELS_PER_MESSAGE_MAX = 2048
 
 
