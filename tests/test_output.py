@@ -19,7 +19,7 @@ def event(**fields) -> EventRecord:
             fields[name] = fields[name].ljust(16, b"\0")
     return EventRecord(
         ts_ns=5_000_000_000, pid=4242, tid=4243, uid=1000, lport=51234, dport=443, family=4,
-        comm=b"curl".ljust(16, b"\0"), cgroup_id=7, mntns_id=4026531841,
+        comm=b"curl".ljust(16, b"\0"), cgroup_id=7, mntns_id=4026531841, netns=4026531840,
         saddr=socket.inet_pton(socket.AF_INET, "10.0.0.1").ljust(16, b"\0"),
         daddr=socket.inet_pton(socket.AF_INET, "93.184.216.34").ljust(16, b"\0"),
     )._replace(**fields)
@@ -109,7 +109,9 @@ def test_json_row():
     assert record == {
         "time": 0.0, "uid": 1000, "pid": 4242, "tid": 4243, "comm": "cu\x1brl", "ip": 4,
         "saddr": "10.0.0.1", "lport": 51234, "daddr": "93.184.216.34", "dport": 443,
-        "cgroup_id": 7, "mntns_id": 4026531841, "query": "x.test", "query_age_ms": 512.004,
+        "cgroup_id": 7, "mntns_id": 4026531841, "netns": 4026531840, "cgroup": None,
+        "unit": None, "container_id": None, "pod_uid": None, "pod": None, "namespace": None,
+        "query": "x.test", "query_age_ms": 512.004,
     }
     assert "\x1b" not in row(formatter, event(comm=b"cu\x1brl"))
 

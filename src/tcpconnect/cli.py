@@ -12,6 +12,7 @@ from typing import NoReturn
 PROG = "tcpconnect"
 PID_MAX_LIMIT = 4194304
 UID_MAX = 2**32 - 2  # (uid_t)-1 means "no uid" to the kernel
+NS_INUM_MAX = 2**32 - 1  # namespace inode numbers are unsigned int in the kernel
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 CGROUP2_SUPER_MAGIC = 0x63677270
 
@@ -30,6 +31,8 @@ EXAMPLES = """examples:
     tcpconnect -c               # count connects per source and destination, print on exit
     tcpconnect -c -i 10         # the same, printed and reset every 10 seconds
     tcpconnect -j               # one JSON object per connect
+    tcpconnect --container      # with the container id or systemd unit of each connect
+    tcpconnect --netns 4026532281  # only sockets of this network namespace
     tcpconnect --cgroupmap /sys/fs/bpf/test01     # only cgroups listed in this pinned map
     tcpconnect --mntnsmap /sys/fs/bpf/mnt_ns_set  # only mount namespaces in this pinned map
     tcpconnect --cgroup /sys/fs/cgroup/unified/app  # only this cgroup v2
@@ -101,6 +104,15 @@ def parse_uid(text: str) -> int:
             f"invalid UID {shown(text)}: not a number nor a known user") from None
 
 
+def parse_netns(text: str) -> int:
+    inum = bounded_number(text, NS_INUM_MAX)
+    if not inum:
+        raise argparse.ArgumentTypeError(
+            f"invalid network namespace {shown(text)}: expected its inode number 1..{NS_INUM_MAX}"
+            " (stat -L -c %i /proc/PID/ns/net)")
+    return inum
+
+
 def parse_interval(text: str) -> int:
     interval = bounded_number(text, INTERVAL_MAX)
     if not interval:
@@ -135,6 +147,11 @@ def build_parser() -> Parser:
                         help="include the most recent DNS query that resolved the destination")
     parser.add_argument("-j", "--json", action="store_true",
                         help="print one JSON object per connect instead of columns")
+    parser.add_argument("--container", action="store_true",
+                        help="include a CONTAINER column: the container id, else the systemd "
+                             "unit, of the connecting process")
+    parser.add_argument("--netns", type=parse_netns, metavar="INODE",
+                        help="trace sockets of this network namespace only (its inode number)")
     parser.add_argument("--cgroupmap", metavar="MAPPATH",
                         help="trace cgroups in this pinned BPF map only")
     parser.add_argument("--mntnsmap", metavar="MAPPATH",
@@ -154,6 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-d/--dns cannot be used with -c/--count")
     if args.count and args.json:
         parser.error("-j/--json cannot be used with -c/--count")
+    if args.count and args.container:
+        parser.error("--container cannot be used with -c/--count")
     if args.interval is not None and not args.count:
         parser.error("-i/--interval needs -c/--count")
     if args.pid is not None:

@@ -26,6 +26,7 @@ class Event(Structure):
         ("pid", c_uint32),
         ("tid", c_uint32),
         ("uid", c_uint32),
+        ("netns", c_uint32),
         ("lport", c_uint16),
         ("dport", c_uint16),
         ("family", c_uint16),
@@ -88,10 +89,10 @@ DNS_EVENT_FORMAT = struct_format(DnsEvent)
 # builds or inspects one.
 EventRecord = namedtuple("EventRecord", [name for name, _ in Event._fields_])  # type: ignore[misc]
 # Positions of fields in a decoded record, for the per-event hot paths.
-TS_NS, CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, LPORT, DPORT, FAMILY, COMM = (
+TS_NS, CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, LPORT, DPORT, FAMILY, COMM = (
     EventRecord._fields.index(name) for name in (
-        "ts_ns", "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "lport",
-        "dport", "family", "comm"))
+        "ts_ns", "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "netns",
+        "lport", "dport", "family", "comm"))
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
+from .attribution import Attribution
 from .events import (
     ADDRESS_TEXT,
     CGROUP_ID,
@@ -20,6 +21,7 @@ from .events import (
     FAMILY,
     LPORT,
     MNTNS_ID,
+    NETNS,
     PID,
     SADDR,
     TID,
@@ -31,12 +33,18 @@ from .events import (
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
-# Distinct process names whose text is kept.
+# Distinct process names (and cgroups) whose text is kept.
 COMM_CACHE_SIZE = 4096
 # A DNS query: the name (None when no answer held the address) and how long
 # before the connect its answer arrived (None when the name is not from an
 # answer: no query, or loopback's "localhost").
 Query = tuple[str | None, int | None]
+# What is known of a cgroup id (attribution.CgroupResolver.lookup).
+Attribute = Callable[[int], Attribution]
+
+
+def _unknown(_cgroup_id: int) -> Attribution:
+    return Attribution()
 
 
 def _escape_char(c: str) -> str:
@@ -76,15 +84,37 @@ def comm_text(raw: bytes) -> str:
     return escape(raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape"))
 
 
+def container_text(attribution: Attribution) -> str:
+    """The CONTAINER column: padded like an address column, and like one
+    never cut (a cut unit name could name another unit)."""
+    return "%-16s" % escape(attribution.short or "-")
+
+
+def _json_text(text: str | None) -> str:
+    if text is None:
+        return "null"
+    # Bytes that are not UTF-8 (surrogateescape from the file system) become
+    # \xNN text, as in "comm".
+    return json.dumps(text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                      ensure_ascii=True)
+
+
+def attribution_json(attribution: Attribution) -> str:
+    a = attribution
+    return (', "cgroup": %s, "unit": %s, "container_id": %s, "pod_uid": %s, "pod": %s, '
+            '"namespace": %s' % tuple(map(_json_text, (
+                a.cgroup, a.unit, a.container_id, a.pod_uid, a.pod, a.namespace))))
+
+
 class _TextCache(dict):
     """text = cache[key], computed by `make` on a miss; cleared when full,
     which is cheaper than LRU bookkeeping on every hit."""
 
-    def __init__(self, make: Callable[[bytes], str]) -> None:
+    def __init__(self, make: Callable[[Any], str]) -> None:
         super().__init__()
         self._make = make
 
-    def __missing__(self, key: bytes) -> str:
+    def __missing__(self, key: Any) -> str:
         if len(self) >= COMM_CACHE_SIZE:
             self.clear()
         text = self[key] = self._make(key)
@@ -97,6 +127,7 @@ class Columns:
     uid: bool = False
     lport: bool = False
     dns: bool = False
+    container: bool = False
 
 
 class RelativeClock:
@@ -114,13 +145,19 @@ class RelativeClock:
 class TextFormatter:
     """bcc's layout, column for column, so existing parsers keep working."""
 
-    def __init__(self, columns: Columns, query: Callable[[tuple], str] | None = None) -> None:
+    def __init__(self, columns: Columns, query: Callable[[tuple], str] | None = None,
+                 attribute: Attribute = _unknown) -> None:
         self.columns = columns
         self._query = query
         self._clock = RelativeClock()
         # bcc's COMM is cut to 12 characters; the escaped text is cut, as bcc
         # cuts what it prints.
         self._comm = _TextCache(lambda raw: "%-12.12s" % comm_text(raw))
+        # By cgroup id; without --container an empty column, so rows with and
+        # without it share one template.
+        self._container = _TextCache(
+            (lambda cgroup_id: container_text(attribute(cgroup_id)) + " ") if columns.container
+            else (lambda cgroup_id: ""))
 
     def header(self) -> str:
         cols = self.columns
@@ -129,12 +166,13 @@ class TextFormatter:
             line += "%-9s" % "TIME(s)"
         if cols.uid:
             line += "%-6s" % "UID"
+        line += "%-7s %-12s " % ("PID", "COMM")
+        if cols.container:
+            line += "%-16s " % "CONTAINER"
         if cols.lport:
-            line += "%-7s %-12s %-2s %-16s %-6s %-16s %-6s" % (
-                "PID", "COMM", "IP", "SADDR", "LPORT", "DADDR", "DPORT")
+            line += "%-2s %-16s %-6s %-16s %-6s" % ("IP", "SADDR", "LPORT", "DADDR", "DPORT")
         else:
-            line += "%-7s %-12s %-2s %-16s %-16s %-6s" % (
-                "PID", "COMM", "IP", "SADDR", "DADDR", "DPORT")
+            line += "%-2s %-16s %-16s %-6s" % ("IP", "SADDR", "DADDR", "DPORT")
         if cols.dns:
             # bcc prints " QUERY" after the padded DPORT: two spaces in all.
             line += " QUERY"
@@ -146,19 +184,20 @@ class TextFormatter:
         cols, comm, addr = self.columns, self._comm, ADDRESS_TEXT
         # bcc ends every row with a space and the QUERY column, empty
         # without -d; parsers that split on single spaces expect it.
-        if cols.timestamp or cols.uid:
+        if cols.timestamp or cols.uid or cols.container:
             start = self._clock.start_ns(events)
+            container = self._container
             # One pass for the optional columns too (a second pass for them
             # cost -t -U -L a fifth more per row); %.0s takes a value of a
             # column that is off without printing it.
             template = (("%-9.3f" if cols.timestamp else "%.0s")
                         + ("%-6d" if cols.uid else "%.0s")
-                        + ("%-7d %s %-2d %-16s %-6d %-16s %-6d " if cols.lport
-                           else "%-7d %s %-2d %-16s%.0s %-16s %-6d "))
+                        + ("%-7d %s %s%-2d %-16s %-6d %-16s %-6d " if cols.lport
+                           else "%-7d %s %s%-2d %-16s%.0s %-16s %-6d "))
             rows = [template % (
-                (e[TS_NS] - start) / 1e9, e[UID], e[PID], comm[e[COMM]], e[FAMILY],
-                addr[e[FAMILY]][e[SADDR]], e[LPORT], addr[e[FAMILY]][e[DADDR]], e[DPORT])
-                for e in events]
+                (e[TS_NS] - start) / 1e9, e[UID], e[PID], comm[e[COMM]], container[e[CGROUP_ID]],
+                e[FAMILY], addr[e[FAMILY]][e[SADDR]], e[LPORT], addr[e[FAMILY]][e[DADDR]],
+                e[DPORT]) for e in events]
         elif cols.lport:
             rows = ["%-7d %s %-2d %-16s %-6d %-16s %-6d " % (
                 e[PID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]], e[LPORT],
@@ -179,9 +218,11 @@ class JsonFormatter:
     of a dict (several times the cost); every string in them comes from
     json.dumps or inet_ntop, so they are valid JSON all the same."""
 
-    def __init__(self, columns: Columns, query: Callable[[tuple], Query] | None = None) -> None:
+    def __init__(self, columns: Columns, query: Callable[[tuple], Query] | None = None,
+                 attribute: Attribute = _unknown) -> None:
         self.columns = columns
         self._query = query
+        self._attribution = _TextCache(lambda cgroup_id: attribution_json(attribute(cgroup_id)))
         self._clock = RelativeClock()
         # ensure_ascii keeps control characters escaped for terminals.
         self._comm = _TextCache(lambda raw: json.dumps(
@@ -189,7 +230,8 @@ class JsonFormatter:
         template = '"uid": %d, "pid": %d, "tid": %d, "comm": %s, "ip": %d, "saddr": "%s", '
         if columns.lport:
             template += '"lport": %d, '
-        self._template = template + '"daddr": "%s", "dport": %d, "cgroup_id": %d, "mntns_id": %d'
+        self._template = template + (
+            '"daddr": "%s", "dport": %d, "cgroup_id": %d, "mntns_id": %d, "netns": %d%s')
 
     def header(self) -> None:
         return None
@@ -197,17 +239,17 @@ class JsonFormatter:
     def rows(self, events: list[tuple]) -> list[str]:
         if not events:
             return []
-        template, comm, addr = self._template, self._comm, ADDRESS_TEXT
+        template, comm, addr, cgroup = self._template, self._comm, ADDRESS_TEXT, self._attribution
         if self.columns.lport:
             rows = [template % (
                 e[UID], e[PID], e[TID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]],
-                e[LPORT], addr[e[FAMILY]][e[DADDR]], e[DPORT], e[CGROUP_ID], e[MNTNS_ID])
-                for e in events]
+                e[LPORT], addr[e[FAMILY]][e[DADDR]], e[DPORT], e[CGROUP_ID], e[MNTNS_ID],
+                e[NETNS], cgroup[e[CGROUP_ID]]) for e in events]
         else:
             rows = [template % (
                 e[UID], e[PID], e[TID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]],
-                addr[e[FAMILY]][e[DADDR]], e[DPORT], e[CGROUP_ID], e[MNTNS_ID])
-                for e in events]
+                addr[e[FAMILY]][e[DADDR]], e[DPORT], e[CGROUP_ID], e[MNTNS_ID], e[NETNS],
+                cgroup[e[CGROUP_ID]]) for e in events]
         if self.columns.timestamp:
             start = self._clock.start_ns(events)
             rows = ['"time": %r, %s' % (round((e[TS_NS] - start) / 1e9, 6), row)

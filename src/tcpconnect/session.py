@@ -7,6 +7,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Protocol, TextIO
 
+from .attribution import CgroupResolver
 from .events import DADDR, DNS_TS_NS, FAMILY, TS_NS, dns_message, packed_address
 from .output import (
     BANNER,
@@ -43,11 +44,12 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
         lport=args.lport,
         dns=args.dns,
         cgroup_id=args.cgroup_id,
+        netns=args.netns,
         cgroup_map=args.cgroupmap,
         mntns_map=args.mntnsmap,
         btf_path=args.btf,
         timestamps=args.timestamp or args.dns,
-        task_ids=args.json,
+        task_ids=args.json or args.container,
     )
 
 
@@ -59,19 +61,21 @@ class Session:
         self._reported = LossCounters(0, 0, 0, 0)
         self._dns_cache = None
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
-                          dns=args.dns)
+                          dns=args.dns, container=args.container)
+        self._resolver = CgroupResolver() if args.json or args.container else None
+        attribute = {"attribute": self._resolver.lookup} if self._resolver else {}
         if not args.dns:
-            self.formatter = (JsonFormatter if args.json else TextFormatter)(columns)
+            self.formatter = (JsonFormatter if args.json else TextFormatter)(columns, **attribute)
             return
         from .dns import DnsCache, query_column, query_of
 
         cache = self._dns_cache = DnsCache()
         if args.json:
             self.formatter = JsonFormatter(columns, lambda e: query_of(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]))
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), **attribute)
         else:
             self.formatter = TextFormatter(columns, lambda e: query_column(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]))
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), **attribute)
 
     def run(self, stop: Stop) -> int:
         with Tracer(tracer_config(self.args)) as tracer:
@@ -89,6 +93,8 @@ class Session:
                     self._emit(tracer.poll(POLL_TIMEOUT_MS), tracer)
                 self._emit(tracer.finish(), tracer)
             self._report_totals(tracer.losses())
+        if self._resolver is not None:
+            self._resolver.close()
         return 0
 
     def _count_loop(self, tracer: Tracer, stop: Stop) -> None:

@@ -73,6 +73,7 @@ class TracerConfig:
     lport: bool = False
     dns: bool = False
     cgroup_id: int | None = None
+    netns: int | None = None  # network namespace inode
     cgroup_map: str | None = None
     mntns_map: str | None = None
     # BTF of the running kernel for CO-RE, for kernels that do not expose
@@ -81,7 +82,7 @@ class TracerConfig:
     # Event fields filled only when asked for: each costs the traced connect
     # tens of nanoseconds in the kernel. Unfilled ones are 0.
     timestamps: bool = False
-    task_ids: bool = False  # cgroup_id and mntns_id
+    task_ids: bool = False  # cgroup_id, mntns_id and netns
 
 
 @dataclass
@@ -231,6 +232,7 @@ class Tracer:
         rodata.set("filter_family", ctypes.c_uint16, config.family or 0)
         rodata.set("filter_by_port", ctypes.c_bool, bool(config.ports))
         rodata.set("filter_cgroup_id", ctypes.c_uint64, config.cgroup_id or 0)
+        rodata.set("filter_netns", ctypes.c_uint32, config.netns or 0)
         rodata.set("count_mode", ctypes.c_bool, config.count)
         rodata.set("want_lport", ctypes.c_bool, self._wants_lport)
         # One threshold for both rings of this object: a quarter of the

@@ -38,12 +38,13 @@ const volatile bool filter_by_port = false;
 const volatile bool filter_by_cgroup_map = false;
 const volatile bool filter_by_mntns_map = false;
 const volatile __u64 filter_cgroup_id = 0;
+const volatile __u32 filter_netns = 0; /* network namespace inode, --netns */
 const volatile bool count_mode = false;
 const volatile bool want_lport = false;
 /* Details filled only when printed or filtered on: each costs the traced
  * connect tens of nanoseconds. */
 const volatile bool want_ts = false;
-const volatile bool want_ids = false; /* cgroup and mount namespace ids */
+const volatile bool want_ids = false; /* cgroup, mount and network namespace ids */
 /* -P ports, one bit each: a plain load where a hash lookup costs ~40 ns. */
 const volatile __u64 port_bitmap[65536 / 64] = {};
 
@@ -226,6 +227,21 @@ static __always_inline bool container_wanted(const struct task_struct *task, str
 	return true;
 }
 
+/* The namespace of the socket, not of the task: a task may connect through
+ * a socket made in another namespace (setns after socket(), a socket passed
+ * over a unix socket), and addresses mean something only in the socket's. */
+static __always_inline bool netns_wanted(const struct sock *sk, bool typed, struct event *e)
+{
+	if (want_ids || filter_netns) {
+		const struct net *net = READ_FIELD(typed, &sk->__sk_common, skc_net.net);
+
+		e->netns = READ_FIELD(typed, net, ns.inum);
+		if (filter_netns && e->netns != filter_netns)
+			return false;
+	}
+	return true;
+}
+
 static __always_inline bool connection_wanted(struct event *e)
 {
 	if (filter_family && e->family != filter_family)
@@ -305,7 +321,7 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	struct event e = {};
 
 	if (!task_wanted(task, &e) || !read_addresses(sk, typed, &e) || !connection_wanted(&e) ||
-	    !container_wanted(task, &e))
+	    !netns_wanted(sk, typed, &e) || !container_wanted(task, &e))
 		return;
 	if (count_mode) {
 		count_connect(&e);

@@ -24,6 +24,7 @@ struct event {
 	__u32 pid;
 	__u32 tid;
 	__u32 uid;
+	__u32 netns; /* inode of the socket's network namespace */
 	__u16 lport;
 	__u16 dport;
 	__u16 family;
