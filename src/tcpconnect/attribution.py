@@ -45,13 +45,15 @@ _HEX64 = r"[0-9a-f]{64}"
 # CRI-O, podman. crio-conmon-<id>.scope is CRI-O's monitor, not the container.
 _RUNTIME_SCOPE = re.compile(rf"(?:docker|cri-containerd|crio|libpod)-({_HEX64})\.scope")
 _BARE_ID = re.compile(_HEX64)
-# The cgroupfs driver puts containers at /docker/<id> and /kubepods/.../<id>.
-_CGROUPFS_PARENTS = ("docker", "kubepods")
+# The cgroupfs driver puts containers at /docker/<id> and /kubepods/.../<id>
+# (deeper when nested, or seen through a cgroup namespace).
+_CGROUPFS_PARENTS = {"docker", "kubepods"}
 # A pod's uid is a UUID, or 32 hex digits for a static pod; the systemd
 # driver writes its dashes as underscores (a dash means nesting in a slice
 # name).
 _UID = r"[0-9a-f]{8}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{4}[-_]?[0-9a-f]{12}"
-_POD_SLICE = re.compile(rf"kubepods(?:-[a-z]+)*-pod({_UID})\.slice")
+# A kubelet with another cgroup root prefixes it: kubelet-kubepods-... (kind).
+_POD_SLICE = re.compile(rf"(?:[a-z0-9]+-)*kubepods(?:-[a-z]+)*-pod({_UID})\.slice")
 _POD_DIR = re.compile(rf"pod({_UID})")
 _UNIT_SUFFIXES = (".service", ".scope")
 
@@ -98,7 +100,7 @@ def parse_cgroup_path(path: str) -> PathNames:
             match = _RUNTIME_SCOPE.fullmatch(part)
             if match:
                 container_id = match.group(1)
-            elif _BARE_ID.fullmatch(part) and depth and parts[0] in _CGROUPFS_PARENTS:
+            elif _BARE_ID.fullmatch(part) and not _CGROUPFS_PARENTS.isdisjoint(parts[:depth]):
                 container_id = part
         if pod_uid is None:
             match = _POD_SLICE.fullmatch(part) or (
