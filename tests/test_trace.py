@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -23,6 +24,8 @@ from conftest import (
     refused_connect,
     row,
 )
+
+from tcpconnect.attribution import parse_cgroup_path
 
 ME = os.getpid()
 
@@ -374,10 +377,18 @@ def test_json_rows(trace):
     t.stop()
     [event] = t.json_rows()
     cgroup_id = cgroup_id_of(ME)
+    # The suite's own cgroup, as /proc says it; its names are the parser's
+    # (tests/test_attribution.py checks those).
+    [cgroup] = [line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
+                if line.startswith("0::")]
+    names = parse_cgroup_path(cgroup)
     assert event == {
         "time": 0.0, "uid": 0, "pid": ME, "tid": threading.get_native_id(),
         "comm": my_comm(), "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,
         "cgroup_id": cgroup_id, "mntns_id": os.stat("/proc/self/ns/mnt").st_ino,
+        "netns": os.stat("/proc/self/ns/net").st_ino, "cgroup": cgroup, "unit": names.unit,
+        "container_id": names.container_id, "pod_uid": names.pod_uid, "pod": None,
+        "namespace": None,
     }
 
 
