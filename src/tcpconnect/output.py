@@ -146,17 +146,18 @@ class TextFormatter:
     """bcc's layout, column for column, so existing parsers keep working."""
 
     def __init__(self, columns: Columns, query: Callable[[tuple], str] | None = None,
-                 attribute: Attribute = _unknown) -> None:
+                 attribute: Attribute | None = None) -> None:
         self.columns = columns
         self._query = query
         self._clock = RelativeClock()
         # bcc's COMM is cut to 12 characters; the escaped text is cut, as bcc
         # cuts what it prints.
         self._comm = _TextCache(lambda raw: "%-12.12s" % comm_text(raw))
+        known = attribute or _unknown
         # By cgroup id; without --container an empty column, so rows with and
         # without it share one template.
         self._container = _TextCache(
-            (lambda cgroup_id: container_text(attribute(cgroup_id)) + " ") if columns.container
+            (lambda cgroup_id: container_text(known(cgroup_id)) + " ") if columns.container
             else (lambda cgroup_id: ""))
 
     def header(self) -> str:
@@ -219,10 +220,11 @@ class JsonFormatter:
     json.dumps or inet_ntop, so they are valid JSON all the same."""
 
     def __init__(self, columns: Columns, query: Callable[[tuple], Query] | None = None,
-                 attribute: Attribute = _unknown) -> None:
+                 attribute: Attribute | None = None) -> None:
         self.columns = columns
         self._query = query
-        self._attribution = _TextCache(lambda cgroup_id: attribution_json(attribute(cgroup_id)))
+        known = attribute or _unknown
+        self._attribution = _TextCache(lambda cgroup_id: attribution_json(known(cgroup_id)))
         self._clock = RelativeClock()
         # ensure_ascii keeps control characters escaped for terminals.
         self._comm = _TextCache(lambda raw: json.dumps(

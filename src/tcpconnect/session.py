@@ -63,19 +63,20 @@ class Session:
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
                           dns=args.dns, container=args.container)
         self._resolver = CgroupResolver() if args.json or args.container else None
-        attribute = {"attribute": self._resolver.lookup} if self._resolver else {}
+        attribute = self._resolver.lookup if self._resolver else None
         if not args.dns:
-            self.formatter = (JsonFormatter if args.json else TextFormatter)(columns, **attribute)
+            formatter = JsonFormatter if args.json else TextFormatter
+            self.formatter = formatter(columns, attribute=attribute)
             return
         from .dns import DnsCache, query_column, query_of
 
         cache = self._dns_cache = DnsCache()
         if args.json:
             self.formatter = JsonFormatter(columns, lambda e: query_of(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), **attribute)
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), attribute)
         else:
             self.formatter = TextFormatter(columns, lambda e: query_column(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), **attribute)
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), attribute)
 
     def run(self, stop: Stop) -> int:
         with Tracer(tracer_config(self.args)) as tracer:
