@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from tcpconnect.attribution import Attribution
 from tcpconnect.events import EventRecord
 from tcpconnect.output import Columns, JsonFormatter, TextFormatter, escape
 
@@ -39,6 +40,8 @@ def row(formatter, e: EventRecord) -> str:
      "PID     COMM         IP SADDR            LPORT  DADDR            DPORT "),
     (Columns(dns=True),
      "PID     COMM         IP SADDR            DADDR            DPORT  QUERY"),
+    (Columns(container=True),
+     "PID     COMM         CONTAINER        IP SADDR            DADDR            DPORT "),
     (Columns(timestamp=True, uid=True, lport=True, dns=True),
      "TIME(s)  UID   PID     COMM         IP SADDR            LPORT  DADDR            DPORT"
      "  QUERY"),
@@ -55,6 +58,23 @@ def test_row_layouts():
     with_query = TextFormatter(Columns(dns=True), query=lambda e: "example.com")
     assert row(with_query, event()) == (
         "4242    curl         4  10.0.0.1         93.184.216.34    443    example.com")
+
+
+def test_container_column():
+    known = {7: Attribution("/system.slice/docker-" + "ab" * 32 + ".scope",
+                            "docker-" + "ab" * 32 + ".scope", "ab" * 32),
+             8: Attribution("/system.slice/very-long-service-name.service",
+                            "very-long-service-name.service"),
+             9: Attribution()}
+    formatter = TextFormatter(Columns(uid=True, lport=True, container=True),
+                              attribute=known.__getitem__)
+    assert formatter.rows([event(cgroup_id=i) for i in (7, 8, 9)]) == [
+        "1000  4242    curl         abababababab     4  10.0.0.1         51234  "
+        "93.184.216.34    443    ",
+        "1000  4242    curl         very-long-service-name.service 4  10.0.0.1         51234  "
+        "93.184.216.34    443    ",
+        "1000  4242    curl         -                4  10.0.0.1         51234  "
+        "93.184.216.34    443    "]
 
 
 def test_ipv6_row_and_long_comm_truncated():
