@@ -184,18 +184,20 @@ def test_resolver_by_handle_and_by_walk_agree(cgroups):
 
 
 def test_resolver_without_cap_dac_read_search_walks_the_tree(cgroups, tmp_path):
-    # open_by_handle_at needs CAP_DAC_READ_SEARCH; without it the same answer
-    # must come from the walk.
+    # open_by_handle_at needs CAP_DAC_READ_SEARCH; without it the same answers
+    # must come from walks, a cgroup made after a walk included.
     leaf = cgroups.make(f"system.slice/docker-{ID}.scope")
+    later = leaf.parent / "later.service"
     script = tmp_path / "lookup.py"
     script.write_text(
-        "import sys\nfrom tcpconnect.attribution import CgroupResolver\n"
+        "import os\nfrom tcpconnect.attribution import CgroupResolver\n"
         f"r = CgroupResolver()\nprint(r.lookup({leaf.stat().st_ino}).cgroup)\n"
+        f"os.mkdir({str(later)!r})\nprint(r.lookup(os.stat({str(later)!r}).st_ino).unit)\n"
         "print(r._find.__name__)\n")
     out = subprocess.run(["capsh", "--drop=cap_dac_read_search", "--", "-c",
                           f"{sys.executable} {script}"], capture_output=True, text=True,
                          check=True).stdout
-    assert out.split("\n") == [cgroups.relative(leaf), "_by_walk", ""]
+    assert out.split("\n") == [cgroups.relative(leaf), "later.service", "_by_walk", ""]
 
 
 # --- tracing --------------------------------------------------------------------
