@@ -25,9 +25,9 @@ from typing import Callable
 # (it is a 64-bit kernfs node id), so an entry never goes stale; the bound is
 # only for hosts that create cgroups without end (a CI runner, a job system).
 # Full, the cache is emptied rather than kept in LRU order: lookup() on a hit
-# then costs ~0.16 us (~0.32 us through cachetools' LRUCache, bench/
-# attribution_cost.py), a live cgroup costs one more resolution (~15 us) after
-# a clear, and -j needs no package beyond the standard library.
+# then costs 0.08-0.16 us (0.32 us through cachetools' LRUCache; see
+# docs/containers.md), a live cgroup costs one more resolution (~10-15 us)
+# after a clear, and -j needs no package beyond the standard library.
 CACHE_SIZE = 4096
 # Where the kubelet keeps container logs, one directory per pod named
 # <namespace>_<pod>_<uid>; the only place on a node that maps a pod's uid to
