@@ -286,6 +286,40 @@ static __always_inline void submit(const struct event *e)
 	bpf_ringbuf_submit(out, ringbuf_flags(&events));
 }
 
+#define SO_EE_ORIGIN_ICMP 2
+#define SO_EE_ORIGIN_ICMP6 3
+
+/* The error that ended an attempt leaving SYN_SENT for CLOSE, 0 if none.
+ * sk_err first (see resolve_pending). An ICMP error that arrives while the
+ * connecting task holds the socket (a peer on this host, answering over
+ * veth during connect() itself) is only kept in sk_err_soft, and the
+ * socket stays in SYN_SENT; a non-blocking client reads it with SO_ERROR,
+ * which clears it, then closes. Kernels that also queue that ICMP error on
+ * the socket's error queue (6.18 does, without IP_RECVERR) still hold it
+ * there. */
+static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
+{
+	const struct sk_buff_head *queue = &sk->sk_error_queue;
+	const struct sock_exterr_skb *serr;
+	struct sk_buff *last;
+	int err;
+
+	err = READ_FIELD(typed, sk, sk_err);
+	if (err)
+		return err;
+	err = READ_FIELD(typed, sk, sk_err_soft);
+	if (err)
+		return err;
+	last = BPF_CORE_READ(queue, prev);
+	if ((void *)last == (void *)queue)
+		return 0;
+	serr = (const void *)last + bpf_core_field_offset(struct sk_buff, cb);
+	if (BPF_CORE_READ(serr, ee.ee_origin) != SO_EE_ORIGIN_ICMP &&
+	    BPF_CORE_READ(serr, ee.ee_origin) != SO_EE_ORIGIN_ICMP6)
+		return 0;
+	return BPF_CORE_READ(serr, ee.ee_errno);
+}
+
 /* Resolves a parked attempt of sk, if any, now that its local port is set
  * or (with --outcome) it has left SYN_SENT for newstate. */
 static __always_inline void resolve_pending(const struct sock *sk, bool typed, int newstate)
@@ -311,7 +345,7 @@ static __always_inline void resolve_pending(const struct sock *sk, bool typed, i
 		 * tcp_done() moves the socket to CLOSE (tcp_reset, tcp_write_err,
 		 * tcp_v4_err/tcp_v6_err); a close() or disconnect by the
 		 * application leaves it 0 here. */
-		e.error = READ_FIELD(typed, sk, sk_err);
+		e.error = newstate == TCP_ESTABLISHED ? 0 : attempt_error(sk, typed);
 		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
 		if (count_mode) {
 			count_connect(&e);

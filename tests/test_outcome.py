@@ -1,0 +1,536 @@
+"""--outcome, --failed and -T against the real kernel: outcomes produced on
+purpose, exact rows; and the pure functions behind them."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import heapq
+import json
+import os
+import re
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterator
+
+import pytest
+from conftest import (
+    TCP_SYNCNT,
+    TCP_USER_TIMEOUT,
+    comm_of,
+    free_port,
+    listening,
+    refused_connect,
+    row,
+    run_tool,
+    sh,
+)
+
+from tcpconnect.cli import parse_args
+from tcpconnect.outcome import TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT, UNTRACKED, result_name
+from tcpconnect.wallclock import WallClock
+
+ME = os.getpid()
+ROW_LAT = re.compile(r" (\S+) +(\S+) +$")
+
+
+def my_comm() -> str:
+    return comm_of(ME)
+
+
+def with_outcome(base: str, result: str, lat: str) -> str:
+    """A row as bcc's layout gives it (conftest.row) with RESULT and LAT(ms)
+    after DPORT, each followed by a space as DPORT is."""
+    return base + "%-12s %-8s " % (result, lat)
+
+
+def latency_of(line: str) -> float:
+    """The LAT(ms) of a row, checked to be a number with two decimals."""
+    lat = ROW_LAT.search(line).group(2)  # type: ignore[union-attr]
+    assert re.fullmatch(r"\d+\.\d\d", lat), line
+    return float(lat)
+
+
+def nft(netns: str, *rules: str) -> None:
+    """Runs nft commands inside a test namespace."""
+    for rule in rules:
+        sh("ip", "netns", "exec", netns, "nft", rule)
+
+
+def filter_input(netns: str, port: int, verdict: str) -> None:
+    """What the test namespace does with packets to `port` it receives."""
+    nft(netns, "add table inet t",
+        "add chain inet t in { type filter hook input priority 0; }",
+        f"add rule inet t in tcp dport {port} {verdict}")
+
+
+def peer_of(veth, family: int) -> tuple[str, str]:
+    return (veth.host4, veth.peer4) if family == 4 else (veth.host6, veth.peer6)
+
+
+def short_timeout(client: socket.socket) -> None:
+    # One retransmission, then give up: the connect times out after ~1 s.
+    client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
+    client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+
+
+# ---- pure functions -------------------------------------------------------
+
+@pytest.mark.parametrize("outcome,error,result", [
+    (TCP_ESTABLISHED, 0, "ok"),
+    (TCP_CLOSE, errno.ECONNREFUSED, "refused"),
+    (TCP_CLOSE, errno.ETIMEDOUT, "timeout"),
+    (TCP_CLOSE, errno.EHOSTUNREACH, "unreachable"),
+    (TCP_CLOSE, errno.ENETUNREACH, "unreachable"),
+    (TCP_CLOSE, errno.ECONNRESET, "reset"),
+    (TCP_CLOSE, 0, "aborted"),
+    (TCP_CLOSE, errno.EACCES, "EACCES"),  # ICMPv6 administratively prohibited
+    (TCP_CLOSE, errno.EHOSTDOWN, "EHOSTDOWN"),
+    (TCP_CLOSE, 4000, "errno-4000"),
+    (TCP_SYN_SENT, 0, "pending"),
+    (UNTRACKED, 0, "unknown"),
+])
+def test_result_names(outcome, error, result):
+    assert result_name(outcome, error) == result
+
+
+def test_wall_clock_formats_and_caches_per_second():
+    clock = WallClock(offset_ns=1_795_915_420 * 10**9)  # 2026-11-29T01:23:40Z
+    assert clock.rfc3339(5_000_123_999) == "2026-11-29T01:23:45.000123Z"
+    assert clock.rfc3339(5_999_999_999) == "2026-11-29T01:23:45.999999Z"
+    assert clock.rfc3339(6_000_000_000) == "2026-11-29T01:23:46.000000Z"
+    local = time.strftime("%H:%M:%S", time.localtime(1_795_915_425))
+    assert clock.time_of_day(5_000_000_000) == clock.time_of_day(5_999_999_999) == local
+
+
+def test_wall_clock_offset_is_realtime_minus_monotonic():
+    clock = WallClock()
+    wall = clock.rfc3339(time.monotonic_ns())
+    parsed = datetime.fromisoformat(wall.replace("Z", "+00:00"))
+    assert abs(parsed.timestamp() - time.time()) < 0.5
+
+
+def test_failed_implies_outcome():
+    assert parse_args(["--failed"]).outcome is True
+    assert parse_args(["-c", "--failed"]).outcome is True
+    assert parse_args([]).outcome is False
+
+
+def test_time_column_cannot_go_with_count():
+    done = run_tool("-c", "-T")
+    assert done.returncode == 2
+    assert done.stderr == ("tcpconnect: error: -T/--time cannot be used with -c/--count "
+                           "(the table has no rows per connect)\n")
+
+
+# ---- outcomes on the real kernel ------------------------------------------
+
+@pytest.mark.parametrize("family,addr", [(4, "127.0.0.1"), (6, "::1")])
+def test_ok_and_refused_rows(trace, family, addr):
+    refused = free_port()
+    with listening(addr) as listener:
+        port = listener.getsockname()[1]
+        t = trace("--outcome", "-L", "-P", f"{port},{refused}")
+        assert t.header == ("PID     COMM         IP SADDR            LPORT  DADDR"
+                            "            DPORT  RESULT       LAT(ms) ")
+        with socket.create_connection((addr, port)) as client:
+            lport = client.getsockname()[1]
+        refused_lport = refused_connect(family, refused)
+        t.stop()
+    ok, no = t.rows
+    for line in (ok, no):
+        assert latency_of(line) < 1000  # loopback: well under a second
+    assert ok == with_outcome(row(ME, my_comm(), family, addr, addr, port, lport=lport),
+                              "ok", "%.2f" % latency_of(ok))
+    assert no == with_outcome(
+        row(ME, my_comm(), family, addr, addr, refused, lport=refused_lport),
+        "refused", "%.2f" % latency_of(no))
+    assert t.stderr == ""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_syn_dropped_times_out(trace, veth, family):
+    host, peer = peer_of(veth, family)
+    port = free_port()
+    filter_input(veth.netns, port, "drop")
+    t = trace("--outcome", "-L", "-P", str(port))
+    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
+        short_timeout(client)
+        client.settimeout(10)
+        with pytest.raises(OSError) as failure:
+            client.connect((peer, port))
+        assert failure.value.errno == errno.ETIMEDOUT
+        lport = client.getsockname()[1]
+    t.stop()
+    [line] = t.rows
+    # The SYN and one retransmission, 1 s apart, then TCP_USER_TIMEOUT.
+    assert 900 <= latency_of(line) < 10_000
+    assert line == with_outcome(row(ME, my_comm(), family, host, peer, port, lport=lport),
+                                "timeout", "%.2f" % latency_of(line))
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_icmp_unreachable_while_in_syn_sent(trace, veth, family):
+    # The peer answers the SYN with ICMP host unreachable (ICMPv6 address
+    # unreachable): the connect fails with EHOSTUNREACH in SYN_SENT. The
+    # answer to the first SYN comes back while connect() still holds the
+    # socket, and the kernel keeps it as a soft error; the one to the
+    # retransmission, a second later, ends the attempt.
+    host, peer = peer_of(veth, family)
+    port = free_port()
+    filter_input(veth.netns, port, "reject with icmpx type host-unreachable")
+    t = trace("--outcome", "-P", str(port))
+    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
+        short_timeout(client)
+        with pytest.raises(OSError) as failure:
+            client.connect((peer, port))
+        assert failure.value.errno == errno.EHOSTUNREACH
+    t.stop()
+    [line] = t.rows
+    assert latency_of(line) < 5000
+    assert line == with_outcome(row(ME, my_comm(), family, host, peer, port),
+                                "unreachable", "%.2f" % latency_of(line))
+
+
+def test_close_before_the_handshake_is_aborted(trace, veth):
+    port = free_port()
+    filter_input(veth.netns, port, "drop")
+    t = trace("--outcome", "-j", "-P", str(port))
+    with socket.socket() as client:
+        client.setblocking(False)
+        assert client.connect_ex((veth.peer4, port)) == errno.EINPROGRESS
+        lport = client.getsockname()[1]
+    t.stop()
+    [event] = t.json_rows()
+    assert event["result"] == "aborted" and event["errno"] == 0
+    assert 0 <= event["latency_ms"] < 1000
+    assert (event["saddr"], event["daddr"], event["dport"]) == (veth.host4, veth.peer4, port)
+    assert lport > 0
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_attempt_open_when_tracing_stops_is_pending(trace, veth, family):
+    host, peer = peer_of(veth, family)
+    port, refused = free_port(), free_port()
+    filter_input(veth.netns, port, "drop")
+    t = trace("--outcome", "-P", f"{port},{refused}")
+    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
+        client.setblocking(False)
+        assert client.connect_ex((peer, port)) == errno.EINPROGRESS
+        refused_connect(family, refused)
+        t.stop()
+    addr = "127.0.0.1" if family == 4 else "::1"
+    refused_row, pending_row = t.rows
+    assert refused_row == with_outcome(row(ME, my_comm(), family, addr, addr, refused),
+                                       "refused", "%.2f" % latency_of(refused_row))
+    # Printed at the end, without a latency: it had not ended.
+    assert pending_row == with_outcome(row(ME, my_comm(), family, host, peer, port),
+                                       "pending", "-")
+
+
+def test_failed_hides_successful_connects(trace):
+    refused = free_port()
+    with listening("127.0.0.1") as listener:
+        port = listener.getsockname()[1]
+        t = trace("--failed", "-P", f"{port},{refused}")
+        assert t.header.endswith("DPORT  RESULT       LAT(ms) ")
+        socket.create_connection(("127.0.0.1", port)).close()
+        refused_connect(4, refused)
+        socket.create_connection(("127.0.0.1", port)).close()
+        t.stop()
+    [line] = t.rows
+    assert line == with_outcome(row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", refused),
+                                "refused", "%.2f" % latency_of(line))
+
+
+COUNT_HEADER = "%-25s %-25s %-20s %-12s %-10s" % ("LADDR", "RADDR", "RPORT", "RESULT",
+                                                  "CONNECTS")
+
+
+def count_row(saddr: str, daddr: str, port: int, result: str, connects: int) -> str:
+    return "%-25s %-25s %-20s %-12s %-10d" % (saddr, daddr, port, result, connects)
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_count_per_result(trace, veth, failed):
+    refused, dropped = free_port(), free_port()
+    filter_input(veth.netns, dropped, "drop")
+    with listening("127.0.0.1") as listener:
+        port = listener.getsockname()[1]
+        t = trace("-c", "--failed" if failed else "--outcome", "-P",
+                  f"{port},{refused},{dropped}")
+        for _ in range(3):
+            socket.create_connection(("127.0.0.1", port)).close()
+        for _ in range(2):
+            refused_connect(4, refused)
+        refused_connect(6, refused)
+        with socket.socket() as client:
+            client.setblocking(False)
+            client.connect_ex((veth.peer4, dropped))
+            t.stop()
+    lines = t.stdout.splitlines()
+    expected = [
+        "", COUNT_HEADER,
+        *([] if failed else [count_row("127.0.0.1", "127.0.0.1", port, "ok", 3)]),
+        count_row("127.0.0.1", "127.0.0.1", refused, "refused", 2),
+        count_row(veth.host4, veth.peer4, dropped, "pending", 1),
+        count_row("::1", "::1", refused, "refused", 1),
+    ]
+    assert lines == expected
+    assert t.stderr == ""
+
+
+def test_json_fields(trace, veth):
+    refused = free_port()
+    unreachable = free_port()
+    filter_input(veth.netns, unreachable, "reject with icmpx type host-unreachable")
+    with listening("::1") as listener:
+        port = listener.getsockname()[1]
+        t = trace("--outcome", "-j", "-L", "-P", f"{port},{refused},{unreachable}")
+        before = time.time()
+        with socket.create_connection(("::1", port)) as client:
+            lport = client.getsockname()[1]
+        refused_connect(4, refused)
+        with socket.socket(socket.AF_INET6) as client:
+            short_timeout(client)
+            with pytest.raises(OSError):
+                client.connect((veth.peer6, unreachable))
+        after = time.time()
+        t.stop()
+    ok, no, unreach = t.json_rows()
+    for event in (ok, no, unreach):
+        stamp = event.pop("timestamp")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert when.tzinfo == timezone.utc
+        assert before - 1 <= when.timestamp() <= after + 1
+        assert 0 <= event.pop("latency_ms") < 5000
+        assert event.pop("cgroup_id") > 0 and event.pop("mntns_id") > 0
+    common = {"uid": 0, "pid": ME, "tid": ME, "comm": my_comm()}
+    assert ok == {**common, "ip": 6, "saddr": "::1", "lport": lport, "daddr": "::1",
+                  "dport": port, "result": "ok", "errno": 0}
+    assert no["result"] == "refused" and no["errno"] == errno.ECONNREFUSED
+    assert unreach["result"] == "unreachable" and unreach["errno"] == errno.EHOSTUNREACH
+    assert (unreach["saddr"], unreach["daddr"]) == (veth.host6, veth.peer6)
+
+
+def test_json_pending_has_null_errno_and_latency(trace, veth):
+    port = free_port()
+    filter_input(veth.netns, port, "drop")
+    t = trace("--failed", "-j", "-P", str(port))
+    with socket.socket() as client:
+        client.setblocking(False)
+        client.connect_ex((veth.peer4, port))
+        t.stop()
+    [event] = t.json_rows()
+    assert (event["result"], event["errno"], event["latency_ms"]) == ("pending", None, None)
+
+
+def test_json_timestamp_without_outcome(trace):
+    port = free_port()
+    t = trace("-j", "-P", str(port))
+    before = time.time()
+    refused_connect(4, port)
+    t.stop()
+    [event] = t.json_rows()
+    when = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
+    assert before - 1 <= when.timestamp() <= time.time() + 1
+    assert "result" not in event
+
+
+def seconds_of_day(hms: str) -> int:
+    h, m, s = map(int, hms.split(":"))
+    return h * 3600 + m * 60 + s
+
+
+@pytest.mark.parametrize("extra", [(), ("--outcome", "-t", "-U")])
+def test_time_of_day_column(trace, extra):
+    port = free_port()
+    t = trace("-T", *extra, "-P", str(port))
+    assert t.header.startswith("TIME     " + ("TIME(s)  UID   " if extra else "") + "PID ")
+    before = time.time()
+    refused_connect(4, port)
+    after = time.time()
+    t.stop()
+    [line] = t.rows
+    stamp, rest = line[:9], line[9:]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d ", stamp)
+    shown = seconds_of_day(stamp.strip())
+    local = [seconds_of_day(time.strftime("%H:%M:%S", time.localtime(x)))
+             for x in (before - 1, after + 1)]
+    # Within the test's own clock, allowing for a wrap at midnight.
+    assert local[0] <= shown <= local[1] or (local[0] > local[1] and
+                                               (shown >= local[0] or shown <= local[1]))
+    if not extra:
+        assert rest == row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", port)
+    else:
+        # TIME(s) counts from the start of tracing with --outcome.
+        assert re.fullmatch(r"\d+\.\d{3} +", rest[:9]) and float(rest[:9]) < 60
+        assert rest[9:] == with_outcome(
+            row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", port, uid=0),
+            "refused", "%.2f" % latency_of(rest))
+
+
+# ---- latency against a delay the test controls ----------------------------
+
+TUNSETIFF = 0x400454CA
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+
+
+def open_tun(name: str) -> int:
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+    return fd
+
+
+@dataclass
+class DelayWire:
+    """A test namespace reached through two tun devices with this process in
+    between, holding every packet towards the namespace for `delay` seconds
+    (the kernel here has no netem). Replies pass at once."""
+
+    netns: str
+    host4: str
+    peer4: str
+    host6: str
+    peer6: str
+    delay: float
+
+
+DELAY = 0.2
+
+
+@pytest.fixture
+def delay_wire() -> Iterator[DelayWire]:
+    tag = uuid.uuid4().hex[:6]
+    netns, host_if, peer_if = f"tcw{tag}", f"twh{tag}", f"twp{tag}"
+    block = int(tag, 16) % 16384
+    net4, first = f"10.214.{block // 64}", block % 64 * 4
+    wire = DelayWire(netns, f"{net4}.{first + 1}", f"{net4}.{first + 2}",
+                     f"fd00:214:{tag[:4]}:{tag[4:]}::1", f"fd00:214:{tag[:4]}:{tag[4:]}::2",
+                     DELAY)
+    sh("ip", "netns", "add", netns)
+    host_fd = peer_fd = -1
+    stop = threading.Event()
+    forwarder = None
+    try:
+        host_fd, peer_fd = open_tun(host_if), open_tun(peer_if)
+        sh("ip", "link", "set", peer_if, "netns", netns)
+        for ns, dev, mine, theirs in (((), host_if, wire.host4, wire.peer4),
+                                      (("-n", netns), peer_if, wire.peer4, wire.host4)):
+            sh("ip", *ns, "addr", "add", mine, "peer", theirs, "dev", dev)
+            sh("ip", *ns, "link", "set", dev, "up")
+        sh("ip", "-6", "addr", "add", wire.host6, "peer", wire.peer6, "dev", host_if, "nodad")
+        sh("ip", "-n", netns, "-6", "addr", "add", wire.peer6, "peer", wire.host6, "dev",
+           peer_if, "nodad")
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        forwarder = threading.Thread(target=_forward, args=(host_fd, peer_fd, DELAY, stop),
+                                     daemon=True)
+        forwarder.start()
+        yield wire
+    finally:
+        stop.set()
+        if forwarder is not None:
+            forwarder.join(timeout=5)
+        for fd in (host_fd, peer_fd):
+            if fd >= 0:
+                os.close(fd)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
+def _forward(host_fd: int, peer_fd: int, delay: float, stop: threading.Event) -> None:
+    held: list[tuple[float, int, bytes]] = []  # (due, sequence, packet)
+    sequence = 0
+    while not stop.is_set():
+        timeout = 0.05 if not held else max(0.0, min(0.05, held[0][0] - time.monotonic()))
+        ready, _, _ = select.select([host_fd, peer_fd], [], [], timeout)
+        if host_fd in ready:
+            heapq.heappush(held, (time.monotonic() + delay, sequence, os.read(host_fd, 65536)))
+            sequence += 1
+        if peer_fd in ready:
+            os.write(host_fd, os.read(peer_fd, 65536))
+        while held and held[0][0] <= time.monotonic():
+            os.write(peer_fd, heapq.heappop(held)[2])
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_latency_follows_the_delay(trace, delay_wire, family):
+    wire = delay_wire
+    host, peer = (wire.host4, wire.peer4) if family == 4 else (wire.host6, wire.peer6)
+    server = subprocess.Popen(["ip", "netns", "exec", wire.netns, sys.executable, "-c",
+                               LISTENER, peer], stdout=subprocess.PIPE, text=True)
+    refused = free_port()
+    try:
+        port = int(server.stdout.readline())  # type: ignore[union-attr]
+        t = trace("--outcome", "-L", "-P", f"{port},{refused}")
+        with socket.create_connection((peer, port), timeout=10) as client:
+            lport = client.getsockname()[1]
+        with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
+            client.settimeout(10)
+            with pytest.raises(ConnectionRefusedError):
+                client.connect((peer, refused))
+            refused_lport = client.getsockname()[1]
+        t.stop()
+    finally:
+        server.kill()
+        server.wait()
+    ok, no = t.rows
+    for line in (ok, no):
+        # One round trip through the wire: the delay, plus a generous margin
+        # for a loaded machine or an emulated one.
+        assert DELAY * 1000 <= latency_of(line) < DELAY * 1000 + 800, line
+    assert ok == with_outcome(row(ME, my_comm(), family, host, peer, port, lport=lport),
+                              "ok", "%.2f" % latency_of(ok))
+    assert no == with_outcome(row(ME, my_comm(), family, host, peer, refused,
+                                  lport=refused_lport),
+                              "refused", "%.2f" % latency_of(no))
+
+
+LISTENER = """
+import socket, sys
+addr = sys.argv[1]
+s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+s.bind((addr, 0))
+s.listen(64)
+print(s.getsockname()[1], flush=True)
+while True:
+    s.accept()[0].close()
+"""
+
+
+def test_json_lines_are_valid_json(trace):
+    port = free_port()
+    t = trace("--outcome", "-j", "-t", "-P", str(port))
+    refused_connect(4, port)
+    t.stop()
+    [line] = t.rows
+    assert line == json.dumps(json.loads(line), ensure_ascii=True)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_icmp_unreachable_after_a_delay(trace, delay_wire, family):
+    # Arriving after connect() has let go of the socket, the ICMP error ends
+    # the attempt at once (tcp_done_with_error), one delayed round trip in.
+    wire = delay_wire
+    host, peer = (wire.host4, wire.peer4) if family == 4 else (wire.host6, wire.peer6)
+    port = free_port()
+    filter_input(wire.netns, port, "reject with icmpx type host-unreachable")
+    t = trace("--failed", "-j", "-P", str(port))
+    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
+        short_timeout(client)
+        with pytest.raises(OSError) as failure:
+            client.connect((peer, port))
+        assert failure.value.errno == errno.EHOSTUNREACH
+    t.stop()
+    [event] = t.json_rows()
+    assert (event["saddr"], event["daddr"], event["dport"]) == (host, peer, port)
+    assert (event["result"], event["errno"]) == ("unreachable", errno.EHOSTUNREACH)
+    assert DELAY * 1000 <= event["latency_ms"] < DELAY * 1000 + 800
