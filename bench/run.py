@@ -97,6 +97,9 @@ MODES = (
     Mode("-c", ("-c",)),
     Mode("-d", ("-d",)),
     Mode("-j", ("-j",)),
+    Mode("--outcome", ("--outcome",)),
+    Mode("-c --outcome", ("-c", "--outcome")),
+    Mode("-T", ("-T",)),
     Mode("tcpstates (libbpf-tools)", peer=True),
 )
 
