@@ -34,6 +34,8 @@ from conftest import (
     sh,
 )
 
+from test_trace import LISTENER
+
 from tcpconnect.cli import parse_args
 from tcpconnect.outcome import TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT, UNTRACKED, result_name
 from tcpconnect.wallclock import WallClock
@@ -76,10 +78,16 @@ def peer_of(veth, family: int) -> tuple[str, str]:
     return (veth.host4, veth.peer4) if family == 4 else (veth.host6, veth.peer6)
 
 
-def short_timeout(client: socket.socket) -> None:
-    # One retransmission, then give up: the connect times out after ~1 s.
-    client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
-    client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+def failing_connect(family: int, peer: str, port: int, expected: int) -> int:
+    """A blocking connect that must fail with errno `expected`; returns its
+    local port. One retransmission at most, then it gives up (~1 s)."""
+    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
+        client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
+        client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+        with pytest.raises(OSError) as failure:
+            client.connect((peer, port))
+        assert failure.value.errno == expected
+        return client.getsockname()[1]
 
 
 # ---- pure functions -------------------------------------------------------
@@ -162,13 +170,7 @@ def test_syn_dropped_times_out(trace, veth, family):
     port = free_port()
     filter_input(veth.netns, port, "drop")
     t = trace("--outcome", "-L", "-P", str(port))
-    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
-        short_timeout(client)
-        client.settimeout(10)
-        with pytest.raises(OSError) as failure:
-            client.connect((peer, port))
-        assert failure.value.errno == errno.ETIMEDOUT
-        lport = client.getsockname()[1]
+    lport = failing_connect(family, peer, port, errno.ETIMEDOUT)
     t.stop()
     [line] = t.rows
     # The SYN and one retransmission, 1 s apart, then TCP_USER_TIMEOUT.
@@ -188,11 +190,7 @@ def test_icmp_unreachable_while_in_syn_sent(trace, veth, family):
     port = free_port()
     filter_input(veth.netns, port, "reject with icmpx type host-unreachable")
     t = trace("--outcome", "-P", str(port))
-    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
-        short_timeout(client)
-        with pytest.raises(OSError) as failure:
-            client.connect((peer, port))
-        assert failure.value.errno == errno.EHOSTUNREACH
+    failing_connect(family, peer, port, errno.EHOSTUNREACH)
     t.stop()
     [line] = t.rows
     assert latency_of(line) < 5000
@@ -299,10 +297,7 @@ def test_json_fields(trace, veth):
         with socket.create_connection(("::1", port)) as client:
             lport = client.getsockname()[1]
         refused_connect(4, refused)
-        with socket.socket(socket.AF_INET6) as client:
-            short_timeout(client)
-            with pytest.raises(OSError):
-                client.connect((veth.peer6, unreachable))
+        failing_connect(6, veth.peer6, unreachable, errno.EHOSTUNREACH)
         after = time.time()
         t.stop()
     ok, no, unreach = t.json_rows()
@@ -494,18 +489,6 @@ def test_latency_follows_the_delay(trace, delay_wire, family):
                               "refused", "%.2f" % latency_of(no))
 
 
-LISTENER = """
-import socket, sys
-addr = sys.argv[1]
-s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-s.bind((addr, 0))
-s.listen(64)
-print(s.getsockname()[1], flush=True)
-while True:
-    s.accept()[0].close()
-"""
-
-
 def test_json_lines_are_valid_json(trace):
     port = free_port()
     t = trace("--outcome", "-j", "-t", "-P", str(port))
@@ -524,11 +507,7 @@ def test_icmp_unreachable_after_a_delay(trace, delay_wire, family):
     port = free_port()
     filter_input(wire.netns, port, "reject with icmpx type host-unreachable")
     t = trace("--failed", "-j", "-P", str(port))
-    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
-        short_timeout(client)
-        with pytest.raises(OSError) as failure:
-            client.connect((peer, port))
-        assert failure.value.errno == errno.EHOSTUNREACH
+    failing_connect(family, peer, port, errno.EHOSTUNREACH)
     t.stop()
     [event] = t.json_rows()
     assert (event["saddr"], event["daddr"], event["dport"]) == (host, peer, port)
