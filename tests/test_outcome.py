@@ -513,3 +513,15 @@ def test_icmp_unreachable_after_a_delay(trace, delay_wire, family):
     assert (event["saddr"], event["daddr"], event["dport"]) == (host, peer, port)
     assert (event["result"], event["errno"]) == ("unreachable", errno.EHOSTUNREACH)
     assert DELAY * 1000 <= event["latency_ms"] < DELAY * 1000 + 800
+
+
+def test_query_column_follows_the_outcome(trace):
+    port = free_port()
+    t = trace("--outcome", "-d", "-P", str(port))
+    assert t.header.endswith("DPORT  RESULT       LAT(ms)  QUERY")
+    refused_connect(6, port)
+    t.stop()
+    [line] = t.rows
+    assert line == with_outcome(row(ME, my_comm(), 6, "::1", "::1", port),
+                                "refused", "%.2f" % latency_of(line[:-len("localhost")])
+                                ) + "localhost"
