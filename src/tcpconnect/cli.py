@@ -122,8 +122,6 @@ def build_parser() -> Parser:
     )
     parser.add_argument("-t", "--timestamp", action="store_true",
                         help="include a timestamp column (seconds since the first connect)")
-    parser.add_argument("-T", "--time", action="store_true",
-                        help="include a wall-clock time column (HH:MM:SS, local time)")
     parser.add_argument("-p", "--pid", type=parse_pid, help="trace this process ID only")
     parser.add_argument("-P", "--port", type=parse_ports, metavar="PORTS",
                         help="comma-separated list of destination ports to trace")
@@ -141,6 +139,8 @@ def build_parser() -> Parser:
                         help="include the most recent DNS query that resolved the destination")
     parser.add_argument("-j", "--json", action="store_true",
                         help="print one JSON object per connect instead of columns")
+    parser.add_argument("-T", "--time", action="store_true",
+                        help="include a wall-clock time column (HH:MM:SS, local time)")
     parser.add_argument("--outcome", action="store_true",
                         help="print each attempt when it ends, with RESULT (ok, refused, "
                              "timeout, unreachable, reset, aborted, pending or the errno "
