@@ -374,6 +374,8 @@ def test_json_rows(trace):
     t.stop()
     [event] = t.json_rows()
     cgroup_id = cgroup_id_of(ME)
+    # Its value is checked in test_outcome.py.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event.pop("timestamp"))
     assert event == {
         "time": 0.0, "uid": 0, "pid": ME, "tid": threading.get_native_id(),
         "comm": my_comm(), "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,
