@@ -37,7 +37,16 @@ from conftest import (
 from test_trace import LISTENER
 
 from tcpconnect.cli import parse_args
-from tcpconnect.outcome import TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT, UNTRACKED, result_name
+from tcpconnect.events import CountKey, EventRecord
+from tcpconnect.outcome import (
+    TCP_CLOSE,
+    TCP_ESTABLISHED,
+    TCP_SYN_SENT,
+    UNTRACKED,
+    counts_with_pending,
+    result_name,
+)
+from tcpconnect.output import count_header, count_rows
 from tcpconnect.wallclock import WallClock
 
 ME = os.getpid()
@@ -108,6 +117,34 @@ def failing_connect(family: int, peer: str, port: int, expected: int) -> int:
 ])
 def test_result_names(outcome, error, result):
     assert result_name(outcome, error) == result
+
+
+def test_count_table_with_results_and_pending_attempts():
+    def key(dport: int, outcome: int, error: int = 0) -> CountKey:
+        k = CountKey(dport=dport, family=4, outcome=outcome, error=error)
+        k.saddr[:4] = k.daddr[:4] = [127, 0, 0, 1]
+        return k
+
+    kernel_counts = [(key(80, TCP_ESTABLISHED), 5), (key(81, TCP_CLOSE, errno.ECONNREFUSED), 2),
+                     (key(82, TCP_SYN_SENT), 1)]
+    still_open = [EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=0,
+                              saddr=bytes(key(0, 0).saddr), daddr=bytes(key(0, 0).daddr),
+                              pid=1, tid=1, uid=0, lport=0, dport=port, family=4,
+                              outcome=TCP_SYN_SENT, error=0, comm=b"x".ljust(16, b"\0"))
+                  for port in (82, 83, 83)]
+    assert [count_header(True), *count_rows(counts_with_pending(kernel_counts, still_open),
+                                            results=True)] == [
+        "LADDR                     RADDR                     RPORT                RESULT       "
+        "CONNECTS  ",
+        "127.0.0.1                 127.0.0.1                 80                   ok           "
+        "5         ",
+        "127.0.0.1                 127.0.0.1                 81                   refused      "
+        "2         ",
+        "127.0.0.1                 127.0.0.1                 82                   pending      "
+        "2         ",
+        "127.0.0.1                 127.0.0.1                 83                   pending      "
+        "2         ",
+    ]
 
 
 def test_wall_clock_formats_and_caches_per_second():
