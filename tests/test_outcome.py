@@ -3,8 +3,10 @@ purpose, exact rows; and the pure functions behind them."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
+import io
 import heapq
 import json
 import os
@@ -36,6 +38,7 @@ from conftest import (
 
 from test_trace import LISTENER
 
+from tcpconnect import session
 from tcpconnect.cli import parse_args
 from tcpconnect.events import CountKey, EventRecord
 from tcpconnect.outcome import (
@@ -562,3 +565,49 @@ def test_query_column_follows_the_outcome(trace):
     assert line == with_outcome(row(ME, my_comm(), 6, "::1", "::1", port),
                                 "refused", "%.2f" % latency_of(line[:-len("localhost")])
                                 ) + "localhost"
+
+
+class ActThenStop:
+    """Stands in for Ctrl-C, driven by the session's own loop: runs `act`
+    at the first check, then asks the session to stop ~0.3 s later."""
+
+    def __init__(self, act) -> None:
+        self._act = act
+        self._checks = 0
+
+    @property
+    def requested(self) -> bool:
+        self._checks += 1
+        if self._checks == 1:
+            self._act()
+        return self._checks > 30
+
+
+def test_attempt_without_room_to_wait_is_reported_at_once(monkeypatch, veth):
+    # Room for one waiting attempt: a SYN into the void takes it, so the
+    # refused connect after it is reported at once, without an outcome,
+    # and counted as such.
+    dropped, refused = free_port(), free_port()
+    filter_input(veth.netns, dropped, "drop")
+    configure = session.tracer_config
+    monkeypatch.setattr(session, "tracer_config",
+                        lambda args: dataclasses.replace(configure(args), pending_capacity=1))
+    out, err = io.StringIO(), io.StringIO()
+    client = socket.socket()
+    client.setblocking(False)
+
+    def act() -> None:
+        assert client.connect_ex((veth.peer4, dropped)) == errno.EINPROGRESS
+        refused_connect(4, refused)
+
+    args = parse_args(["--outcome", "-P", f"{dropped},{refused}"])
+    try:
+        assert session.Session(args, out, err).run(ActThenStop(act)) == 0
+    finally:
+        client.close()
+    assert out.getvalue().splitlines()[2:] == [
+        with_outcome(row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", refused), "unknown", "-"),
+        with_outcome(row(ME, my_comm(), 4, veth.host4, veth.peer4, dropped), "pending", "-"),
+    ]
+    assert err.getvalue() == ("1 connects were reported without their outcome (result unknown) "
+                              "(pending table full)\n")

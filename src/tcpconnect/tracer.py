@@ -50,6 +50,9 @@ MNTNS_MAP_LAYOUT = (8, 4)
 # are allocated on demand, so the size costs nothing until it is used.
 COUNT_CAPACITY = 65536
 COUNT_TABLES = ("counts_0", "counts_1")
+# Attempts waiting at once for their local port (-L) or outcome (--outcome);
+# allocated on demand too.
+PENDING_CAPACITY = 65536
 # Every program of the main object: each hook as tp_btf and as raw_tp.
 MAIN_PROGRAMS = (
     "handle_set_state", "handle_set_state_raw",
@@ -71,6 +74,7 @@ class TracerConfig:
     count: bool = False
     count_capacity: int = COUNT_CAPACITY
     lport: bool = False
+    pending_capacity: int = PENDING_CAPACITY
     dns: bool = False
     cgroup_id: int | None = None
     cgroup_map: str | None = None
@@ -256,6 +260,7 @@ class Tracer:
             port_bitmap[port // 64] |= 1 << port % 64
         for table in COUNT_TABLES:
             obj.set_max_entries(table, config.count_capacity)
+        obj.set_max_entries("pending", config.pending_capacity)
         # A ring nobody reads would still pin its memory in the kernel.
         obj.set_max_entries("events", mmap.PAGESIZE if config.count else events_ring_bytes())
         obj.set_max_entries("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE)
