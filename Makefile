@@ -100,7 +100,7 @@ wheel: setup
 # --btf: the raw_tp programs of kernels without BTF, against the same rows.
 RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
 	tests/test_attribution.py \
-	tests/test_dns_trace.py
+	tests/test_dns_trace.py tests/test_outcome.py
 
 test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	$(VENV)/bin/pytest -q

@@ -16,7 +16,6 @@ wall-clock time.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import time

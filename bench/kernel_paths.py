@@ -31,7 +31,8 @@ TRACER = [sys.executable, "-m", "tcpconnect"]
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 HIDE_KERNEL_BTF = ("unshare", "-m", "sh", "-c",
                    'mount -t tmpfs none /sys/kernel/btf && exec "$@"', "sh")
-MODES = (("default", ()), ("-L", ("-L",)), ("-d", ("-d",)))
+MODES = (("default", ()), ("-L", ("-L",)), ("-d", ("-d",)), ("--outcome", ("--outcome",)),
+         ("-c --outcome", ("-c", "--outcome")))
 # A closed port below the ephemeral range: every connect is refused at once.
 PORT = 9
 
@@ -108,14 +109,14 @@ def main() -> int:
         print(f"kernel {Path('/proc/sys/kernel/osrelease').read_text().strip()}; "
               f"{args.rounds} rounds of {args.seconds:g} s of refused loopback connects; "
               "BPF run time per program run: median (min-max) in ns")
-        print(f"{'mode':8} {'path':32} {'program':40} {'ns/run':>24}")
+        print(f"{'mode':12} {'path':32} {'program':40} {'ns/run':>24}")
         for mode, options in MODES:
             for path, hide in (("this kernel's", False), ("no kernel BTF (--btf)", True)):
                 print(f"# measuring {mode}, {path}", file=sys.stderr, flush=True)
                 for name, values in sorted(measure(options, hide, btf_copy, args.seconds,
                                                    args.rounds).items()):
                     spread = f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})"
-                    print(f"{mode:8} {path:32} {name:40} {spread:>24}", flush=True)
+                    print(f"{mode:12} {path:32} {name:40} {spread:>24}", flush=True)
     finally:
         BPF_STATS.write_text(previous + "\n")
         shutil.rmtree(workdir)

@@ -37,7 +37,7 @@ from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from tcpconnect.output import BANNER, COUNT_HEADER  # noqa: E402
+from tcpconnect.output import BANNER, count_header  # noqa: E402
 
 from kernel_paths import BPF_STATS, program_stats  # noqa: E402  (bench/ is sys.path[0])
 
@@ -97,6 +97,9 @@ MODES = (
     Mode("-c", ("-c",)),
     Mode("-d", ("-d",)),
     Mode("-j", ("-j",)),
+    Mode("--outcome", ("--outcome",)),
+    Mode("-c --outcome", ("-c", "--outcome")),
+    Mode("-T", ("-T",)),
     Mode("tcpstates (libbpf-tools)", peer=True),
 )
 
@@ -250,11 +253,13 @@ def reported_events(mode: Mode, path: Path, port: int) -> int:
         if mode.peer:
             return sum(1 for line in out if "CLOSE       -> SYN_SENT" in line)
         if "-c" in mode.options:
+            # CONNECTS is the last column (--outcome adds RESULT before it).
+            header = count_header("--outcome" in mode.options)
             for line in out:
-                if line.rstrip("\n") == COUNT_HEADER:
+                if line.rstrip("\n") == header:
                     break
-            return sum(int(f[3]) for f in map(str.split, out)
-                       if len(f) == 4 and f[2] == str(port))
+            return sum(int(f[-1]) for f in map(str.split, out)
+                       if len(f) >= 4 and f[2] == str(port))
         if "-j" in mode.options:
             return sum(1 for line in out
                        if line.startswith("{") and json.loads(line)["dport"] == port)

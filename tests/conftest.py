@@ -313,12 +313,21 @@ def cgroup2_root() -> Path:
     pytest.fail("no cgroup v2 hierarchy is mounted")
 
 
-def cgroup_id_of(pid: int) -> int:
-    # The v2 line of /proc/PID/cgroup is "0::/path"; the id is the directory's inode.
+def cgroup_path_of(pid: int) -> str:
+    # The v2 line of /proc/PID/cgroup is "0::/path".
     for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
         if line.startswith("0::"):
-            return (cgroup2_root() / line[3:].lstrip("/")).stat().st_ino
+            return line[3:]
     pytest.fail(f"process {pid} is in no cgroup v2")
+
+
+def cgroup_id_of(pid: int) -> int:
+    # The id is the directory's inode.
+    return (cgroup2_root() / cgroup_path_of(pid).lstrip("/")).stat().st_ino
+
+
+# The names -j adds to every row from the connecting task's cgroup path.
+ATTRIBUTION_FIELDS = ("cgroup", "unit", "container_id", "pod_uid", "pod", "namespace")
 
 
 def sh(*cmd: str) -> None:

@@ -45,10 +45,11 @@ def test_any_record_decodes_without_raising(raw: bytes) -> None:
 
 
 def connect_to(addr: str, ts_ns: int) -> EventRecord:
-    return EventRecord(ts_ns=ts_ns, cgroup_id=0, mntns_id=0,
+    return EventRecord(ts_ns=ts_ns, cgroup_id=0, mntns_id=0, latency_ns=0,
                        saddr=ipaddress.IPv4Address("10.0.0.1").packed + bytes(12),
                        daddr=ipaddress.IPv4Address(addr).packed + bytes(12),
-                       pid=1, tid=1, uid=0, netns=0, lport=0, dport=443, family=4,
+                       pid=1, tid=1, uid=0, netns=0, lport=0, dport=443, family=4, outcome=0,
+                       error=0,
                        comm=b"curl".ljust(16, b"\0"))
 
 

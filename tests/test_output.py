@@ -10,6 +10,10 @@ import pytest
 from tcpconnect.attribution import Attribution
 from tcpconnect.events import EventRecord
 from tcpconnect.output import Columns, JsonFormatter, TextFormatter, escape
+from tcpconnect.wallclock import WallClock
+
+# Kernel time 0 is 2026-11-29T01:23:40Z.
+WALL = WallClock(offset_ns=1_795_915_420 * 10**9)
 
 
 def event(**fields) -> EventRecord:
@@ -21,6 +25,7 @@ def event(**fields) -> EventRecord:
     return EventRecord(
         ts_ns=5_000_000_000, pid=4242, tid=4243, uid=1000, lport=51234, dport=443, family=4,
         comm=b"curl".ljust(16, b"\0"), cgroup_id=7, mntns_id=4026531841, netns=4026531840,
+        latency_ns=0, outcome=0, error=0,
         saddr=socket.inet_pton(socket.AF_INET, "10.0.0.1").ljust(16, b"\0"),
         daddr=socket.inet_pton(socket.AF_INET, "93.184.216.34").ljust(16, b"\0"),
     )._replace(**fields)
@@ -123,11 +128,11 @@ def test_query_column_is_escaped():
 
 def test_json_row():
     formatter = JsonFormatter(Columns(timestamp=True, lport=True),
-                              query=lambda e: ("x.test", 512_004_000))
+                              query=lambda e: ("x.test", 512_004_000), wall=WALL)
     assert formatter.header() is None
-    record = json.loads(row(formatter, event(comm=b"cu\x1brl")))
+    record = json.loads(row(formatter, event(comm=b"cu\x1brl", ts_ns=5_000_123_456)))
     assert record == {
-        "time": 0.0, "uid": 1000, "pid": 4242, "tid": 4243, "comm": "cu\x1brl", "ip": 4,
+        "timestamp": "2026-11-29T01:23:45.000123Z", "time": 0.0, "uid": 1000, "pid": 4242, "tid": 4243, "comm": "cu\x1brl", "ip": 4,
         "saddr": "10.0.0.1", "lport": 51234, "daddr": "93.184.216.34", "dport": 443,
         "cgroup_id": 7, "mntns_id": 4026531841, "netns": 4026531840, "cgroup": None,
         "unit": None, "container_id": None, "pod_uid": None, "pod": None, "namespace": None,

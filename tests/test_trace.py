@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from conftest import (
@@ -18,6 +17,7 @@ from conftest import (
     TCP_SYNCNT,
     TCP_USER_TIMEOUT,
     cgroup_id_of,
+    cgroup_path_of,
     comm_of,
     free_port,
     listening,
@@ -379,9 +379,10 @@ def test_json_rows(trace):
     cgroup_id = cgroup_id_of(ME)
     # The suite's own cgroup, as /proc says it; its names are the parser's
     # (tests/test_attribution.py checks those).
-    [cgroup] = [line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                if line.startswith("0::")]
+    cgroup = cgroup_path_of(ME)
     names = parse_cgroup_path(cgroup)
+    # Its value is checked in test_outcome.py.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event.pop("timestamp"))
     assert event == {
         "time": 0.0, "uid": 0, "pid": ME, "tid": threading.get_native_id(),
         "comm": my_comm(), "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,

@@ -19,6 +19,10 @@ CGROUP2_SUPER_MAGIC = 0x63677270
 EXAMPLES = """examples:
     tcpconnect                  # trace every active TCP connect
     tcpconnect -t               # with a timestamp column
+    tcpconnect -T               # with a wall-clock time column (HH:MM:SS)
+    tcpconnect --outcome        # print each attempt when it ends, with result and latency
+    tcpconnect --failed         # only attempts that failed (refused, timeout, ...)
+    tcpconnect -c --outcome     # count connects per destination and result
     tcpconnect -d               # with the DNS query that likely led to each connect
     tcpconnect -p 181           # only process 181
     tcpconnect -P 80            # only connects to port 80
@@ -147,6 +151,14 @@ def build_parser() -> Parser:
                         help="include the most recent DNS query that resolved the destination")
     parser.add_argument("-j", "--json", action="store_true",
                         help="print one JSON object per connect instead of columns")
+    parser.add_argument("-T", "--time", action="store_true",
+                        help="include a wall-clock time column (HH:MM:SS, local time)")
+    parser.add_argument("--outcome", action="store_true",
+                        help="print each attempt when it ends, with RESULT (ok, refused, "
+                             "timeout, unreachable, reset, aborted, pending or the errno "
+                             "name) and LAT(ms); with -c, count per result")
+    parser.add_argument("--failed", action="store_true",
+                        help="only attempts that did not succeed (implies --outcome)")
     parser.add_argument("--container", action="store_true",
                         help="include a CONTAINER column: the container id, else the systemd "
                              "unit, of the connecting process")
@@ -175,6 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--container cannot be used with -c/--count")
     if args.interval is not None and not args.count:
         parser.error("-i/--interval needs -c/--count")
+    if args.count and args.time:
+        parser.error("-T/--time cannot be used with -c/--count (the table has no rows "
+                     "per connect)")
+    args.outcome = args.outcome or args.failed
     if args.pid is not None:
         check_process(parser, args.pid)
     for option, path in (("--cgroupmap", args.cgroupmap), ("--mntnsmap", args.mntnsmap)):

@@ -21,6 +21,7 @@ class Event(Structure):
         ("ts_ns", c_uint64),
         ("cgroup_id", c_uint64),
         ("mntns_id", c_uint64),
+        ("latency_ns", c_uint64),
         ("saddr", c_uint8 * 16),
         ("daddr", c_uint8 * 16),
         ("pid", c_uint32),
@@ -30,6 +31,8 @@ class Event(Structure):
         ("lport", c_uint16),
         ("dport", c_uint16),
         ("family", c_uint16),
+        ("outcome", c_uint16),
+        ("error", c_uint16),
         ("comm", c_char * TASK_COMM_LEN),
     ]
 
@@ -40,6 +43,8 @@ class CountKey(Structure):
         ("daddr", c_uint8 * 16),
         ("dport", c_uint16),
         ("family", c_uint16),
+        ("outcome", c_uint16),
+        ("error", c_uint16),
     ]
 
 
@@ -89,10 +94,11 @@ DNS_EVENT_FORMAT = struct_format(DnsEvent)
 # builds or inspects one.
 EventRecord = namedtuple("EventRecord", [name for name, _ in Event._fields_])  # type: ignore[misc]
 # Positions of fields in a decoded record, for the per-event hot paths.
-TS_NS, CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, LPORT, DPORT, FAMILY, COMM = (
+(TS_NS, CGROUP_ID, MNTNS_ID, LATENCY_NS, SADDR, DADDR, PID, TID, UID, NETNS, LPORT, DPORT,
+ FAMILY, OUTCOME, ERROR, COMM) = (
     EventRecord._fields.index(name) for name in (
-        "ts_ns", "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "netns",
-        "lport", "dport", "family", "comm"))
+        "ts_ns", "cgroup_id", "mntns_id", "latency_ns", "saddr", "daddr", "pid", "tid", "uid",
+        "netns", "lport", "dport", "family", "outcome", "error", "comm"))
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
 

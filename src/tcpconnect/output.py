@@ -30,6 +30,9 @@ from .events import (
     CountKey,
     format_address,
 )
+from .outcome import TEXT_HEADER as OUTCOME_HEADER
+from .outcome import COUNT_RESULT_HEADER, count_key_result, json_fields, text_columns
+from .wallclock import WallClock
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
@@ -128,13 +131,17 @@ class Columns:
     lport: bool = False
     dns: bool = False
     container: bool = False
+    outcome: bool = False  # RESULT and LAT(ms) after DPORT
+    time_of_day: bool = False  # -T
 
 
 class RelativeClock:
-    """Seconds since the first event, as bcc's TIME(s) column counts."""
+    """Seconds since the first event, as bcc's TIME(s) column counts, or
+    since origin_ns when given: with --outcome rows come in the order
+    attempts end, so the first row printed need not be the first connect."""
 
-    def __init__(self) -> None:
-        self._start_ns: int | None = None
+    def __init__(self, origin_ns: int | None = None) -> None:
+        self._start_ns = origin_ns
 
     def start_ns(self, events: list[tuple]) -> int:
         if self._start_ns is None:
@@ -146,10 +153,12 @@ class TextFormatter:
     """bcc's layout, column for column, so existing parsers keep working."""
 
     def __init__(self, columns: Columns, query: Callable[[tuple], str] | None = None,
-                 attribute: Attribute | None = None) -> None:
+                 attribute: Attribute | None = None, clock: RelativeClock | None = None,
+                 wall: WallClock | None = None) -> None:
         self.columns = columns
         self._query = query
-        self._clock = RelativeClock()
+        self._clock = clock or RelativeClock()
+        self._wall = wall or WallClock()
         # bcc's COMM is cut to 12 characters; the escaped text is cut, as bcc
         # cuts what it prints.
         self._comm = _TextCache(lambda raw: "%-12.12s" % comm_text(raw))
@@ -162,7 +171,7 @@ class TextFormatter:
 
     def header(self) -> str:
         cols = self.columns
-        line = ""
+        line = "%-8s " % "TIME" if cols.time_of_day else ""
         if cols.timestamp:
             line += "%-9s" % "TIME(s)"
         if cols.uid:
@@ -174,6 +183,8 @@ class TextFormatter:
             line += "%-2s %-16s %-6s %-16s %-6s" % ("IP", "SADDR", "LPORT", "DADDR", "DPORT")
         else:
             line += "%-2s %-16s %-16s %-6s" % ("IP", "SADDR", "DADDR", "DPORT")
+        if cols.outcome:
+            line += " " + OUTCOME_HEADER
         if cols.dns:
             # bcc prints " QUERY" after the padded DPORT: two spaces in all.
             line += " QUERY"
@@ -207,9 +218,14 @@ class TextFormatter:
             rows = ["%-7d %s %-2d %-16s %-16s %-6d " % (
                 e[PID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]],
                 addr[e[FAMILY]][e[DADDR]], e[DPORT]) for e in events]
+        if cols.outcome:
+            rows = [row + text_columns(e) for e, row in zip(events, rows)]
         if self._query is not None:
             query = self._query
             rows = [row + escape_query(query(e)) for e, row in zip(events, rows)]
+        if cols.time_of_day:
+            time_of_day = self._wall.time_of_day
+            rows = [time_of_day(e[TS_NS]) + " " + row for e, row in zip(events, rows)]
         return rows
 
 
@@ -220,12 +236,14 @@ class JsonFormatter:
     json.dumps or inet_ntop, so they are valid JSON all the same."""
 
     def __init__(self, columns: Columns, query: Callable[[tuple], Query] | None = None,
-                 attribute: Attribute | None = None) -> None:
+                 attribute: Attribute | None = None, clock: RelativeClock | None = None,
+                 wall: WallClock | None = None) -> None:
         self.columns = columns
         self._query = query
         known = attribute or _unknown
         self._attribution = _TextCache(lambda cgroup_id: attribution_json(known(cgroup_id)))
-        self._clock = RelativeClock()
+        self._clock = clock or RelativeClock()
+        self._wall = wall or WallClock()
         # ensure_ascii keeps control characters escaped for terminals.
         self._comm = _TextCache(lambda raw: json.dumps(
             raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"), ensure_ascii=True))
@@ -256,6 +274,11 @@ class JsonFormatter:
             start = self._clock.start_ns(events)
             rows = ['"time": %r, %s' % (round((e[TS_NS] - start) / 1e9, 6), row)
                     for e, row in zip(events, rows)]
+        rfc3339 = self._wall.rfc3339
+        rows = ['"timestamp": "%s", %s' % (rfc3339(e[TS_NS]), row)
+                for e, row in zip(events, rows)]
+        if self.columns.outcome:
+            rows = [row + json_fields(e) for e, row in zip(events, rows)]
         if self._query is not None:
             query = self._query
             rows = [row + _query_fields(*query(e)) for e, row in zip(events, rows)]
@@ -279,13 +302,27 @@ def tolerate_unencodable(stream: TextIO) -> TextIO:
     return stream
 
 
-def count_rows(counts: Iterable[tuple[CountKey, int]]) -> list[str]:
+def count_header(results: bool = False) -> str:
+    """bcc's -c header; with --outcome a RESULT column before CONNECTS."""
+    if not results:
+        return COUNT_HEADER
+    return "%-25s %-25s %-20s %s %-10s" % ("LADDR", "RADDR", "RPORT", COUNT_RESULT_HEADER,
+                                           "CONNECTS")
+
+
+def count_rows(counts: Iterable[tuple[CountKey, int]], results: bool = False) -> list[str]:
     """bcc's -c table body: IPv4 first, then IPv6, each busiest first.
-    Ties go by destination, source and port (as numbers), so the same counts
-    always print the same table whatever order the kernel hands them in."""
+    Ties go by destination, source and port (as numbers), then result, so
+    the same counts always print the same table whatever order the kernel
+    hands them in."""
     ordered = sorted(counts, key=lambda item: (
         item[0].family != 4, -item[1], bytes(item[0].daddr), bytes(item[0].saddr),
-        item[0].dport))
+        item[0].dport, item[0].outcome, item[0].error))
+    if results:
+        return ["%-25s %-25s %-20s %-12s %-10d" % (
+            format_address(key.family, bytes(key.saddr)),
+            format_address(key.family, bytes(key.daddr)), key.dport, count_key_result(key), count)
+            for key, count in ordered]
     return ["%-25s %-25s %-20s %-10d" % (
         format_address(key.family, bytes(key.saddr)), format_address(key.family, bytes(key.daddr)),
         key.dport, count) for key, count in ordered]

@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .attribution import CgroupResolver
 from .events import DADDR, DNS_TS_NS, FAMILY, TS_NS, dns_message, packed_address
+from .outcome import counts_with_pending
 from .output import (
     BANNER,
-    COUNT_HEADER,
     Columns,
     JsonFormatter,
+    RelativeClock,
     TextFormatter,
+    count_header,
     count_rows,
     tolerate_unencodable,
 )
@@ -48,8 +50,10 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
         cgroup_map=args.cgroupmap,
         mntns_map=args.mntnsmap,
         btf_path=args.btf,
-        timestamps=args.timestamp or args.dns,
+        timestamps=args.timestamp or args.dns or args.json or args.time,
         task_ids=args.json or args.container,
+        outcome=args.outcome,
+        failed_only=args.failed,
     )
 
 
@@ -61,22 +65,28 @@ class Session:
         self._reported = LossCounters(0, 0, 0, 0)
         self._dns_cache = None
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
-                          dns=args.dns, container=args.container)
+                          dns=args.dns, container=args.container, outcome=args.outcome,
+                          time_of_day=args.time)
         self._resolver = CgroupResolver() if args.json or args.container else None
         attribute = self._resolver.lookup if self._resolver else None
+        # With --outcome rows come as attempts end, not in the order they
+        # began: -t counts from the start of tracing instead of the first row.
+        clock = RelativeClock(time.monotonic_ns() if args.outcome else None)
         if not args.dns:
             formatter = JsonFormatter if args.json else TextFormatter
-            self.formatter = formatter(columns, attribute=attribute)
+            self.formatter = formatter(columns, attribute=attribute, clock=clock)
             return
         from .dns import DnsCache, query_column, query_of
 
         cache = self._dns_cache = DnsCache()
         if args.json:
             self.formatter = JsonFormatter(columns, lambda e: query_of(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), attribute)
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]),
+                attribute=attribute, clock=clock)
         else:
             self.formatter = TextFormatter(columns, lambda e: query_column(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]), attribute)
+                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]),
+                attribute=attribute, clock=clock)
 
     def run(self, stop: Stop) -> int:
         with Tracer(tracer_config(self.args)) as tracer:
@@ -112,12 +122,16 @@ class Session:
                 self._print_counts(tracer)
                 self._report_uncounted(losses)
         losses = tracer.losses()
-        self._print_counts(tracer)
+        self._print_counts(tracer, final=True)
         if interval:
             self._report_uncounted(losses)
 
-    def _print_counts(self, tracer: Tracer) -> None:
-        self._write(["", COUNT_HEADER, *count_rows(tracer.take_counts())])
+    def _print_counts(self, tracer: Tracer, final: bool = False) -> None:
+        outcome = self.args.outcome
+        # The attempts still under way count as `pending` in the last table.
+        pending = tracer.take_pending() if outcome and final else []
+        counts = counts_with_pending(tracer.take_counts(), pending)
+        self._write(["", count_header(outcome), *count_rows(counts, outcome)])
 
     def _report_uncounted(self, now: LossCounters) -> None:
         # Each table starts empty, so a full one is reported with the table
@@ -180,8 +194,9 @@ class Session:
             self._warn(f"{totals.count_failures} connects could not be counted "
                        "(count table full)")
         if totals.pending_failures:
+            missing = "outcome (result unknown)" if self.args.outcome else "local port"
             self._warn(f"{totals.pending_failures} connects were reported without their "
-                       "local port (pending table full)")
+                       f"{missing} (pending table full)")
         if totals.dns_unreadable:
             self._warn(f"{totals.dns_unreadable} DNS responses could not be read: their payload "
                        "was in page fragments, which tracing programs on this kernel cannot "

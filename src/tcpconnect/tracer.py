@@ -50,6 +50,9 @@ MNTNS_MAP_LAYOUT = (8, 4)
 # are allocated on demand, so the size costs nothing until it is used.
 COUNT_CAPACITY = 65536
 COUNT_TABLES = ("counts_0", "counts_1")
+# Attempts waiting at once for their local port (-L) or outcome (--outcome);
+# allocated on demand too.
+PENDING_CAPACITY = 65536
 # Every program of the main object: each hook as tp_btf and as raw_tp.
 MAIN_PROGRAMS = (
     "handle_set_state", "handle_set_state_raw",
@@ -71,6 +74,7 @@ class TracerConfig:
     count: bool = False
     count_capacity: int = COUNT_CAPACITY
     lport: bool = False
+    pending_capacity: int = PENDING_CAPACITY
     dns: bool = False
     cgroup_id: int | None = None
     netns: int | None = None  # network namespace inode
@@ -83,6 +87,10 @@ class TracerConfig:
     # tens of nanoseconds in the kernel. Unfilled ones are 0.
     timestamps: bool = False
     task_ids: bool = False  # cgroup_id, mntns_id and netns
+    # --outcome: each attempt reported (or counted) when it leaves SYN_SENT;
+    # failed_only (--failed) drops those that succeed in the kernel.
+    outcome: bool = False
+    failed_only: bool = False
 
 
 @dataclass
@@ -156,6 +164,11 @@ class Tracer:
         # Counting keys on addresses only, so it never waits for a port.
         return self.config.lport and not self.config.count
 
+    @property
+    def _parks(self) -> bool:
+        """Whether attempts wait in the kernel's `pending` table."""
+        return self._wants_lport or self.config.outcome
+
     def __enter__(self) -> Tracer:
         try:
             self._open()
@@ -203,7 +216,8 @@ class Tracer:
     def _main_programs(self, support: KernelSupport) -> list[str]:
         suffix = "" if support.own_btf else "_raw"
         wanted = ["handle_set_state" + suffix]
-        if self._wants_lport:
+        # With --outcome the port is read when the attempt ends instead.
+        if self._wants_lport and not self.config.outcome:
             wanted += ["handle_xmit" + suffix, "handle_drop" + suffix]
         if self.config.dns and self._dns_obj is None:
             wanted.append("handle_receive_linear" if support.own_btf else "handle_receive_raw")
@@ -241,11 +255,14 @@ class Tracer:
                    min(events_ring_bytes(), DNS_RING_BYTES) // WAKEUP_FRACTION)
         rodata.set("want_ts", ctypes.c_bool, config.timestamps)
         rodata.set("want_ids", ctypes.c_bool, config.task_ids)
+        rodata.set("want_outcome", ctypes.c_bool, config.outcome)
+        rodata.set("failed_only", ctypes.c_bool, config.failed_only)
         port_bitmap = rodata.view("port_bitmap", PORT_BITMAP)
         for port in config.ports:
             port_bitmap[port // 64] |= 1 << port % 64
         for table in COUNT_TABLES:
             obj.set_max_entries(table, config.count_capacity)
+        obj.set_max_entries("pending", config.pending_capacity)
         # A ring nobody reads would still pin its memory in the kernel.
         obj.set_max_entries("events", mmap.PAGESIZE if config.count else events_ring_bytes())
         obj.set_max_entries("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE)
@@ -275,19 +292,30 @@ class Tracer:
     def finish(self) -> Batch:
         """Stops tracing and returns everything still in the kernel, including,
         without a local port, the attempts still waiting for one (a
-        TCP_FASTOPEN_CONNECT socket never written, a SYN still retrying):
-        they happened, so they are reported when tracing ends. Detaching
-        first means nothing can be submitted after the last read."""
-        assert self._obj is not None
+        TCP_FASTOPEN_CONNECT socket never written, a SYN still retrying;
+        with --outcome, every attempt not yet ended): they happened, so they
+        are reported when tracing ends. Detaching first means nothing can be
+        submitted after the last read."""
         self._detach()
         batch = self._read()
-        if self._wants_lport and self._events is not None:
+        if self._events is not None:
+            batch.events += self.take_pending()
+        return batch
+
+    def take_pending(self) -> list[tuple]:
+        """Empties the table of parked attempts once tracing has stopped; the
+        kernel never reports these. With --outcome their outcome is still
+        SYN_SENT."""
+        assert self._obj is not None
+        self._detach()
+        taken: list[tuple] = []
+        if self._parks:
             pending = self._obj.map("pending")
             for key in pending.keys(ctypes.c_uint64):
                 event = Event()
                 if pending.take(key, event):
-                    batch.events.append(decode_event(event))
-        return batch
+                    taken.append(decode_event(event))
+        return taken
 
     def losses(self) -> LossCounters:
         assert self._bss is not None

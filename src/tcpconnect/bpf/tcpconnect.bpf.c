@@ -14,7 +14,8 @@
  * context of the task doing it. The local port is chosen just after that
  * transition, so when it is wanted the attempt is parked in `pending` until
  * the SYN leaves (net_dev_queue) or the socket leaves SYN_SENT, whichever
- * comes first.
+ * comes first. With --outcome every attempt is parked until it leaves
+ * SYN_SENT, and is reported (or counted) then with how it ended.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -41,6 +42,9 @@ const volatile __u64 filter_cgroup_id = 0;
 const volatile __u32 filter_netns = 0; /* network namespace inode, --netns */
 const volatile bool count_mode = false;
 const volatile bool want_lport = false;
+const volatile bool want_outcome = false;
+/* --failed: attempts that end ESTABLISHED are neither sent nor counted. */
+const volatile bool failed_only = false;
 /* Details filled only when printed or filtered on: each costs the traced
  * connect tens of nanoseconds. */
 const volatile bool want_ts = false;
@@ -268,6 +272,8 @@ static __always_inline void count_connect(const struct event *e)
 	__builtin_memcpy(key.daddr, e->daddr, sizeof(key.daddr));
 	key.dport = e->dport;
 	key.family = e->family;
+	key.outcome = e->outcome;
+	key.error = e->error;
 	value = bpf_map_lookup_elem(table, &key);
 	if (value) {
 		__sync_fetch_and_add(value, 1);
@@ -296,8 +302,43 @@ static __always_inline void submit(const struct event *e)
 	bpf_ringbuf_submit(out, ringbuf_flags(&events));
 }
 
-/* Resolves a parked attempt of sk, if any, now that its local port is set. */
-static __always_inline void resolve_pending(const struct sock *sk)
+#define SO_EE_ORIGIN_ICMP 2
+#define SO_EE_ORIGIN_ICMP6 3
+
+/* The error that ended an attempt leaving SYN_SENT for CLOSE, 0 if none.
+ * sk_err first (see resolve_pending). An ICMP error that arrives while the
+ * connecting task holds the socket (a peer on this host, answering over
+ * veth during connect() itself) is only kept in sk_err_soft, and the
+ * socket stays in SYN_SENT; a non-blocking client reads it with SO_ERROR,
+ * which clears it, then closes. Kernels that also queue that ICMP error on
+ * the socket's error queue (6.18 does, without IP_RECVERR) still hold it
+ * there. */
+static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
+{
+	const struct sk_buff_head *queue = &sk->sk_error_queue;
+	const struct sock_exterr_skb *serr;
+	struct sk_buff *last;
+	int err;
+
+	err = READ_FIELD(typed, sk, sk_err);
+	if (err)
+		return err;
+	err = READ_FIELD(typed, sk, sk_err_soft);
+	if (err)
+		return err;
+	last = BPF_CORE_READ(queue, prev);
+	if ((void *)last == (void *)queue)
+		return 0;
+	serr = (const void *)last + bpf_core_field_offset(struct sk_buff, cb);
+	if (BPF_CORE_READ(serr, ee.ee_origin) != SO_EE_ORIGIN_ICMP &&
+	    BPF_CORE_READ(serr, ee.ee_origin) != SO_EE_ORIGIN_ICMP6)
+		return 0;
+	return BPF_CORE_READ(serr, ee.ee_errno);
+}
+
+/* Resolves a parked attempt of sk, if any, now that its local port is set
+ * or (with --outcome) it has left SYN_SENT for newstate. */
+static __always_inline void resolve_pending(const struct sock *sk, bool typed, int newstate)
 {
 	__u64 key = (__u64)sk;
 	struct event *parked = bpf_map_lookup_elem(&pending, &key);
@@ -312,6 +353,21 @@ static __always_inline void resolve_pending(const struct sock *sk)
 		return;
 	__sync_fetch_and_add(&pending_count, -1);
 	e.lport = local_port(sk);
+	if (want_outcome) {
+		if (failed_only && newstate == TCP_ESTABLISHED)
+			return;
+		e.outcome = newstate;
+		/* Every way out of SYN_SENT with an error sets sk_err before
+		 * tcp_done() moves the socket to CLOSE (tcp_reset, tcp_write_err,
+		 * tcp_v4_err/tcp_v6_err); a close() or disconnect by the
+		 * application leaves it 0 here. */
+		e.error = newstate == TCP_ESTABLISHED ? 0 : attempt_error(sk, typed);
+		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
+		if (count_mode) {
+			count_connect(&e);
+			return;
+		}
+	}
 	submit(&e);
 }
 
@@ -323,11 +379,11 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	if (!task_wanted(task, &e) || !read_addresses(sk, typed, &e) || !connection_wanted(&e) ||
 	    !netns_wanted(sk, typed, &e) || !container_wanted(task, &e))
 		return;
-	if (count_mode) {
+	if (count_mode && !want_outcome) {
 		count_connect(&e);
 		return;
 	}
-	if (want_ts)
+	if (want_ts || want_outcome)
 		e.ts_ns = bpf_ktime_get_ns();
 	/* Up to the NUL (user space reads no further) the same bytes as
 	 * bpf_get_current_comm(). */
@@ -335,18 +391,24 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 		__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
 	else
 		bpf_get_current_comm(e.comm, sizeof(e.comm));
-	if (want_lport) {
+	if (want_lport || want_outcome) {
 		__u64 key = (__u64)sk;
 
+		if (want_outcome)
+			e.outcome = TCP_SYN_SENT;
 		if (bpf_map_update_elem(&pending, &key, &e, BPF_ANY) == 0) {
 			__sync_fetch_and_add(&pending_count, 1);
 			return;
 		}
-		/* No room to wait for the port: report the attempt without it
-		 * rather than not at all. */
+		/* No room to wait for the port or the outcome: report the attempt
+		 * without them rather than not at all. */
 		__sync_fetch_and_add(&pending_failures, 1);
+		e.outcome = 0;
 	}
-	submit(&e);
+	if (count_mode)
+		count_connect(&e);
+	else
+		submit(&e);
 }
 
 static __always_inline void on_set_state(const struct sock *sk, bool typed, int oldstate,
@@ -356,10 +418,17 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, int 
 		return;
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
 		on_connect(sk, typed);
-	else if (want_lport && oldstate == TCP_SYN_SENT)
+	else if (want_outcome && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+		/* SYN_SENT -> SYN_RECV is a simultaneous open (or a socket that
+		 * connected to itself): still under way, it ends when it leaves
+		 * SYN_RECV. Every accepted connection leaves SYN_RECV too: no
+		 * lookup for those while nothing is parked. */
+		if (newstate != TCP_SYN_RECV && pending_count)
+			resolve_pending(sk, typed, newstate);
+	} else if (want_lport && oldstate == TCP_SYN_SENT)
 		/* No SYN was seen leaving (dropped by netfilter, TCP_FASTOPEN_CONNECT
 		 * never written): the attempt is over, report it now. */
-		resolve_pending(sk);
+		resolve_pending(sk, typed, newstate);
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -387,7 +456,7 @@ static __always_inline void resolve_packet_owner(const struct sk_buff *skb, bool
 		return;
 	sk = READ_FIELD(typed, skb, sk);
 	if (sk)
-		resolve_pending(sk);
+		resolve_pending(sk, typed, 0);
 }
 
 SEC("tp_btf/net_dev_queue")

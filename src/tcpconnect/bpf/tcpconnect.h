@@ -19,6 +19,8 @@ struct event {
 	__u64 ts_ns;
 	__u64 cgroup_id;
 	__u64 mntns_id;
+	/* With --outcome: from CLOSE->SYN_SENT to leaving SYN_SENT. */
+	__u64 latency_ns;
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u32 pid;
@@ -28,6 +30,11 @@ struct event {
 	__u16 lport;
 	__u16 dport;
 	__u16 family;
+	/* With --outcome: the TCP state the attempt ended in (ESTABLISHED or
+	 * CLOSE), SYN_SENT while it is still under way, 0 when it could not be
+	 * followed; and sk_err as it left SYN_SENT. */
+	__u16 outcome;
+	__u16 error;
 	char comm[TASK_COMM_LEN];
 };
 
@@ -37,6 +44,8 @@ struct count_key {
 	__u8 daddr[16];
 	__u16 dport;
 	__u16 family;
+	__u16 outcome; /* as in struct event; 0 without --outcome */
+	__u16 error;
 };
 
 /* A UDP payload received from source port 53, for -d. */

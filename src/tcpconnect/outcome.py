@@ -1,0 +1,98 @@
+"""--outcome: how each connect attempt ended and how long it took.
+
+The kernel side parks every attempt when the socket enters SYN_SENT and
+reports it when it leaves: `outcome` is the TCP state it went to
+(ESTABLISHED or CLOSE), `error` the socket's sk_err at that moment and
+`latency_ns` the time in between. Attempts still parked when tracing stops
+keep outcome SYN_SENT; 0 means the kernel had no room to follow the attempt.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+from typing import Iterable
+
+from .events import DADDR, DPORT, ERROR, FAMILY, LATENCY_NS, OUTCOME, SADDR, CountKey
+
+# include/net/tcp_states.h
+TCP_ESTABLISHED = 1
+TCP_SYN_SENT = 2
+TCP_CLOSE = 7
+# Written by the kernel side when the pending table was full.
+UNTRACKED = 0
+
+# The errors the kernel gives a connect that fails after SYN_SENT, by name.
+_NAMED_ERRORS = {
+    errno.ECONNREFUSED: "refused",      # RST in answer to the SYN (tcp_reset)
+    errno.ETIMEDOUT: "timeout",         # SYN retries used up (tcp_write_err)
+    errno.EHOSTUNREACH: "unreachable",  # ICMP unreachable (tcp_v4_err, tcp_v6_err)
+    errno.ENETUNREACH: "unreachable",
+    errno.ECONNRESET: "reset",          # RST in a simultaneous open
+}
+
+RESULT_WIDTH = 12
+TEXT_HEADER = "%-*s %-8s" % (RESULT_WIDTH, "RESULT", "LAT(ms)")
+COUNT_RESULT_HEADER = "%-*s" % (RESULT_WIDTH, "RESULT")
+
+
+@functools.lru_cache(maxsize=256)
+def result_name(outcome: int, error: int) -> str:
+    """The RESULT of an attempt from the state it ended in and its sk_err."""
+    if outcome == TCP_ESTABLISHED:
+        return "ok"
+    if outcome == TCP_SYN_SENT:
+        return "pending"
+    if outcome == UNTRACKED:
+        return "unknown"
+    if outcome != TCP_CLOSE:
+        return f"state-{outcome}"
+    if error == 0:
+        # close() or connect(AF_UNSPEC) before the handshake completed:
+        # neither sets sk_err before the socket is closed.
+        return "aborted"
+    return _NAMED_ERRORS.get(error) or errno.errorcode.get(error, f"errno-{error}")
+
+
+def ended(outcome: int) -> bool:
+    return outcome not in (TCP_SYN_SENT, UNTRACKED)
+
+
+def latency_text(event: tuple) -> str:
+    return "%.2f" % (event[LATENCY_NS] / 1e6) if ended(event[OUTCOME]) else "-"
+
+
+def text_columns(event: tuple) -> str:
+    """RESULT and LAT(ms), each followed by a space, as DPORT is."""
+    return "%-*s %-8s " % (RESULT_WIDTH, result_name(event[OUTCOME], event[ERROR]),
+                           latency_text(event))
+
+
+def json_fields(event: tuple) -> str:
+    """`result`, `errno` and `latency_ms`, the last two null while the
+    attempt had not ended (or could not be followed)."""
+    outcome = event[OUTCOME]
+    if not ended(outcome):
+        return ', "result": "%s", "errno": null, "latency_ms": null' % result_name(outcome, 0)
+    return ', "result": "%s", "errno": %d, "latency_ms": %r' % (
+        result_name(outcome, event[ERROR]), event[ERROR], round(event[LATENCY_NS] / 1e6, 3))
+
+
+def count_key_result(key: CountKey) -> str:
+    return result_name(key.outcome, key.error)
+
+
+def counts_with_pending(counts: list[tuple[CountKey, int]],
+                        pending: Iterable[tuple]) -> list[tuple[CountKey, int]]:
+    """The kernel's final count table plus the attempts still under way when
+    tracing stopped (decoded events, which the kernel never counted), one
+    count each under the result `pending`."""
+    totals: dict[bytes, tuple[CountKey, int]] = {bytes(key): (key, n) for key, n in counts}
+    for event in pending:
+        key = CountKey(dport=event[DPORT], family=event[FAMILY], outcome=event[OUTCOME])
+        key.saddr[:] = event[SADDR]
+        key.daddr[:] = event[DADDR]
+        raw = bytes(key)
+        known, n = totals.get(raw, (key, 0))
+        totals[raw] = (known, n + 1)
+    return list(totals.values())
