@@ -39,6 +39,15 @@ const volatile bool filter_by_cgroup_map = false;
 const volatile bool filter_by_mntns_map = false;
 const volatile __u64 filter_cgroup_id = 0;
 const volatile bool count_mode = false;
+/* With count_mode: whether each connect is also sent as an event (--metrics
+ * beside the rows), and which fields of count_key are filled. */
+const volatile bool want_events = true;
+const volatile bool count_saddr = false;
+const volatile bool count_daddr = false;
+const volatile bool count_dport = false;
+const volatile bool count_uid = false;
+const volatile bool count_comm = false;
+const volatile bool count_cgroup = false;
 const volatile bool want_lport = false;
 /* Details filled only when printed or filtered on: each costs the traced
  * connect tens of nanoseconds. */
@@ -205,7 +214,7 @@ static __always_inline bool task_wanted(const struct task_struct *task, struct e
  * -P or -4/-6 rejects does not pay for these lookups. */
 static __always_inline bool container_wanted(const struct task_struct *task, struct event *e)
 {
-	if (want_ids || filter_cgroup_id || filter_by_cgroup_map) {
+	if (want_ids || count_cgroup || filter_cgroup_id || filter_by_cgroup_map) {
 		e->cgroup_id = bpf_get_current_cgroup_id();
 		if (filter_cgroup_id && e->cgroup_id != filter_cgroup_id)
 			return false;
@@ -248,10 +257,20 @@ static __always_inline void count_connect(const struct event *e)
 		__sync_fetch_and_add(&count_failures, 1);
 		return;
 	}
-	__builtin_memcpy(key.saddr, e->saddr, sizeof(key.saddr));
-	__builtin_memcpy(key.daddr, e->daddr, sizeof(key.daddr));
-	key.dport = e->dport;
-	key.family = e->family;
+	if (count_saddr)
+		__builtin_memcpy(key.saddr, e->saddr, sizeof(key.saddr));
+	if (count_daddr)
+		__builtin_memcpy(key.daddr, e->daddr, sizeof(key.daddr));
+	if (count_saddr || count_daddr)
+		key.family = e->family;
+	if (count_dport)
+		key.dport = e->dport;
+	if (count_uid)
+		key.uid = e->uid;
+	if (count_cgroup)
+		key.cgroup_id = e->cgroup_id;
+	if (count_comm)
+		__builtin_memcpy(key.comm, e->comm, sizeof(key.comm));
 	value = bpf_map_lookup_elem(table, &key);
 	if (value) {
 		__sync_fetch_and_add(value, 1);
@@ -307,18 +326,23 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	if (!task_wanted(task, &e) || !read_addresses(sk, typed, &e) || !connection_wanted(&e) ||
 	    !container_wanted(task, &e))
 		return;
+	/* Up to the NUL (user space reads no further) the same bytes as
+	 * bpf_get_current_comm(). Past it a renamed task may keep old bytes,
+	 * which can split one name over two count keys: user space adds up
+	 * keys by the text they give. */
+	if (want_events || count_comm) {
+		if (task)
+			__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
+		else
+			bpf_get_current_comm(e.comm, sizeof(e.comm));
+	}
 	if (count_mode) {
 		count_connect(&e);
-		return;
+		if (!want_events)
+			return;
 	}
 	if (want_ts)
 		e.ts_ns = bpf_ktime_get_ns();
-	/* Up to the NUL (user space reads no further) the same bytes as
-	 * bpf_get_current_comm(). */
-	if (task)
-		__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
-	else
-		bpf_get_current_comm(e.comm, sizeof(e.comm));
 	if (want_lport) {
 		__u64 key = (__u64)sk;
 
