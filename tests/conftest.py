@@ -117,7 +117,8 @@ class Trace:
         if banner != BANNER:
             self.stop()
             raise AssertionError(f"tcpconnect did not start: {banner!r} {self.stderr!r}")
-        if "-c" not in args and "--count" not in args and not json_mode:
+        rowless = {"-c", "--count", "-q", "--quiet"}.intersection(args)
+        if not rowless and not json_mode:
             self.preamble.append(self.next_line(timeout=5))
 
     @staticmethod
