@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import dns_attacks
 import pytest
 from conftest import (
     comm_of,
@@ -26,6 +27,7 @@ from conftest import (
     wait_for,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from test_dns_trace import SEND_FROM_PORT_53
 
 NOBODY = 65534
 # Loopback needs no proxy, whatever the environment says.
@@ -142,6 +144,28 @@ def test_count_tables_still_print_beside_metrics(trace):
                                   "%-25s %-25s %-20s %-10d" % ("127.0.0.1", "127.0.0.2", port, 1),
                                   ""])
     assert (t.returncode, t.stderr) == (0, "")
+
+
+def test_dns_responses_skipped_are_exported(trace):
+    # Sent by nobody in a network namespace of its own, seen on its loopback.
+    port, metrics = free_port(), free_port()
+    malformed = b"\x12\x34\x81"  # shorter than a DNS header
+    refused = dns_attacks.pointer_chain(200)
+    t = trace("-d", "--metrics", f"127.0.0.1:{metrics}", "-P", str(port))
+    subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         "unshare", "-Urn", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
+         "/usr/bin/python3", "-c", SEND_FROM_PORT_53, *[malformed.hex()] * 3,
+         *[refused.hex()] * 2], check=True, timeout=30)
+
+    def skipped() -> dict:
+        return scrape(metrics).get("tcpconnect_dns_responses_skipped_total", {})
+
+    # Other DNS traffic on the machine may add to the counts, never take away.
+    wait_for(lambda: skipped().get((("reason", "malformed"),), 0) >= 3
+             and skipped().get((("reason", "refused"),), 0) >= 2, what="skipped answers")
+    t.stop()
+    assert t.returncode == 0
 
 
 def test_port_in_use_is_one_line_exit_1():
