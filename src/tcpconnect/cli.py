@@ -224,13 +224,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_metrics(parser: Parser, args: argparse.Namespace) -> None:
+    if args.metrics is None:
+        for option, value in (("--metrics-labels", args.metrics_labels),
+                              ("--metrics-max-series", args.metrics_max_series),
+                              ("-q/--quiet", args.quiet or None)):
+            if value is not None:
+                parser.error(f"{option} needs --metrics")
+        return
     from .metrics import DEFAULT_LABELS, DEFAULT_MAX_SERIES
 
-    for option, value in (("--metrics-labels", args.metrics_labels),
-                          ("--metrics-max-series", args.metrics_max_series),
-                          ("-q/--quiet", args.quiet or None)):
-        if value is not None and args.metrics is None:
-            parser.error(f"{option} needs --metrics")
     if args.quiet:
         # Options that only shape rows would do nothing.
         for option, value in (("-c/--count", args.count), ("-d/--dns", args.dns),

@@ -41,8 +41,10 @@ OTHER = "other"
 class Label:
     """A label of tcpconnect_connects_total: the count_key fields the kernel
     must fill for it, and a factory of the function giving its value for a
-    key (called once per exporter, so a label that needs state, such as a
-    cgroup id -> container lookup, builds it there)."""
+    key, called once per exporter: a label that needs state builds it there
+    (a container or unit label: fields {"cgroup"}, and a factory that makes
+    the cgroup id -> attribution lookup and returns a function of
+    key.cgroup_id). Values are computed once per kernel key and drain."""
 
     fields: frozenset[str]
     make: Callable[[], Callable[[CountKey], str]]
@@ -141,7 +143,6 @@ class Exporter:
             yield self
         finally:
             with self._lock:
-                self._drain()
                 self._tracer = self._dns_cache = None
 
     def drain_due(self) -> None:
