@@ -98,7 +98,7 @@ wheel: setup
 
 # The second pass hides the kernel's BTF from the tool and hands it over with
 # --btf: the raw_tp programs of kernels without BTF, against the same rows.
-RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
+RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py tests/test_metrics.py \
 	tests/test_dns_trace.py
 
 test: setup apt-test $(VENV)/.installed-test $(HELPERS)
