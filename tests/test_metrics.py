@@ -29,6 +29,9 @@ from conftest import (
 from prometheus_client.parser import text_string_to_metric_families
 from test_dns_trace import SEND_FROM_PORT_53
 
+from tcpconnect.metrics import Exporter, count_fields
+from tcpconnect.tracer import Tracer, TracerConfig
+
 NOBODY = 65534
 # Loopback needs no proxy, whatever the environment says.
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -144,6 +147,32 @@ def test_count_tables_still_print_beside_metrics(trace):
                                   "%-25s %-25s %-20s %-10d" % ("127.0.0.1", "127.0.0.2", port, 1),
                                   ""])
     assert (t.returncode, t.stderr) == (0, "")
+
+
+def test_full_kernel_table_is_exported_as_uncounted():
+    # A real tracer with room for two keys per table and the exporter on it,
+    # in this process: three destinations before any scrape, so the third
+    # connect finds the table full.
+    port, metrics = free_port(), free_port()
+    labels = ("daddr", "dport")
+    exporter = Exporter("127.0.0.1", metrics, labels, max_series=10)
+    try:
+        with Tracer(TracerConfig(count=True, ports=(port,), count_capacity=2,
+                                 count_fields=count_fields(labels, table=False))) as tracer, \
+                exporter.watching(tracer, None):
+            for addr in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+                refused_connect(4, port, addr)
+            samples = scrape(metrics)
+            # The scrape emptied the table: the same destination fits again.
+            refused_connect(4, port, "127.0.0.3")
+            again = scrape(metrics)
+    finally:
+        exporter.close()
+    assert connects_by(samples, "daddr") == {("127.0.0.1",): 1, ("127.0.0.2",): 1}
+    assert samples["tcpconnect_uncounted_connects_total"] == {(): 1}
+    assert connects_by(again, "daddr") == {("127.0.0.1",): 1, ("127.0.0.2",): 1,
+                                           ("127.0.0.3",): 1}
+    assert again["tcpconnect_uncounted_connects_total"] == {(): 1}
 
 
 def test_dns_responses_skipped_are_exported(trace):
