@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, comm_of, free_port, refused_connect
+from conftest import ROOT, cgroup_id_of, comm_of, free_port, refused_connect
+from test_containers import bpffs, pins  # noqa: F401  (fixtures)
 
 from tcpconnect.cli import parse_args
 
@@ -178,3 +179,29 @@ def test_containerfile_builds_with_this_checkouts_targets_and_paths():
     # The build context keeps what `make wheel` needs.
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not {"src", "Makefile", "pyproject.toml"} & set(ignored)
+
+
+def test_the_daemonsets_read_only_mounts_and_capabilities_suffice(trace, daemonset, pins):
+    # As in the pod: the host paths the manifest mounts are read-only (each
+    # bound onto itself, then remounted so, in a private mount namespace),
+    # and the tool has only the manifest's capabilities. --cgroupmap opens a
+    # map pinned on the read-only BPF filesystem.
+    caps = [c.lower() for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
+    cgroups = pins.map()
+    cgroups.add(cgroup_id_of(os.getpid()))
+    read_only = " && ".join(f"mount --bind {p} {p} && mount -o bind,remount,ro {p} {p}"
+                            for p in MOUNTS)
+    port = free_port()
+    t = trace("--cgroupmap", str(cgroups.path), "-P", str(port), "-j",
+              prefix=("unshare", "-m", "sh", "-c", read_only + ' && exec "$@"', "sh",
+                      "setpriv", "--inh-caps=-all",
+                      "--bounding-set=-all," + ",".join("+" + c for c in caps), "--"))
+    mounts = Path(f"/proc/{t.proc.pid}/mounts").read_text().splitlines()
+    refused_connect(4, port)
+    t.stop()
+    for path in MOUNTS:
+        [options] = [line.split()[3] for line in mounts if line.split()[1] == path][-1:]
+        assert options.split(",")[0] == "ro", (path, options)
+    [row] = t.json_rows()
+    assert (row["pid"], row["dport"]) == (os.getpid(), port)
+    assert (t.returncode, t.stderr) == (0, "")
