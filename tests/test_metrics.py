@@ -250,7 +250,10 @@ def test_missing_prometheus_client_is_one_line(tmp_path):
 
 class Prometheus:
     """/usr/bin/prometheus scraping one target every second, with its own
-    config and storage in a temporary directory (not Debian's service)."""
+    config and storage in a temporary directory (not Debian's service).
+    It is ready within ~0.1 s, but hands new targets to its scrapers only
+    every 5 s (a fixed throttle of its discovery), so the first scrape comes
+    ~6 s after the start: that is most of this test's time."""
 
     def __init__(self, workdir: Path, target: str) -> None:
         self.port = free_port()
