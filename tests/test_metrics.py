@@ -130,6 +130,28 @@ def test_series_cap_counts_the_rest_as_other(trace):
     assert (t.returncode, t.stderr) == (0, "")
 
 
+def test_a_process_called_other_shares_the_other_series(trace, tmp_path):
+    # Its own series while under the cap, then the overflow adds to it: one
+    # series with those labels, as Prometheus accepts only one.
+    port, metrics = free_port(), free_port()
+    for name in ("other", "third"):
+        (tmp_path / name).symlink_to("/usr/bin/python3")  # comm is the name run
+    t = trace("--metrics", f"127.0.0.1:{metrics}", "-q", "--metrics-max-series", "2",
+              "--metrics-labels", "comm", "-P", str(port))
+    connect = f"import socket; socket.socket().connect_ex(('127.0.0.1', {port}))"
+    subprocess.run([tmp_path / "other", "-c", connect], check=True)
+    connect_times(4, "127.0.0.1", port, 1)
+    scrape(metrics)  # "other" and this process have their series now
+    subprocess.run([tmp_path / "third", "-c", connect], check=True)
+    text = HTTP.open(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+    t.stop()
+    assert [line for line in text.splitlines() if line.startswith("tcpconnect_connects_total")] \
+        == ['tcpconnect_connects_total{comm="other"} 2.0',
+            f'tcpconnect_connects_total{{comm="{comm_of(os.getpid())}"}} 1.0']
+    assert "tcpconnect_series_dropped_total 1.0" in text.splitlines()
+    assert (t.returncode, t.stderr) == (0, "")
+
+
 def test_count_tables_still_print_beside_metrics(trace):
     port, metrics = free_port(), free_port()
     t = trace("-c", "--metrics", f"127.0.0.1:{metrics}", "-P", str(port))

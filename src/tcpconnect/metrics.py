@@ -177,16 +177,19 @@ class Exporter:
 
         with self._lock:
             self._drain()
-            series = list(self._series.counts.items())
+            series = dict(self._series.counts)
             dropped = self._series.overflow
             losses = self._tracer.losses() if self._tracer is not None else None
             dns_cache = self._dns_cache
+        if dropped:
+            # A process may be called "other" itself: one series, not two
+            # with the same labels (Prometheus refuses a scrape with those).
+            other = (OTHER,) * len(self.labels)
+            series[other] = series.get(other, 0) + dropped
         connects = CounterMetricFamily(
             "tcpconnect_connects", "Active TCP connect attempts traced.", labels=self.labels)
-        for values, n in series:
+        for values, n in series.items():
             connects.add_metric(values, n)
-        if dropped:
-            connects.add_metric([OTHER] * len(self.labels), dropped)
         yield connects
         yield CounterMetricFamily(
             "tcpconnect_series_dropped",
