@@ -12,7 +12,7 @@ BPF_HEADERS := $(wildcard src/tcpconnect/bpf/*.h)
 # so `make run` and `make install` leave them out.
 RUN_PACKAGES := libbpf1 python3 python3-venv man-db
 BUILD_PACKAGES := clang libbpf-dev bpftool make
-TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables
+TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables prometheus
 APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)
 HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
@@ -62,11 +62,11 @@ apt-test:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install 'setuptools>=77'
-	$(PIP) install --no-build-isolation -e '.[dns]'
+	$(PIP) install --no-build-isolation -e '.[dns,metrics]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install --no-build-isolation -e '.[dns,test]'
+	$(PIP) install --no-build-isolation -e '.[dns,metrics,test]'
 	touch $@
 
 # vmlinux.h comes from the build machine's BTF; CO-RE relocates the object
@@ -99,7 +99,7 @@ wheel: setup
 # The second pass hides the kernel's BTF from the tool and hands it over with
 # --btf: the raw_tp programs of kernels without BTF, against the same rows.
 RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
-	tests/test_attribution.py \
+	tests/test_attribution.py tests/test_metrics.py \
 	tests/test_dns_trace.py tests/test_outcome.py
 
 test: setup apt-test $(VENV)/.installed-test $(HELPERS)

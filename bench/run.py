@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -77,13 +78,15 @@ class Mode:
     options: tuple[str, ...] = ()
     peer: bool = False  # libbpf-tools tcpstates
     floor: bool = False  # bench/noop.bpf.c
+    metrics: bool = False  # --metrics on a loopback port; counts read with a scrape
 
-    def command(self, port: int, noop_object: Path | None) -> list[str]:
+    def command(self, port: int, noop_object: Path | None, metrics_port: int) -> list[str]:
         if self.peer:
             return [str(find_tool("tcpstates")), "-D", str(port)]
         if self.floor:
             return [sys.executable, __file__, "--attach-noop", str(noop_object)]
-        return [str(TRACER), *self.options, "-P", str(port)]
+        metrics = ["--metrics", f"127.0.0.1:{metrics_port}"] if self.metrics else []
+        return [str(TRACER), *self.options, *metrics, "-P", str(port)]
 
     @property
     def reports(self) -> bool:
@@ -100,6 +103,8 @@ MODES = (
     Mode("--outcome", ("--outcome",)),
     Mode("-c --outcome", ("-c", "--outcome")),
     Mode("-T", ("-T",)),
+    Mode("--metrics -q", ("-q",), metrics=True),
+    Mode("--metrics, rows", metrics=True),
     Mode("tcpstates (libbpf-tools)", peer=True),
 )
 
@@ -247,6 +252,15 @@ class TracerRun:
         return self.err_path if "-j" in self.proc.args else self.out_path
 
 
+def scraped_connects(metrics_port: int, port: int) -> int:
+    """tcpconnect_connects_total for dport=port, summed, from /metrics."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = opener.open(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("tcpconnect_connects_total{")
+               and f'dport="{port}"' in line)
+
+
 def reported_events(mode: Mode, path: Path, port: int) -> int:
     """Connects to port that the tracer's output (in path) accounts for."""
     with open(path, errors="replace") as out:
@@ -281,7 +295,8 @@ def bpf_run_ns(pid: int) -> int:
 
 
 def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, seconds: float,
-                     workdir: Path, noop_object: Path | None) -> dict[str, Result]:
+                     workdir: Path, noop_object: Path | None,
+                     metrics_port: int) -> dict[str, Result]:
     results = {mode.name: Result() for mode in modes}
     run_loop(workload, 0.5)  # warm-up: page cache, first socket allocations
     before = run_loop(workload, seconds)
@@ -294,7 +309,8 @@ def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, seconds
             print(f"# {workload.name} loop, round {done} (at least {rounds}): {mode.name}",
                   file=sys.stderr, flush=True)
             result = results[mode.name]
-            tracer = TracerRun(mode.command(workload.port, noop_object), workdir)
+            tracer = TracerRun(mode.command(workload.port, noop_object, metrics_port), workdir)
+            scraped = None
             try:
                 tracer.wait_attached(mode.peer)
                 started = cpu_seconds(tracer.proc.pid)
@@ -302,6 +318,8 @@ def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, seconds
                 traced = run_loop(workload, seconds)
                 bpf_ns = bpf_run_ns(tracer.proc.pid) - bpf_started
                 cpu_s = cpu_seconds(tracer.proc.pid) - started
+                if mode.metrics:
+                    scraped = scraped_connects(metrics_port, workload.port)
             finally:
                 tracer.stop()
             if mode.reports:
@@ -315,7 +333,13 @@ def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, seconds
             result.ratios.append(traced / untraced)
             result.connects += traced
             if mode.reports:
-                result.events += reported_events(mode, tracer.out_path, workload.port)
+                # With rows beside the metrics, the rows are what is checked
+                # (the scrape must agree); with -q, the scrape.
+                if scraped is not None and scraped != traced:
+                    print(f"bench: {mode.name}: /metrics counted {scraped:,} of {traced:,} "
+                          "connects", file=sys.stderr)
+                result.events += (scraped if scraped is not None and "-q" in mode.options
+                                  else reported_events(mode, tracer.out_path, workload.port))
                 result.lost += lost_events(mode, tracer.stderr())
                 result.peak_rss_kb = max(result.peak_rss_kb, tracer.peak_rss_kb)
     return results
@@ -528,7 +552,7 @@ def run(modes: list[Mode], rounds: int, seconds: float) -> int:
     print(f"{rounds} round(s) or more of {seconds:g} s per mode and workload; connect loop pinned to "
           f"CPU {WORKLOAD_CPU}; ratio = median over rounds of traced / mean of the untraced "
           "runs either side\n", flush=True)
-    refused, listener, other = ports_nobody_uses(3)
+    refused, listener, other, metrics_port = ports_nobody_uses(4)
     workloads = [Workload("refused", refused, listener=False),
                  Workload("listener", listener, listener=True)]
     results: dict[tuple[str, str], Result] = {}
@@ -539,7 +563,8 @@ def run(modes: list[Mode], rounds: int, seconds: float) -> int:
             modes = [m for m in modes if not m.floor]
         load = OtherLoad()
         for workload in workloads:
-            measured = measure_overhead(workload, modes, rounds, seconds, Path(tmp), noop_object)
+            measured = measure_overhead(workload, modes, rounds, seconds, Path(tmp), noop_object,
+                                        metrics_port)
             for mode in modes:
                 r = results[workload.name, mode.name] = measured[mode.name]
                 reported = [f"{r.events:,}", "yes" if r.events == r.connects else "NO",

@@ -117,7 +117,8 @@ class Trace:
         if banner != BANNER:
             self.stop()
             raise AssertionError(f"tcpconnect did not start: {banner!r} {self.stderr!r}")
-        if "-c" not in args and "--count" not in args and not json_mode:
+        rowless = {"-c", "--count", "-q", "--quiet"}.intersection(args)
+        if not rowless and not json_mode:
             self.preamble.append(self.next_line(timeout=5))
 
     @staticmethod
@@ -324,6 +325,46 @@ def cgroup_path_of(pid: int) -> str:
 def cgroup_id_of(pid: int) -> int:
     # The id is the directory's inode.
     return (cgroup2_root() / cgroup_path_of(pid).lstrip("/")).stat().st_ino
+
+
+class Cgroups:
+    """Cgroup directories under one unique parent; emptied and removed after."""
+
+    def __init__(self) -> None:
+        self.root = cgroup2_root()
+        self.parent = self.root / f"tcpconnect-test-{uuid.uuid4().hex[:12]}"
+        self.parent.mkdir()
+
+    def make(self, relative: str) -> Path:
+        path = self.parent / relative
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def relative(self, path: Path) -> str:
+        return "/" + str(path.relative_to(self.root))
+
+    def move(self, pid: int, path: Path) -> None:
+        (path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self, path: Path) -> None:
+        # A cgroup with members cannot be removed: hand them to the root.
+        for pid in (path / "cgroup.procs").read_text().split():
+            (self.root / "cgroup.procs").write_text(pid)
+        path.rmdir()
+
+    def remove_all(self) -> None:
+        for path in sorted((p for p in self.parent.rglob("*") if p.is_dir()),
+                           key=lambda p: -len(p.parts)) + [self.parent]:
+            self.remove(path)
+
+
+@pytest.fixture
+def cgroups() -> Iterator[Cgroups]:
+    made = Cgroups()
+    try:
+        yield made
+    finally:
+        made.remove_all()
 
 
 # The names -j adds to every row from the connecting task's cgroup path.

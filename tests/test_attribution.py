@@ -14,12 +14,9 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from pathlib import Path
-from typing import Iterator
 
 import pytest
-from conftest import cgroup2_root, free_port, refused_connect, wait_for
+from conftest import free_port, refused_connect, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -126,46 +123,6 @@ def test_cgroup2_mount_unescapes_mountinfo(tmp_path):
 
 
 # --- the resolver on the real cgroup2 hierarchy ----------------------------------
-
-class Cgroups:
-    """Cgroup directories under one unique parent; emptied and removed after."""
-
-    def __init__(self) -> None:
-        self.root = cgroup2_root()
-        self.parent = self.root / f"tcpconnect-test-{uuid.uuid4().hex[:12]}"
-        self.parent.mkdir()
-
-    def make(self, relative: str) -> Path:
-        path = self.parent / relative
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def relative(self, path: Path) -> str:
-        return "/" + str(path.relative_to(self.root))
-
-    def move(self, pid: int, path: Path) -> None:
-        (path / "cgroup.procs").write_text(str(pid))
-
-    def remove(self, path: Path) -> None:
-        # A cgroup with members cannot be removed: hand them to the root.
-        for pid in (path / "cgroup.procs").read_text().split():
-            (self.root / "cgroup.procs").write_text(pid)
-        path.rmdir()
-
-    def remove_all(self) -> None:
-        for path in sorted((p for p in self.parent.rglob("*") if p.is_dir()),
-                           key=lambda p: -len(p.parts)) + [self.parent]:
-            self.remove(path)
-
-
-@pytest.fixture
-def cgroups() -> Iterator[Cgroups]:
-    made = Cgroups()
-    try:
-        yield made
-    finally:
-        made.remove_all()
-
 
 def test_resolver_by_handle_and_by_walk_agree(cgroups):
     leaf = cgroups.make(f"kubepods/burstable/pod{UID}/{ID}")

@@ -38,7 +38,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def test_wheel_holds_the_objects_and_the_dns_extra(wheel):
+def test_wheel_holds_the_objects_and_the_extras(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
@@ -46,9 +46,11 @@ def test_wheel_holds_the_objects_and_the_dns_extra(wheel):
         assert f"tcpconnect/{name}" in names
     requires = [line for line in metadata.decode().splitlines()
                 if line.startswith("Requires-Dist:") and "extra == \"test\"" not in line]
-    # Nothing for plain tracing; -d's parsers with the dns extra.
+    # Nothing for plain tracing; -d's parsers with the dns extra, --metrics's
+    # HTTP exporter with the metrics extra.
     assert sorted(requires) == ['Requires-Dist: cachetools>=5; extra == "dns"',
-                                'Requires-Dist: dnslib>=0.9.26; extra == "dns"']
+                                'Requires-Dist: dnslib>=0.9.26; extra == "dns"',
+                                'Requires-Dist: prometheus-client>=0.17; extra == "metrics"']
 
 
 def test_wheel_installed_in_a_fresh_venv_traces(wheel, tmp_path):

@@ -37,6 +37,8 @@ EXAMPLES = """examples:
     tcpconnect -j               # one JSON object per connect
     tcpconnect --container      # with the container id or systemd unit of each connect
     tcpconnect --netns 4026532281  # only sockets of this network namespace
+    tcpconnect --metrics 127.0.0.1:9100 -q  # Prometheus metrics on :9100/metrics, no rows
+    tcpconnect --metrics [::1]:9100 --metrics-labels comm,uid  # with rows, counts by comm, uid
     tcpconnect --cgroupmap /sys/fs/bpf/test01     # only cgroups listed in this pinned map
     tcpconnect --mntnsmap /sys/fs/bpf/mnt_ns_set  # only mount namespaces in this pinned map
     tcpconnect --cgroup /sys/fs/cgroup/unified/app  # only this cgroup v2
@@ -125,6 +127,45 @@ def parse_interval(text: str) -> int:
     return interval
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT, an IPv6 address in brackets ([::1]:9100)."""
+    host, sep, port_text = text.rpartition(":")
+    port = bounded_number(port_text, 65535)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""
+    if not sep or not host or not port:
+        raise argparse.ArgumentTypeError(
+            f"invalid address {shown(text)}: expected HOST:PORT (IPv6 as [ADDRESS]:PORT), "
+            "PORT 1..65535")
+    return host, port
+
+
+def parse_labels(text: str) -> tuple[str, ...]:
+    from .metrics import LABELS
+
+    labels: dict[str, None] = {}
+    for name in text.split(","):
+        if name not in LABELS:
+            raise argparse.ArgumentTypeError(
+                f"invalid label {shown(name)} in {shown(text)}: expected a comma-separated "
+                f"list of {', '.join(LABELS)}")
+        labels[name] = None
+    return tuple(labels)
+
+
+SERIES_MAX = 10_000_000
+
+
+def parse_max_series(text: str) -> int:
+    series = bounded_number(text, SERIES_MAX)
+    if not series:
+        raise argparse.ArgumentTypeError(
+            f"invalid series count {shown(text)}: expected 1..{SERIES_MAX}")
+    return series
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
@@ -173,6 +214,18 @@ def build_parser() -> Parser:
     parser.add_argument("--btf", metavar="FILE",
                         help="BTF of the running kernel, for kernels without "
                              "/sys/kernel/btf/vmlinux (e.g. from BTFHub)")
+    parser.add_argument("--metrics", type=parse_listen, metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics, "
+                             "counted in the kernel")
+    parser.add_argument("--metrics-labels", type=parse_labels, metavar="LABELS",
+                        help="labels of tcpconnect_connects_total, comma-separated, from "
+                             "comm, saddr, daddr, dport, uid, container, unit, result (default: "
+                             "comm,daddr,dport)")
+    parser.add_argument("--metrics-max-series", type=parse_max_series, metavar="N",
+                        help="at most N label sets; connects past them count as 'other' "
+                             "(default: 10000)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="with --metrics: print no rows")
     return parser
 
 
@@ -191,6 +244,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-T/--time cannot be used with -c/--count (the table has no rows "
                      "per connect)")
     args.outcome = args.outcome or args.failed
+    check_metrics(parser, args)
     if args.pid is not None:
         check_process(parser, args.pid)
     for option, path in (("--cgroupmap", args.cgroupmap), ("--mntnsmap", args.mntnsmap)):
@@ -203,6 +257,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.btf is not None:
         check_btf(parser, args.btf)
     return args
+
+
+def check_metrics(parser: Parser, args: argparse.Namespace) -> None:
+    if args.metrics is None:
+        for option, value in (("--metrics-labels", args.metrics_labels),
+                              ("--metrics-max-series", args.metrics_max_series),
+                              ("-q/--quiet", args.quiet or None)):
+            if value is not None:
+                parser.error(f"{option} needs --metrics")
+        return
+    from .metrics import DEFAULT_LABELS, DEFAULT_MAX_SERIES
+
+    if args.quiet:
+        # Options that only shape rows would do nothing.
+        for option, value in (("-c/--count", args.count), ("-d/--dns", args.dns),
+                              ("-j/--json", args.json), ("-t/--timestamp", args.timestamp),
+                              ("-L/--lport", args.lport), ("-U/--print-uid", args.print_uid),
+                              ("-T/--time", args.time), ("--container", args.container)):
+            if value:
+                parser.error(f"{option} cannot be used with -q/--quiet: there are no rows")
+    if args.metrics_labels is None:
+        args.metrics_labels = DEFAULT_LABELS
+    if "result" in args.metrics_labels and not args.outcome:
+        # Without it nothing waits for an attempt to end.
+        parser.error("--metrics-labels result needs --outcome (or --failed)")
+    if args.metrics_max_series is None:
+        args.metrics_max_series = DEFAULT_MAX_SERIES
 
 
 def check_btf(parser: Parser, path: str) -> None:
@@ -353,16 +434,24 @@ def _main(argv: list[str] | None, stop: StopFlag) -> int:
             report("-d/--dns needs the Python packages dnslib and cachetools "
                    "(pip install dnslib cachetools)")
             return 1
+    if args.metrics:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            report("--metrics needs the Python package prometheus-client "
+                   "(pip install prometheus-client)")
+            return 1
     problem = check_environment()
     if problem:
         report(problem)
         return 1
 
     from .libbpf import BpfError
+    from .metrics import ExporterError
     from .session import Session
 
     try:
         return Session(args, sys.stdout, sys.stderr).run(stop)
-    except BpfError as exc:
+    except (BpfError, ExporterError) as exc:
         report(str(exc))
         return 1

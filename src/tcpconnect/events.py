@@ -39,12 +39,15 @@ class Event(Structure):
 
 class CountKey(Structure):
     _fields_ = [
+        ("cgroup_id", c_uint64),
         ("saddr", c_uint8 * 16),
         ("daddr", c_uint8 * 16),
+        ("uid", c_uint32),
         ("dport", c_uint16),
         ("family", c_uint16),
         ("outcome", c_uint16),
         ("error", c_uint16),
+        ("comm", c_char * TASK_COMM_LEN),
     ]
 
 

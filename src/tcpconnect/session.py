@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .attribution import CgroupResolver
@@ -22,8 +23,10 @@ from .output import (
 )
 from .tracer import Batch, LossCounters, Tracer, TracerConfig
 
-if TYPE_CHECKING:  # dns needs dnslib, imported only for -d
+if TYPE_CHECKING:  # dns needs dnslib, imported only for -d; metrics prometheus_client
     from .dns import DnsCache
+    from .events import CountKey
+    from .metrics import Exporter
 
 # Upper bound on how long an event waits before it is printed while the
 # kernel side is not waking us (it does only for batches).
@@ -37,12 +40,19 @@ class Stop(Protocol):
 
 
 def tracer_config(args: argparse.Namespace) -> TracerConfig:
+    extra = {}
+    if args.metrics:
+        from .metrics import count_fields
+
+        extra = dict(count_fields=count_fields(args.metrics_labels, args.count),
+                     events_with_counts=not (args.count or args.quiet))
     return TracerConfig(
         pid=args.pid,
         uid=args.uid,
         family=4 if args.ipv4 else 6 if args.ipv6 else None,
         ports=args.port or (),
-        count=args.count,
+        count=args.count or bool(args.metrics),
+        **extra,
         lport=args.lport,
         dns=args.dns,
         cgroup_id=args.cgroup_id,
@@ -64,6 +74,9 @@ class Session:
         self.err = tolerate_unencodable(err)
         self._reported = LossCounters(0, 0, 0, 0)
         self._dns_cache = None
+        self._exporter: Exporter | None = None
+        # Connects left out of the -c tables taken from the exporter, in all.
+        self._table_missing = 0
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
                           dns=args.dns, container=args.container, outcome=args.outcome,
                           time_of_day=args.time)
@@ -89,21 +102,35 @@ class Session:
                 attribute=attribute, clock=clock)
 
     def run(self, stop: Stop) -> int:
-        with Tracer(tracer_config(self.args)) as tracer:
+        with ExitStack() as stack:
+            if self.args.metrics:
+                from .metrics import Exporter
+
+                host, port = self.args.metrics
+                self._exporter = Exporter(host, port, self.args.metrics_labels,
+                                          self.args.metrics_max_series,
+                                          tracer_config(self.args).count_capacity
+                                          if self.args.count else None)
+                stack.callback(self._exporter.close)
+            tracer = stack.enter_context(Tracer(tracer_config(self.args)))
+            if self._exporter is not None:
+                stack.enter_context(self._exporter.watching(tracer, self._dns_cache))
             if self.args.json:
                 # Keeps stdout pure JSON Lines.
                 self._warn(BANNER)
             else:
                 self._write([BANNER])
-            if self.args.count:
+            if self.args.count or self.args.quiet:
                 self._count_loop(tracer, stop)
             else:
                 header = self.formatter.header()
                 self._write([header] if header else [])
                 while not stop.requested:
                     self._emit(tracer.poll(POLL_TIMEOUT_MS), tracer)
+                    if self._exporter is not None:
+                        self._exporter.drain_due()
                 self._emit(tracer.finish(), tracer)
-            self._report_totals(tracer.losses())
+            self._report_totals(self._with_table_missing(tracer.losses()))
         if self._resolver is not None:
             self._resolver.close()
         return 0
@@ -114,24 +141,41 @@ class Session:
         while not stop.requested:
             # Counting sends nothing through the ring; just sleep between checks.
             time.sleep(COUNT_CHECK_SECONDS)
+            if self._exporter is not None:
+                self._exporter.drain_due()
             if deadline is not None and time.monotonic() >= deadline:
                 deadline += interval
                 # Read before the swap: a failure racing it (one program per
                 # CPU at most) shows with the next table; the end total is exact.
                 losses = tracer.losses()
                 self._print_counts(tracer)
-                self._report_uncounted(losses)
+                self._report_uncounted(self._with_table_missing(losses))
+        if not self.args.count:
+            return
         losses = tracer.losses()
         self._print_counts(tracer, final=True)
         if interval:
-            self._report_uncounted(losses)
+            self._report_uncounted(self._with_table_missing(losses))
 
     def _print_counts(self, tracer: Tracer, final: bool = False) -> None:
         outcome = self.args.outcome
         # The attempts still under way count as `pending` in the last table.
         pending = tracer.take_pending() if outcome and final else []
-        counts = counts_with_pending(tracer.take_counts(), pending)
+        counts = counts_with_pending(self._take_counts(tracer), pending)
         self._write(["", count_header(outcome), *count_rows(counts, outcome)])
+
+    def _take_counts(self, tracer: Tracer) -> list[tuple[CountKey, int]]:
+        if self._exporter is None:
+            return tracer.take_counts()
+        # With --metrics the exporter drains the kernel's tables for both;
+        # what did not fit in its copy of the table is reported as missing.
+        counts, missing = self._exporter.take_table()
+        self._table_missing += missing
+        return counts
+
+    def _with_table_missing(self, losses: LossCounters) -> LossCounters:
+        return dataclasses.replace(
+            losses, count_failures=losses.count_failures + self._table_missing)
 
     def _report_uncounted(self, now: LossCounters) -> None:
         # Each table starts empty, so a full one is reported with the table

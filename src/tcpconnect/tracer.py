@@ -53,6 +53,10 @@ COUNT_TABLES = ("counts_0", "counts_1")
 # Attempts waiting at once for their local port (-L) or outcome (--outcome);
 # allocated on demand too.
 PENDING_CAPACITY = 65536
+# Fields of count_key the kernel can fill, each chosen before load (its
+# count_<name> flag); -c keys on the addresses and the port.
+COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup")
+ADDRESS_COUNT_FIELDS = frozenset(("saddr", "daddr", "dport"))
 # Every program of the main object: each hook as tp_btf and as raw_tp.
 MAIN_PROGRAMS = (
     "handle_set_state", "handle_set_state_raw",
@@ -73,6 +77,9 @@ class TracerConfig:
     ports: tuple[int, ...] = ()
     count: bool = False
     count_capacity: int = COUNT_CAPACITY
+    count_fields: frozenset[str] = ADDRESS_COUNT_FIELDS
+    # With count: send every connect as an event too (--metrics with rows).
+    events_with_counts: bool = False
     lport: bool = False
     pending_capacity: int = PENDING_CAPACITY
     dns: bool = False
@@ -160,9 +167,13 @@ class Tracer:
         self._live_table = 0
 
     @property
+    def _wants_events(self) -> bool:
+        return not self.config.count or self.config.events_with_counts
+
+    @property
     def _wants_lport(self) -> bool:
-        # Counting keys on addresses only, so it never waits for a port.
-        return self.config.lport and not self.config.count
+        # Counting never keys on the local port, so it never waits for one.
+        return self.config.lport and self._wants_events
 
     @property
     def _parks(self) -> bool:
@@ -205,7 +216,7 @@ class Tracer:
             self._links.append(self._dns_obj.program(DNS_DYNPTR_PROGRAM).attach())
             self.programs.append(DNS_DYNPTR_PROGRAM)
         rings = []
-        if not config.count:
+        if self._wants_events:
             self._events = RingReader(obj.map("events"), EVENT_FORMAT)
             rings.append(self._events)
         if config.dns:
@@ -248,6 +259,9 @@ class Tracer:
         rodata.set("filter_cgroup_id", ctypes.c_uint64, config.cgroup_id or 0)
         rodata.set("filter_netns", ctypes.c_uint32, config.netns or 0)
         rodata.set("count_mode", ctypes.c_bool, config.count)
+        rodata.set("want_events", ctypes.c_bool, self._wants_events)
+        for name in COUNT_FIELDS:
+            rodata.set("count_" + name, ctypes.c_bool, name in config.count_fields)
         rodata.set("want_lport", ctypes.c_bool, self._wants_lport)
         # One threshold for both rings of this object: a quarter of the
         # smaller still wakes the reader before either fills.
@@ -264,7 +278,8 @@ class Tracer:
             obj.set_max_entries(table, config.count_capacity)
         obj.set_max_entries("pending", config.pending_capacity)
         # A ring nobody reads would still pin its memory in the kernel.
-        obj.set_max_entries("events", mmap.PAGESIZE if config.count else events_ring_bytes())
+        obj.set_max_entries("events",
+                            events_ring_bytes() if self._wants_events else mmap.PAGESIZE)
         obj.set_max_entries("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE)
         for option, path, map_name, layout, flag in (
             ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT,
@@ -333,7 +348,7 @@ class Tracer:
         )
 
     def take_counts(self) -> list[tuple[CountKey, int]]:
-        """Reads and resets the in-kernel per-destination counters: the kernel
+        """Reads and resets the in-kernel counters: the kernel
         switches to the other (empty) table, then the old one is drained."""
         assert self._obj is not None
         spare = 1 - self._live_table

@@ -41,6 +41,15 @@ const volatile bool filter_by_mntns_map = false;
 const volatile __u64 filter_cgroup_id = 0;
 const volatile __u32 filter_netns = 0; /* network namespace inode, --netns */
 const volatile bool count_mode = false;
+/* With count_mode: whether each connect is also sent as an event (--metrics
+ * beside the rows), and which fields of count_key are filled. */
+const volatile bool want_events = true;
+const volatile bool count_saddr = false;
+const volatile bool count_daddr = false;
+const volatile bool count_dport = false;
+const volatile bool count_uid = false;
+const volatile bool count_comm = false;
+const volatile bool count_cgroup = false;
 const volatile bool want_lport = false;
 const volatile bool want_outcome = false;
 /* --failed: attempts that end ESTABLISHED are neither sent nor counted. */
@@ -210,7 +219,7 @@ static __always_inline bool task_wanted(const struct task_struct *task, struct e
  * -P or -4/-6 rejects does not pay for these lookups. */
 static __always_inline bool container_wanted(const struct task_struct *task, struct event *e)
 {
-	if (want_ids || filter_cgroup_id || filter_by_cgroup_map) {
+	if (want_ids || count_cgroup || filter_cgroup_id || filter_by_cgroup_map) {
 		e->cgroup_id = bpf_get_current_cgroup_id();
 		if (filter_cgroup_id && e->cgroup_id != filter_cgroup_id)
 			return false;
@@ -268,10 +277,21 @@ static __always_inline void count_connect(const struct event *e)
 		__sync_fetch_and_add(&count_failures, 1);
 		return;
 	}
-	__builtin_memcpy(key.saddr, e->saddr, sizeof(key.saddr));
-	__builtin_memcpy(key.daddr, e->daddr, sizeof(key.daddr));
-	key.dport = e->dport;
-	key.family = e->family;
+	if (count_saddr)
+		__builtin_memcpy(key.saddr, e->saddr, sizeof(key.saddr));
+	if (count_daddr)
+		__builtin_memcpy(key.daddr, e->daddr, sizeof(key.daddr));
+	if (count_saddr || count_daddr)
+		key.family = e->family;
+	if (count_dport)
+		key.dport = e->dport;
+	if (count_uid)
+		key.uid = e->uid;
+	if (count_cgroup)
+		key.cgroup_id = e->cgroup_id;
+	if (count_comm)
+		__builtin_memcpy(key.comm, e->comm, sizeof(key.comm));
+	/* Both 0 without --outcome. */
 	key.outcome = e->outcome;
 	key.error = e->error;
 	value = bpf_map_lookup_elem(table, &key);
@@ -363,12 +383,11 @@ static __always_inline void resolve_pending(const struct sock *sk, bool typed, i
 		 * application leaves it 0 here. */
 		e.error = newstate == TCP_ESTABLISHED ? 0 : attempt_error(sk, typed);
 		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
-		if (count_mode) {
+		if (count_mode)
 			count_connect(&e);
-			return;
-		}
 	}
-	submit(&e);
+	if (want_events)
+		submit(&e);
 }
 
 static __always_inline void on_connect(const struct sock *sk, bool typed)
@@ -379,18 +398,24 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	if (!task_wanted(task, &e) || !read_addresses(sk, typed, &e) || !connection_wanted(&e) ||
 	    !netns_wanted(sk, typed, &e) || !container_wanted(task, &e))
 		return;
+	/* Up to the NUL (user space reads no further) the same bytes as
+	 * bpf_get_current_comm(). Past it a renamed task may keep old bytes,
+	 * which can split one name over two count keys: user space adds up
+	 * keys by the text they give. */
+	if (want_events || count_comm) {
+		if (task)
+			__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
+		else
+			bpf_get_current_comm(e.comm, sizeof(e.comm));
+	}
+	/* With --outcome an attempt is counted when it ends. */
 	if (count_mode && !want_outcome) {
 		count_connect(&e);
-		return;
+		if (!want_events)
+			return;
 	}
 	if (want_ts || want_outcome)
 		e.ts_ns = bpf_ktime_get_ns();
-	/* Up to the NUL (user space reads no further) the same bytes as
-	 * bpf_get_current_comm(). */
-	if (task)
-		__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
-	else
-		bpf_get_current_comm(e.comm, sizeof(e.comm));
 	if (want_lport || want_outcome) {
 		__u64 key = (__u64)sk;
 
@@ -404,10 +429,10 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 		 * without them rather than not at all. */
 		__sync_fetch_and_add(&pending_failures, 1);
 		e.outcome = 0;
+		if (count_mode && want_outcome)
+			count_connect(&e);
 	}
-	if (count_mode)
-		count_connect(&e);
-	else
+	if (want_events)
 		submit(&e);
 }
 

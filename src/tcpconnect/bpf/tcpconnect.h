@@ -38,14 +38,19 @@ struct event {
 	char comm[TASK_COMM_LEN];
 };
 
-/* Key of the in-kernel connection counter used by -c. */
+/* Key of the in-kernel connection counters (-c, --metrics). Only the fields
+ * user space asks for before load are filled; the others stay 0, so they
+ * split no counts. family is set whenever an address is. */
 struct count_key {
+	__u64 cgroup_id;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u32 uid;
 	__u16 dport;
 	__u16 family;
 	__u16 outcome; /* as in struct event; 0 without --outcome */
 	__u16 error;
+	char comm[TASK_COMM_LEN];
 };
 
 /* A UDP payload received from source port 53, for -d. */

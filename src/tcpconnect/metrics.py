@@ -1,0 +1,232 @@
+"""--metrics: the in-kernel connect counts as a Prometheus exporter.
+
+The kernel counts connects in the -c tables, keyed on just the fields the
+chosen labels need (see tracer.COUNT_FIELDS). Here the tables are drained
+once a second and at every scrape, never per connect, into cumulative
+counters by label values. Their number is capped: a connect whose label
+values would make a new series past the cap is counted in the one series
+whose labels are all "other" (and in tcpconnect_series_dropped_total), so
+connects to random addresses cannot grow this process without bound; the
+kernel's table has a fixed capacity of its own (tcpconnect_uncounted_connects_total).
+
+prometheus_client is imported only when the exporter starts: the rest of the
+tool, option parsing included, does not need it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from .attribution import CgroupResolver
+from .events import CountKey, format_address
+from .outcome import result_name
+from .output import comm_text
+from .tracer import ADDRESS_COUNT_FIELDS
+
+if TYPE_CHECKING:
+    from .dns import DnsCache
+    from .tracer import Tracer
+
+DEFAULT_LABELS = ("comm", "daddr", "dport")
+DEFAULT_MAX_SERIES = 10_000
+# How often the run loop drains the kernel tables between scrapes: a table
+# holds COUNT_CAPACITY keys, so it fills only past that many new keys a second.
+DRAIN_SECONDS = 1.0
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Label:
+    """A label of tcpconnect_connects_total: the count_key fields the kernel
+    must fill for it, and a factory of the function giving its value for a
+    key, called once per exporter: a label that needs state builds it there
+    (a container or unit label: fields {"cgroup"}, and a factory that makes
+    the cgroup id -> attribution lookup and returns a function of
+    key.cgroup_id). Values are computed once per kernel key and drain."""
+
+    fields: frozenset[str]
+    make: Callable[[], Callable[[CountKey], str]]
+
+
+LABELS: dict[str, Label] = {
+    "comm": Label(frozenset({"comm"}), lambda: lambda key: comm_text(key.comm)),
+    "saddr": Label(frozenset({"saddr"}),
+                   lambda: lambda key: format_address(key.family, bytes(key.saddr))),
+    "daddr": Label(frozenset({"daddr"}),
+                   lambda: lambda key: format_address(key.family, bytes(key.daddr))),
+    "dport": Label(frozenset({"dport"}), lambda: lambda key: str(key.dport)),
+    "uid": Label(frozenset({"uid"}), lambda: lambda key: str(key.uid)),
+    # From the cgroup id, as --container and -j name them; "" where the
+    # cgroup names none.
+    "container": Label(frozenset({"cgroup"}), lambda: _attribution_label("container_id")),
+    "unit": Label(frozenset({"cgroup"}), lambda: _attribution_label("unit")),
+    # Needs --outcome, which counts each attempt when it ends.
+    "result": Label(frozenset(), lambda: lambda key: result_name(key.outcome, key.error)),
+}
+
+
+def _attribution_label(name: str) -> Callable[[CountKey], str]:
+    lookup = CgroupResolver().lookup
+    return lambda key: getattr(lookup(key.cgroup_id), name) or ""
+
+
+def count_fields(labels: tuple[str, ...], table: bool) -> frozenset[str]:
+    """The count_key fields the kernel fills: those of the labels, and -c's
+    own when its table is printed too."""
+    fields = frozenset().union(*(LABELS[name].fields for name in labels))
+    return fields | ADDRESS_COUNT_FIELDS if table else fields
+
+
+class Tally:
+    """Counts by key for at most `limit` distinct keys; what comes for any
+    further key is added to `overflow` instead."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.counts: dict = {}
+        self.overflow = 0
+
+    def add(self, key: object, n: int) -> None:
+        counts = self.counts
+        if key in counts:
+            counts[key] += n
+        elif len(counts) < self.limit:
+            counts[key] = n
+        else:
+            self.overflow += n
+
+
+def _table_key(key: CountKey) -> bytes:
+    """-c's part of a key (addresses, port and, with --outcome, the result)
+    as bytes: the key -c's table adds up by when the kernel keys on more
+    fields."""
+    return bytes(CountKey(saddr=key.saddr, daddr=key.daddr, dport=key.dport, family=key.family,
+                          outcome=key.outcome, error=key.error))
+
+
+class ExporterError(Exception):
+    """The exporter cannot serve (address in use, not local, unknown host)."""
+
+
+class Exporter:
+    """The HTTP server and the collector behind it. The server is bound when
+    this is made, before anything is loaded, so a port in use fails at once."""
+
+    def __init__(self, host: str, port: int, labels: tuple[str, ...], max_series: int,
+                 table_capacity: int | None = None) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.gc_collector import GCCollector
+        from prometheus_client.platform_collector import PlatformCollector
+        from prometheus_client.process_collector import ProcessCollector
+
+        self.labels = labels
+        self._values = [LABELS[name].make() for name in labels]
+        self._series = Tally(max_series)
+        # -c's table, when it is printed beside the metrics: both come from
+        # the same drains, as a table read is also a reset.
+        self._table = Tally(table_capacity) if table_capacity is not None else None
+        self._lock = threading.Lock()
+        self._tracer: Tracer | None = None
+        self._dns_cache: DnsCache | None = None
+        self._next_drain = 0.0
+        registry = CollectorRegistry(auto_describe=False)
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=registry)
+        registry.register(self)
+        try:
+            self._server, self._thread = start_http_server(port, host, registry)
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ExporterError(f"--metrics {where}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    @contextmanager
+    def watching(self, tracer: Tracer, dns_cache: DnsCache | None) -> Iterator[Exporter]:
+        """Serves the tracer's counts while inside; left before the tracer
+        closes, so a scrape in flight never reads a closed object."""
+        with self._lock:
+            self._tracer, self._dns_cache = tracer, dns_cache
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._tracer = self._dns_cache = None
+
+    def drain_due(self) -> None:
+        """Drains the kernel's table if DRAIN_SECONDS have passed since the last time."""
+        now = time.monotonic()
+        if now >= self._next_drain:
+            with self._lock:
+                self._drain()
+
+    def _drain(self) -> None:
+        self._next_drain = time.monotonic() + DRAIN_SECONDS
+        if self._tracer is None:
+            return
+        values, series, table = self._values, self._series, self._table
+        for key, n in self._tracer.take_counts():
+            series.add(tuple(value(key) for value in values), n)
+            if table is not None:
+                table.add(_table_key(key), n)
+
+    def take_table(self) -> tuple[list[tuple[CountKey, int]], int]:
+        """-c's table since the last call, and how many connects did not fit
+        in it; then starts a new one."""
+        assert self._table is not None
+        with self._lock:
+            self._drain()
+            table, self._table = self._table, Tally(self._table.limit)
+        return ([(CountKey.from_buffer_copy(key), n) for key, n in table.counts.items()],
+                table.overflow)
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import CounterMetricFamily
+
+        with self._lock:
+            self._drain()
+            series = dict(self._series.counts)
+            dropped = self._series.overflow
+            losses = self._tracer.losses() if self._tracer is not None else None
+            dns_cache = self._dns_cache
+        if dropped:
+            # A process may be called "other" itself: one series, not two
+            # with the same labels (Prometheus refuses a scrape with those).
+            other = (OTHER,) * len(self.labels)
+            series[other] = series.get(other, 0) + dropped
+        connects = CounterMetricFamily(
+            "tcpconnect_connects", "Active TCP connect attempts traced.", labels=self.labels)
+        for values, n in series.items():
+            connects.add_metric(values, n)
+        yield connects
+        yield CounterMetricFamily(
+            "tcpconnect_series_dropped",
+            "Connects counted in the 'other' series: their label values would have made "
+            "a series past --metrics-max-series.", value=dropped)
+        if losses is None:
+            return
+        lost = CounterMetricFamily(
+            "tcpconnect_lost_events", "Records the kernel could not queue (ring buffer full).",
+            labels=["ring"])
+        lost.add_metric(["events"], losses.events)
+        lost.add_metric(["dns"], losses.dns_events)
+        yield lost
+        yield CounterMetricFamily(
+            "tcpconnect_uncounted_connects",
+            "Connects the kernel could not count (count table full).",
+            value=losses.count_failures)
+        if dns_cache is not None:
+            skipped = CounterMetricFamily(
+                "tcpconnect_dns_responses_skipped",
+                "DNS responses not used for -d: malformed, or refused as too costly to parse.",
+                labels=["reason"])
+            skipped.add_metric(["malformed"], dns_cache.malformed)
+            skipped.add_metric(["refused"], dns_cache.refused)
+            yield skipped

@@ -1,0 +1,207 @@
+"""deploy/: the DaemonSet, the systemd unit and the Containerfile say what the
+tool and this checkout actually offer; the capabilities they grant suffice
+to trace. (The image itself is not built here: no container registry.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, cgroup_id_of, comm_of, free_port, refused_connect
+from test_containers import bpffs, pins  # noqa: F401  (fixtures)
+
+from tcpconnect.cli import parse_args
+
+DEPLOY = ROOT / "deploy"
+MOUNTS = ("/sys/kernel/btf", "/sys/fs/cgroup", "/sys/fs/bpf")
+
+
+@pytest.fixture(scope="module")
+def daemonset() -> dict:
+    return yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
+
+
+def only_container(daemonset: dict) -> dict:
+    [container] = daemonset["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def unit_settings() -> dict[str, str]:
+    settings = {}
+    for line in (DEPLOY / "tcpconnect.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings[key] = value
+    return settings
+
+
+def test_daemonset_runs_in_the_hosts_pid_namespace_without_privilege(daemonset):
+    assert (daemonset["apiVersion"], daemonset["kind"]) == ("apps/v1", "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True
+    assert pod.get("hostNetwork", False) is False
+    security = only_container(daemonset)["securityContext"]
+    assert security.get("privileged", False) is False
+    assert security["capabilities"] == {"drop": ["ALL"],
+                                        "add": ["BPF", "PERFMON", "SYS_RESOURCE"]}
+    selector = daemonset["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= daemonset["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_daemonset_mounts_the_host_paths_read_only(daemonset):
+    pod = daemonset["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    mounts = {m["mountPath"]: (volumes[m["name"]], m.get("readOnly"))
+              for m in only_container(daemonset)["volumeMounts"]}
+    assert mounts == {path: (path, True) for path in MOUNTS}
+
+
+def test_daemonset_scrape_annotations_match_the_metrics_option(daemonset):
+    annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
+    container = only_container(daemonset)
+    args = parse_args(container["args"])
+    host, port = args.metrics
+    assert host == "0.0.0.0"  # the pod's address, where Prometheus scrapes
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                           "prometheus.io/path": "/metrics"}
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert args.json and not args.quiet
+    # An image with an explicit tag, not :latest.
+    assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", container["image"]), container["image"]
+
+
+def test_unit_runs_the_installed_tool_with_the_daemonsets_capabilities(daemonset):
+    settings = unit_settings()
+    command = shlex.split(settings["ExecStart"])
+    # `make install` puts the launcher there.
+    assert command[0] == "/usr/local/sbin/tcpconnect"
+    assert "$(PREFIX)/sbin/tcpconnect" in (ROOT / "Makefile").read_text()
+    args = parse_args(command[1:])
+    assert args.json and args.metrics == ("0.0.0.0", 9100)
+    caps = ["CAP_" + c for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
+    assert settings["CapabilityBoundingSet"].split() == caps
+    assert settings["AmbientCapabilities"].split() == caps
+    assert "PrivateUsers" not in settings and "SystemCallFilter" not in settings
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    # As after `make install`: the launcher and the man page where the unit
+    # names them, put there in a private mount namespace only.
+    sbin, man8 = tmp_path / "sbin", tmp_path / "man" / "man8"
+    sbin.mkdir()
+    man8.mkdir(parents=True)
+    launcher = sbin / "tcpconnect"
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    (man8 / "tcpconnect.8").write_bytes((ROOT / "docs/tcpconnect.8").read_bytes())
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f"mount --bind {sbin} /usr/local/sbin && exec systemd-analyze verify "
+         f"{DEPLOY / 'tcpconnect.service'}"],
+        capture_output=True, text=True, env={**os.environ, "MANPATH": str(tmp_path / "man")})
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
+    # The check above can fail: the same unit with a misspelt setting does not pass.
+    broken = tmp_path / "tcpconnect.service"
+    broken.write_text((DEPLOY / "tcpconnect.service").read_text().replace(
+        "ProtectHome=", "ProtectHone="))
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(broken)],
+                          capture_output=True, text=True)
+    assert "ProtectHone" in done.stderr
+
+
+def test_the_granted_capabilities_suffice_to_trace(trace, daemonset):
+    # The tool run with no capability beyond the DaemonSet's (setpriv drops
+    # the rest from the bounding set, so exec gives root only those).
+    caps = [c.lower() for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
+    port = free_port()
+    t = trace("-P", str(port), "-j",
+              prefix=("setpriv", "--inh-caps=-all",
+                      "--bounding-set=-all," + ",".join("+" + c for c in caps), "--"))
+    status = Path(f"/proc/{t.proc.pid}/status").read_text()
+    effective = int(re.search(r"^CapEff:\s*(\w+)", status, re.M)[1], 16)
+    refused_connect(4, port)
+    t.stop()
+    # BPF and PERFMON at least; SYS_RESOURCE only where this test's own
+    # bounding set has it (not in every container).
+    bpf_perfmon, sys_resource = 1 << 39 | 1 << 38, 1 << 24
+    assert effective & ~sys_resource == bpf_perfmon, hex(effective)
+    [row] = t.json_rows()
+    assert (row["pid"], row["comm"], row["daddr"], row["dport"]) == (
+        os.getpid(), comm_of(os.getpid()), "127.0.0.1", port)
+    assert (t.returncode, t.stderr) == (0, "")
+
+
+def containerfile_stages() -> list[list[str]]:
+    """The Containerfile's instructions (continuations joined), by stage."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Containerfile").read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("FROM "):
+            stages.append([])
+        if line and not line.startswith("#"):
+            stages[-1].append(" ".join(line.split()))
+    return stages
+
+
+def test_containerfile_builds_with_this_checkouts_targets_and_paths():
+    build, runtime = containerfile_stages()
+    makefile = (ROOT / "Makefile").read_text()
+    assert build[0] == "FROM debian:12 AS build" and runtime[0] == "FROM debian:12-slim"
+    # The build stage runs a real make target, whose wheel lands where the
+    # runtime stage copies it from.
+    [make] = [i for i in build if i.startswith("RUN make ")]
+    target = make.split()[2]
+    assert re.search(rf"^{target}:", makefile, re.M)
+    assert "--wheel-dir dist ." in makefile and "WORKDIR /src" in build
+    assert "COPY --from=build /src/dist/ /tmp/dist/" in runtime
+    # The runtime stage's apt packages are the Makefile's for running, less
+    # the man pages the image does not ship.
+    run_packages = re.search(r"^RUN_PACKAGES := (.*)$", makefile, re.M)[1].split()
+    [apt] = [i for i in runtime if "apt-get install" in i]
+    assert all(p in apt.split() for p in run_packages if p != "man-db")
+    # The extras it installs exist, and the entry point is the package's script.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "[dns,metrics]" in " ".join(runtime)
+    assert {"dns", "metrics"} <= extras["optional-dependencies"].keys()
+    assert "tcpconnect" in extras["scripts"]
+    assert runtime[-1] == 'ENTRYPOINT ["/opt/tcpconnect/bin/tcpconnect"]'
+    assert any(i.startswith("RUN python3 -m venv /opt/tcpconnect ") for i in runtime)
+    # The build context keeps what `make wheel` needs.
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert not {"src", "Makefile", "pyproject.toml"} & set(ignored)
+
+
+def test_the_daemonsets_read_only_mounts_and_capabilities_suffice(trace, daemonset, pins):
+    # As in the pod: the host paths the manifest mounts are read-only (each
+    # bound onto itself, then remounted so, in a private mount namespace),
+    # and the tool has only the manifest's capabilities. --cgroupmap opens a
+    # map pinned on the read-only BPF filesystem.
+    caps = [c.lower() for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
+    cgroups = pins.map()
+    cgroups.add(cgroup_id_of(os.getpid()))
+    read_only = " && ".join(f"mount --bind {p} {p} && mount -o bind,remount,ro {p} {p}"
+                            for p in MOUNTS)
+    port = free_port()
+    t = trace("--cgroupmap", str(cgroups.path), "-P", str(port), "-j",
+              prefix=("unshare", "-m", "sh", "-c", read_only + ' && exec "$@"', "sh",
+                      "setpriv", "--inh-caps=-all",
+                      "--bounding-set=-all," + ",".join("+" + c for c in caps), "--"))
+    mounts = Path(f"/proc/{t.proc.pid}/mounts").read_text().splitlines()
+    refused_connect(4, port)
+    t.stop()
+    for path in MOUNTS:
+        [options] = [line.split()[3] for line in mounts if line.split()[1] == path][-1:]
+        assert options.split(",")[0] == "ro", (path, options)
+    [row] = t.json_rows()
+    assert (row["pid"], row["dport"]) == (os.getpid(), port)
+    assert (t.returncode, t.stderr) == (0, "")
