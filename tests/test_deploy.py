@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, cgroup_id_of, comm_of, free_port, refused_connect
+from conftest import ROOT, cgroup_id_of, cgroup_path_of, comm_of, free_port, refused_connect
 from test_containers import bpffs, pins  # noqa: F401  (fixtures)
 
 from tcpconnect.cli import parse_args
@@ -49,7 +49,8 @@ def test_daemonset_runs_in_the_hosts_pid_namespace_without_privilege(daemonset):
     security = only_container(daemonset)["securityContext"]
     assert security.get("privileged", False) is False
     assert security["capabilities"] == {"drop": ["ALL"],
-                                        "add": ["BPF", "PERFMON", "SYS_RESOURCE"]}
+                                        "add": ["BPF", "PERFMON", "SYS_RESOURCE",
+                                                "DAC_READ_SEARCH"]}
     selector = daemonset["spec"]["selector"]["matchLabels"]
     assert selector.items() <= daemonset["spec"]["template"]["metadata"]["labels"].items()
 
@@ -130,13 +131,13 @@ def test_the_granted_capabilities_suffice_to_trace(trace, daemonset):
     effective = int(re.search(r"^CapEff:\s*(\w+)", status, re.M)[1], 16)
     refused_connect(4, port)
     t.stop()
-    # BPF and PERFMON at least; SYS_RESOURCE only where this test's own
-    # bounding set has it (not in every container).
-    bpf_perfmon, sys_resource = 1 << 39 | 1 << 38, 1 << 24
-    assert effective & ~sys_resource == bpf_perfmon, hex(effective)
+    # BPF, PERFMON and DAC_READ_SEARCH at least; SYS_RESOURCE only where
+    # this test's own bounding set has it (not in every container).
+    granted, sys_resource = 1 << 39 | 1 << 38 | 1 << 2, 1 << 24
+    assert effective & ~sys_resource == granted, hex(effective)
     [row] = t.json_rows()
-    assert (row["pid"], row["comm"], row["daddr"], row["dport"]) == (
-        os.getpid(), comm_of(os.getpid()), "127.0.0.1", port)
+    assert (row["pid"], row["comm"], row["daddr"], row["dport"], row["cgroup"]) == (
+        os.getpid(), comm_of(os.getpid()), "127.0.0.1", port, cgroup_path_of(os.getpid()))
     assert (t.returncode, t.stderr) == (0, "")
 
 
