@@ -103,6 +103,7 @@ MODES = (
     Mode("--outcome", ("--outcome",)),
     Mode("-c --outcome", ("-c", "--outcome")),
     Mode("-T", ("-T",)),
+    Mode("--container", ("--container",)),
     Mode("--metrics -q", ("-q",), metrics=True),
     Mode("--metrics, rows", metrics=True),
     Mode("tcpstates (libbpf-tools)", peer=True),
