@@ -102,11 +102,6 @@ wheel: setup
 # JSON rows, the metrics' count key in test_count's tables.
 RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
 	tests/test_dns_trace.py tests/test_outcome.py
-# Tests that never load BPF into the kernel (parsers, formatters, docs, the
-# object's BTF, packaging): the same on every kernel, so the matrix leaves
-# them to the host run.
-HOST_ONLY_TESTS := tests/test_docs.py tests/test_dns.py tests/test_dns_decode.py \
-	tests/test_output.py tests/test_events.py tests/test_wheel.py
 
 test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	$(VENV)/bin/pytest -q
@@ -118,7 +113,7 @@ test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 KERNELS ?=
 test-kernels: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="qemu-system-x86 busybox-static kmod xz-utils zstd"
-	RAW_TP_TESTS="$(RAW_TP_TESTS)" HOST_ONLY_TESTS="$(HOST_ONLY_TESTS)" kernels/matrix $(KERNELS)
+	RAW_TP_TESTS="$(RAW_TP_TESTS)" kernels/matrix $(KERNELS)
 
 # The benchmark's peers: libbpf-tools tcpstates is measured; bcc and bpftrace
 # only show how they fail here, so not getting them does not stop it.

@@ -56,10 +56,12 @@ def missing_pid() -> int:
     (["--cgroup", "/no/such/dir"], "--cgroup /no/such/dir: No such file or directory"),
     (["--cgroup", "/tmp"], "--cgroup /tmp: not a cgroup v2 directory"),
 ])
+@pytest.mark.host_only
 def test_bad_options_give_one_line_and_exit_2(args, fragment):
     assert_one_line_error(run_tool(*args), fragment)
 
 
+@pytest.mark.host_only
 def test_help_ends_with_examples():
     result = run_tool("-h")
     assert result.returncode == 0
@@ -90,6 +92,7 @@ def test_kernel_without_btf():
     (b"\x9f\xeb" + bytes(40), "not a readable BTF file"),  # BTF magic, broken header
     (b"#!/bin/sh\n", "not a readable BTF file"),
 ])
+@pytest.mark.host_only
 def test_bad_btf_file(tmp_path, content, fragment):
     path = tmp_path / "vmlinux.btf"
     if content is not None:
@@ -97,6 +100,7 @@ def test_bad_btf_file(tmp_path, content, fragment):
     assert_one_line_error(run_tool("--btf", str(path)), f"--btf {path}: {fragment}")
 
 
+@pytest.mark.host_only
 def test_dns_without_its_libraries(tmp_path):
     # A dnslib that fails to import stands in for one that is not installed.
     (tmp_path / "dnslib.py").write_text("raise ImportError('No module named dnslib')\n")
@@ -106,17 +110,20 @@ def test_dns_without_its_libraries(tmp_path):
                           code=1)
 
 
+@pytest.mark.host_only
 def test_port_lists_are_deduplicated_in_order():
     assert parse_ports("443,80,443,8080") == (443, 80, 8080)
     assert parse_ports("65535") == (65535,)
 
 
 @pytest.mark.parametrize("bad", ["", "1,,2", "1, 2", "+1", "1e3", "65536", "-1"])
+@pytest.mark.host_only
 def test_parse_ports_rejects(bad):
     with pytest.raises(argparse.ArgumentTypeError):
         parse_ports(bad)
 
 
+@pytest.mark.host_only
 def test_parse_pid_and_uid():
     assert parse_pid("1") == 1
     assert parse_uid("0") == 0
@@ -127,6 +134,7 @@ def test_parse_pid_and_uid():
             parse_pid(bad)
 
 
+@pytest.mark.host_only
 def test_options_match_bcc():
     args = build_parser().parse_args(
         ["-t", "-p", "1", "-P", "80,81", "-4", "-L", "-U", "-u", "0", "--cgroupmap", "/a",
@@ -136,6 +144,7 @@ def test_options_match_bcc():
         True, 1, (80, 81), True, True, True, 0, "/a", "/b")
 
 
+@pytest.mark.host_only
 def test_bad_values_beyond_ascii_and_empty_paths():
     assert_one_line_error(run_tool("-p", "²"), "invalid PID '²'")
     assert_one_line_error(run_tool("-P", "٨٠"), "invalid port '٨٠'")
@@ -143,6 +152,7 @@ def test_bad_values_beyond_ascii_and_empty_paths():
     assert_one_line_error(run_tool("--mntnsmap", ""), "--mntnsmap: empty path")
 
 
+@pytest.mark.host_only
 def test_thread_id_is_refused_for_pid():
     done = threading.Event()
     worker = threading.Thread(target=done.wait)
@@ -164,6 +174,7 @@ def test_full_output_device_is_a_one_line_error():
     assert result.stderr == "tcpconnect: cannot write output: No space left on device\n"
 
 
+@pytest.mark.host_only
 def test_closed_stdout_is_a_one_line_error():
     result = subprocess.run(" ".join(TOOL) + " -P 80 >&-", shell=True, stderr=subprocess.PIPE,
                             text=True, timeout=30, cwd=ROOT, stdin=subprocess.DEVNULL)
@@ -171,6 +182,7 @@ def test_closed_stdout_is_a_one_line_error():
     assert result.stderr == "tcpconnect: standard output is closed\n"
 
 
+@pytest.mark.host_only
 def test_closed_stderr_is_a_one_line_error_on_stdout():
     # Without stderr, errors and loss reports would go nowhere.
     for mode in ("-j", "-t"):
@@ -198,12 +210,14 @@ def test_user_namespace_is_named_as_the_reason():
     (["--btf", "/" + "x" * 5000], "no such file"),
     (["--cgroup", "/tmp/\x1b[2J\nsecond line"], "/tmp/\\x1b[2J\\nsecond line: No such file"),
 ])
+@pytest.mark.host_only
 def test_huge_or_hostile_values_give_a_short_line(args, fragment):
     result = run_tool(*args)
     assert_one_line_error(result, fragment)
     assert len(result.stderr) < 400, result.stderr
 
 
+@pytest.mark.host_only
 def test_longest_port_list_parses_in_linear_time():
     # Every port, then every port again: a list scan per duplicate check took
     # minutes here, a set takes milliseconds (the timeout only catches a hang).

@@ -41,6 +41,7 @@ def unit_settings() -> dict[str, str]:
     return settings
 
 
+@pytest.mark.host_only
 def test_daemonset_runs_in_the_hosts_pid_namespace_without_privilege(daemonset):
     assert (daemonset["apiVersion"], daemonset["kind"]) == ("apps/v1", "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
@@ -55,6 +56,7 @@ def test_daemonset_runs_in_the_hosts_pid_namespace_without_privilege(daemonset):
     assert selector.items() <= daemonset["spec"]["template"]["metadata"]["labels"].items()
 
 
+@pytest.mark.host_only
 def test_daemonset_mounts_the_host_paths_read_only(daemonset):
     pod = daemonset["spec"]["template"]["spec"]
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
@@ -63,6 +65,7 @@ def test_daemonset_mounts_the_host_paths_read_only(daemonset):
     assert mounts == {path: (path, True) for path in MOUNTS}
 
 
+@pytest.mark.host_only
 def test_daemonset_scrape_annotations_match_the_metrics_option(daemonset):
     annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
     container = only_container(daemonset)
@@ -77,6 +80,7 @@ def test_daemonset_scrape_annotations_match_the_metrics_option(daemonset):
     assert re.fullmatch(r"[\w./-]+:\d[\w.-]*", container["image"]), container["image"]
 
 
+@pytest.mark.host_only
 def test_unit_runs_the_installed_tool_with_the_daemonsets_capabilities(daemonset):
     settings = unit_settings()
     command = shlex.split(settings["ExecStart"])
@@ -91,6 +95,7 @@ def test_unit_runs_the_installed_tool_with_the_daemonsets_capabilities(daemonset
     assert "PrivateUsers" not in settings and "SystemCallFilter" not in settings
 
 
+@pytest.mark.host_only
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     # As after `make install`: the launcher and the man page where the unit
     # names them, put there in a private mount namespace only.
@@ -109,6 +114,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     assert (done.returncode, done.stderr) == (0, "")
 
 
+@pytest.mark.host_only
 def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     # The check above can fail: the same unit with a misspelt setting does not pass.
     broken = tmp_path / "tcpconnect.service"
@@ -154,6 +160,7 @@ def containerfile_stages() -> list[list[str]]:
     return stages
 
 
+@pytest.mark.host_only
 def test_containerfile_builds_with_this_checkouts_targets_and_paths():
     build, runtime = containerfile_stages()
     makefile = (ROOT / "Makefile").read_text()

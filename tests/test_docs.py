@@ -10,6 +10,9 @@ from conftest import ROOT
 
 from tcpconnect.cli import build_parser
 
+# Never loads BPF: the kernel matrix leaves it to the host run.
+pytestmark = pytest.mark.host_only
+
 MAN_PAGE = ROOT / "docs" / "tcpconnect.8"
 OPTIONS = [action for action in build_parser()._actions if action.option_strings]
 

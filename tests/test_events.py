@@ -11,6 +11,9 @@ from conftest import ROOT
 
 from tcpconnect.events import DNS_EVENT_FORMAT, EVENT_FORMAT, MIRRORS, DnsEvent, Event, EventRecord
 
+# Never loads BPF: the kernel matrix leaves it to the host run.
+pytestmark = pytest.mark.host_only
+
 OBJECT = ROOT / "src/tcpconnect/tcpconnect.bpf.o"
 
 

@@ -221,6 +221,7 @@ def test_dns_responses_skipped_are_exported(trace):
     assert t.returncode == 0
 
 
+@pytest.mark.host_only
 def test_port_in_use_is_one_line_exit_1():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -231,6 +232,7 @@ def test_port_in_use_is_one_line_exit_1():
     assert done.stderr == f"tcpconnect: --metrics 127.0.0.1:{port}: Address already in use\n"
 
 
+@pytest.mark.host_only
 def test_address_not_on_this_host_is_one_line_exit_1():
     # TEST-NET-1 is never assigned to a host: binding to it fails locally.
     done = run_tool("--metrics", "192.0.2.1:9100", "-q")
@@ -253,6 +255,7 @@ def test_address_not_on_this_host_is_one_line_exit_1():
     (["-q"], "-q/--quiet needs --metrics"),
     (["--metrics", "h:1", "-q", "-j"], "-j/--json cannot be used with -q/--quiet"),
 ])
+@pytest.mark.host_only
 def test_bad_metrics_options_are_one_line_exit_2(args, message):
     done = run_tool(*args)
     assert done.returncode == 2
@@ -260,6 +263,7 @@ def test_bad_metrics_options_are_one_line_exit_2(args, message):
     assert done.stderr.count("\n") == 1
 
 
+@pytest.mark.host_only
 def test_missing_prometheus_client_is_one_line(tmp_path):
     # A module of that name that fails to import, as when it is not installed.
     (tmp_path / "prometheus_client.py").write_text("raise ImportError('absent')\n")
@@ -329,6 +333,7 @@ def prometheus(tmp_path) -> Iterator[type[Prometheus]]:
         server.stop()
 
 
+@pytest.mark.host_only
 def test_prometheus_scrapes_exact_counts_and_the_cap(trace, prometheus):
     ports = [free_port() for _ in range(5)]
     metrics = free_port()
@@ -404,6 +409,7 @@ def test_result_label_counts_each_attempt_when_it_ends(trace):
     (["--metrics", "h:1", "-q", "-T"], "-T/--time cannot be used with -q/--quiet: there are no rows"),
     (["--metrics", "h:1", "-q", "--container"], "--container cannot be used with -q/--quiet: there are no rows"),
 ])
+@pytest.mark.host_only
 def test_labels_and_columns_that_need_another_option(args, message):
     done = run_tool(*args)
     assert done.returncode == 2

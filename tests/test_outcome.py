@@ -121,10 +121,12 @@ def failing_connect(family: int, peer: str, port: int, expected: int) -> int:
     (TCP_SYN_SENT, 0, "pending"),
     (UNTRACKED, 0, "unknown"),
 ])
+@pytest.mark.host_only
 def test_result_names(outcome, error, result):
     assert result_name(outcome, error) == result
 
 
+@pytest.mark.host_only
 def test_count_table_with_results_and_pending_attempts():
     def key(dport: int, outcome: int, error: int = 0) -> CountKey:
         k = CountKey(dport=dport, family=4, outcome=outcome, error=error)
@@ -153,6 +155,7 @@ def test_count_table_with_results_and_pending_attempts():
     ]
 
 
+@pytest.mark.host_only
 def test_wall_clock_formats_and_caches_per_second():
     clock = WallClock(offset_ns=1_795_915_420 * 10**9)  # 2026-11-29T01:23:40Z
     assert clock.rfc3339(5_000_123_999) == "2026-11-29T01:23:45.000123Z"
@@ -162,6 +165,7 @@ def test_wall_clock_formats_and_caches_per_second():
     assert clock.time_of_day(5_000_000_000) == clock.time_of_day(5_999_999_999) == local
 
 
+@pytest.mark.host_only
 def test_wall_clock_offset_is_realtime_minus_monotonic():
     clock = WallClock()
     wall = clock.rfc3339(time.monotonic_ns())
@@ -169,12 +173,14 @@ def test_wall_clock_offset_is_realtime_minus_monotonic():
     assert abs(parsed.timestamp() - time.time()) < 0.5
 
 
+@pytest.mark.host_only
 def test_failed_implies_outcome():
     assert parse_args(["--failed"]).outcome is True
     assert parse_args(["-c", "--failed"]).outcome is True
     assert parse_args([]).outcome is False
 
 
+@pytest.mark.host_only
 def test_time_column_cannot_go_with_count():
     done = run_tool("-c", "-T")
     assert done.returncode == 2

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, Trace, comm_of, free_port, refused_connect, row
 
+# Packaging, the same on every kernel: the kernel matrix leaves it to the host run.
+pytestmark = pytest.mark.host_only
+
 # No index and no build isolation: the suite also runs in guests without a network.
 PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input")
 OBJECTS = ("tcpconnect.bpf.o", "dns_dynptr.bpf.o")
