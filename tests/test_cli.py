@@ -233,6 +233,7 @@ def signal_mask(pid: int, field: str) -> int:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.host_only
 def test_signal_at_any_moment_of_start_up_is_an_orderly_stop(sig):
     """A launcher that blocks the signals before exec (as `make install`'s
     does with env --block-signal) hands any that come during start-up to the
@@ -258,6 +259,7 @@ def handles_sigterm(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.host_only
 def test_signal_during_start_up_is_an_orderly_stop(sig):
     proc = subprocess.Popen([*TOOL, "-P", "80"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
