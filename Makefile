@@ -107,8 +107,9 @@ test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	$(VENV)/bin/pytest -q
 	TEST_WITHOUT_KERNEL_BTF=1 $(VENV)/bin/pytest -q $(RAW_TP_TESTS)
 
-# The same suite on Debian's own 5.10, 6.1 and 6.12 kernels, each booted in qemu with this
-# machine's root (kernels/versions pins the packages; kernels/matrix says how).
+# The suite less its host_only tests on Debian's own 5.10, 6.1 and 6.12 kernels, each booted
+# in qemu with this machine's root (kernels/versions pins the packages; kernels/matrix says
+# how, and on which kernels the raw_tp pass runs: RAW_TP_KERNELS).
 # Narrow it with KERNELS="6.1" and/or PYTEST_ARGS="-k dns".
 KERNELS ?=
 test-kernels: setup apt-test $(VENV)/.installed-test $(HELPERS)
