@@ -109,7 +109,7 @@ test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 
 # The suite less its host_only tests on Debian's own 5.10, 6.1 and 6.12 kernels, each booted
 # in qemu with this machine's root (kernels/versions pins the packages; kernels/matrix says
-# how, and on which kernels the raw_tp pass runs: RAW_TP_KERNELS).
+# how; RAW_TP_KERNELS="5.10" adds the raw_tp pass in that guest).
 # Narrow it with KERNELS="6.1" and/or PYTEST_ARGS="-k dns".
 KERNELS ?=
 test-kernels: setup apt-test $(VENV)/.installed-test $(HELPERS)
