@@ -102,17 +102,19 @@ class Session:
                 attribute=attribute, clock=clock)
 
     def run(self, stop: Stop) -> int:
+        config = tracer_config(self.args)
         with ExitStack() as stack:
+            if self._resolver is not None:
+                stack.callback(self._resolver.close)
             if self.args.metrics:
                 from .metrics import Exporter
 
                 host, port = self.args.metrics
                 self._exporter = Exporter(host, port, self.args.metrics_labels,
                                           self.args.metrics_max_series,
-                                          tracer_config(self.args).count_capacity
-                                          if self.args.count else None)
+                                          config.count_capacity if self.args.count else None)
                 stack.callback(self._exporter.close)
-            tracer = stack.enter_context(Tracer(tracer_config(self.args)))
+            tracer = stack.enter_context(Tracer(config))
             if self._exporter is not None:
                 stack.enter_context(self._exporter.watching(tracer, self._dns_cache))
             if self.args.json:
@@ -131,8 +133,6 @@ class Session:
                         self._exporter.drain_due()
                 self._emit(tracer.finish(), tracer)
             self._report_totals(self._with_table_missing(tracer.losses()))
-        if self._resolver is not None:
-            self._resolver.close()
         return 0
 
     def _count_loop(self, tracer: Tracer, stop: Stop) -> None:
