@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from .attribution import CgroupResolver
 from .events import CountKey, format_address
 from .outcome import result_name
-from .output import comm_text
+from .output import Attribute, comm_text
 from .tracer import ADDRESS_COUNT_FIELDS
 
 if TYPE_CHECKING:
@@ -43,35 +43,30 @@ OTHER = "other"
 class Label:
     """A label of tcpconnect_connects_total: the count_key fields the kernel
     must fill for it, and a factory of the function giving its value for a
-    key, called once per exporter: a label that needs state builds it there
-    (a container or unit label: fields {"cgroup"}, and a factory that makes
-    the cgroup id -> attribution lookup and returns a function of
-    key.cgroup_id). Values are computed once per kernel key and drain."""
+    key, called once per exporter with the exporter's cgroup id ->
+    attribution lookup (the container and unit labels use it). Values are
+    computed once per kernel key and drain."""
 
     fields: frozenset[str]
-    make: Callable[[], Callable[[CountKey], str]]
+    make: Callable[[Attribute], Callable[[CountKey], str]]
 
 
 LABELS: dict[str, Label] = {
-    "comm": Label(frozenset({"comm"}), lambda: lambda key: comm_text(key.comm)),
+    "comm": Label(frozenset({"comm"}), lambda _: lambda key: comm_text(key.comm)),
     "saddr": Label(frozenset({"saddr"}),
-                   lambda: lambda key: format_address(key.family, bytes(key.saddr))),
+                   lambda _: lambda key: format_address(key.family, bytes(key.saddr))),
     "daddr": Label(frozenset({"daddr"}),
-                   lambda: lambda key: format_address(key.family, bytes(key.daddr))),
-    "dport": Label(frozenset({"dport"}), lambda: lambda key: str(key.dport)),
-    "uid": Label(frozenset({"uid"}), lambda: lambda key: str(key.uid)),
+                   lambda _: lambda key: format_address(key.family, bytes(key.daddr))),
+    "dport": Label(frozenset({"dport"}), lambda _: lambda key: str(key.dport)),
+    "uid": Label(frozenset({"uid"}), lambda _: lambda key: str(key.uid)),
     # From the cgroup id, as --container and -j name them; "" where the
     # cgroup names none.
-    "container": Label(frozenset({"cgroup"}), lambda: _attribution_label("container_id")),
-    "unit": Label(frozenset({"cgroup"}), lambda: _attribution_label("unit")),
+    "container": Label(frozenset({"cgroup"}),
+                       lambda known: lambda key: known(key.cgroup_id).container_id or ""),
+    "unit": Label(frozenset({"cgroup"}), lambda known: lambda key: known(key.cgroup_id).unit or ""),
     # Needs --outcome, which counts each attempt when it ends.
-    "result": Label(frozenset(), lambda: lambda key: result_name(key.outcome, key.error)),
+    "result": Label(frozenset(), lambda _: lambda key: result_name(key.outcome, key.error)),
 }
-
-
-def _attribution_label(name: str) -> Callable[[CountKey], str]:
-    lookup = CgroupResolver().lookup
-    return lambda key: getattr(lookup(key.cgroup_id), name) or ""
 
 
 def count_fields(labels: tuple[str, ...], table: bool) -> frozenset[str]:
@@ -124,7 +119,9 @@ class Exporter:
         from prometheus_client.process_collector import ProcessCollector
 
         self.labels = labels
-        self._values = [LABELS[name].make() for name in labels]
+        # Its own resolver, not the rows': scrapes run on the server's thread.
+        self._resolver = CgroupResolver()
+        self._values = [LABELS[name].make(self._resolver.lookup) for name in labels]
         self._series = Tally(max_series)
         # -c's table, when it is printed beside the metrics: both come from
         # the same drains, as a table read is also a reset.
@@ -147,6 +144,7 @@ class Exporter:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+        self._resolver.close()
 
     @contextmanager
     def watching(self, tracer: Tracer, dns_cache: DnsCache | None) -> Iterator[Exporter]:
