@@ -308,25 +308,29 @@ def test_netns_field_and_filter(trace, workload, veth):
     host_ns = os.stat("/proc/self/ns/net").st_ino
     js = trace("-j", "-P", str(port))
     only_inside = trace("--netns", str(netns_inode(veth.netns)), "-P", str(port))
+    # /proc/PID/ns/net names the same namespace.
+    only_inside_by_pid = trace("--netns", f"/proc/{inside.pid}/ns/net", "-P", str(port))
     only_host = trace("-j", "--netns", str(host_ns), "-P", str(port))
     for w in (inside, outside):
         assert w.connect(4, LOOPBACK, port)[1] == errno.ECONNREFUSED
     refused_connect(4, port)
-    for t in (js, only_inside, only_host):
+    for t in (js, only_inside, only_inside_by_pid, only_host):
         t.stop()
         assert (t.returncode, t.stderr) == (0, "")
     assert [(r["pid"], r["daddr"], r["netns"]) for r in js.json_rows()] == [
         (inside.pid, LOOPBACK, netns_inode(veth.netns)),
         (outside.pid, LOOPBACK, host_ns), (ME, LOOPBACK, host_ns)]
-    assert only_inside.rows == ["%-7d %-12.12s %-2d %-16s %-16s %-6d " % (
-        inside.pid, inside.comm, 4, LOOPBACK, LOOPBACK, port)]
+    assert only_inside.rows == only_inside_by_pid.rows == [
+        "%-7d %-12.12s %-2d %-16s %-16s %-6d " % (inside.pid, inside.comm, 4, LOOPBACK, LOOPBACK,
+                                                  port)]
     assert [r["pid"] for r in only_host.json_rows()] == [outside.pid, ME]
 
 
 def test_netns_filter_applies_to_counts(trace, workload, veth):
+    # The namespace named by the file `ip netns add` made.
     inside = workload(netns=veth.netns)
     port = free_port()
-    t = trace("-c", "--netns", str(netns_inode(veth.netns)), "-P", str(port))
+    t = trace("-c", "--netns", f"/run/netns/{veth.netns}", "-P", str(port))
     assert inside.connect(4, LOOPBACK, port)[1] == errno.ECONNREFUSED
     refused_connect(4, port)
     refused_connect(4, port)

@@ -55,10 +55,23 @@ def missing_pid() -> int:
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--cgroup", "/no/such/dir"], "--cgroup /no/such/dir: No such file or directory"),
     (["--cgroup", "/tmp"], "--cgroup /tmp: not a cgroup v2 directory"),
+    (["--netns", "0"], "invalid network namespace '0'"),
+    (["--netns", "4294967296"], "invalid network namespace '4294967296'"),
+    (["--netns", "/no/such/netns"], "'/no/such/netns': No such file or directory"),
+    (["--netns", "/etc/passwd"], "'/etc/passwd': not a network namespace"),
+    (["--netns", "/proc/self/ns/mnt"], "'/proc/self/ns/mnt': not a network namespace"),
 ])
 @pytest.mark.host_only
 def test_bad_options_give_one_line_and_exit_2(args, fragment):
     assert_one_line_error(run_tool(*args), fragment)
+
+
+@pytest.mark.host_only
+def test_netns_fifo_is_refused_without_opening_it(tmp_path):
+    # Opening a FIFO for reading would wait for a writer.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_tool("--netns", str(fifo)), "not a network namespace")
 
 
 @pytest.mark.host_only

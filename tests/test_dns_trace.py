@@ -61,7 +61,8 @@ CLIENT = textwrap.dedent("""
     i = past_name(12) + 4
     for _ in range(int.from_bytes(message[6:8], "big")):
         i = past_name(i)
-        rtype, length = int.from_bytes(message[i:i + 2], "big"), int.from_bytes(message[i + 8:i + 10], "big")
+        rtype = int.from_bytes(message[i:i + 2], "big")
+        length = int.from_bytes(message[i + 8:i + 10], "big")
         if rtype in families:
             target = socket.inet_ntop(families[rtype], message[i + 10:i + 10 + length])
         i += 10 + length

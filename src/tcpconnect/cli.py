@@ -36,7 +36,7 @@ EXAMPLES = """examples:
     tcpconnect -c -i 10         # the same, printed and reset every 10 seconds
     tcpconnect -j               # one JSON object per connect
     tcpconnect --container      # with the container id or systemd unit of each connect
-    tcpconnect --netns 4026532281  # only sockets of this network namespace
+    tcpconnect --netns /run/netns/blue  # only sockets of this network namespace
     tcpconnect --metrics 127.0.0.1:9100 -q  # Prometheus metrics on :9100/metrics, no rows
     tcpconnect --metrics [::1]:9100 --metrics-labels comm,uid  # with rows, counts by comm, uid
     tcpconnect --cgroupmap /sys/fs/bpf/test01     # only cgroups listed in this pinned map
@@ -110,13 +110,38 @@ def parse_uid(text: str) -> int:
             f"invalid UID {shown(text)}: not a number nor a known user") from None
 
 
+# linux/nsfs.h: NS_GET_NSTYPE is _IO(0xb7, 0x3); it answers with a CLONE_NEW* flag.
+NS_GET_NSTYPE = 0xB703
+CLONE_NEWNET = 0x40000000
+
+
 def parse_netns(text: str) -> int:
-    inum = bounded_number(text, NS_INUM_MAX)
-    if not inum:
-        raise argparse.ArgumentTypeError(
-            f"invalid network namespace {shown(text)}: expected its inode number 1..{NS_INUM_MAX}"
-            " (stat -L -c %i /proc/PID/ns/net)")
-    return inum
+    """An inode number, or a file that is a network namespace (/run/netns/NAME,
+    /proc/PID/ns/net): what `ip netns` and containers hand an SRE."""
+    if text.isascii() and text.isdigit():
+        inum = bounded_number(text, NS_INUM_MAX)
+        if not inum:
+            raise argparse.ArgumentTypeError(
+                f"invalid network namespace {shown(text)}: expected its inode number "
+                f"1..{NS_INUM_MAX} or a path such as /run/netns/NAME or /proc/PID/ns/net")
+        return inum
+    import fcntl
+
+    try:
+        # Only files of nsfs are opened: opening a FIFO or a device could
+        # block or act.
+        if os.stat(text).st_dev != os.stat("/proc/self/ns/net").st_dev:
+            raise argparse.ArgumentTypeError(f"{shown(text)}: not a network namespace")
+        fd = os.open(text, os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) else "not a path"
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {reason}") from None
+    try:
+        if fcntl.ioctl(fd, NS_GET_NSTYPE) != CLONE_NEWNET:
+            raise argparse.ArgumentTypeError(f"{shown(text)}: not a network namespace")
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
 
 
 def parse_interval(text: str) -> int:
@@ -203,8 +228,9 @@ def build_parser() -> Parser:
     parser.add_argument("--container", action="store_true",
                         help="include a CONTAINER column: the container id, else the systemd "
                              "unit, of the connecting process")
-    parser.add_argument("--netns", type=parse_netns, metavar="INODE",
-                        help="trace sockets of this network namespace only (its inode number)")
+    parser.add_argument("--netns", type=parse_netns, metavar="NETNS",
+                        help="trace sockets of this network namespace only: its inode number, "
+                             "or /run/netns/NAME, /proc/PID/ns/net")
     parser.add_argument("--cgroupmap", metavar="MAPPATH",
                         help="trace cgroups in this pinned BPF map only")
     parser.add_argument("--mntnsmap", metavar="MAPPATH",
