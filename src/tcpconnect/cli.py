@@ -127,21 +127,26 @@ def parse_netns(text: str) -> int:
         return inum
     import fcntl
 
+    # O_PATH opens nothing (a FIFO cannot block it, a device is not opened);
+    # the checks and the ioctl then go through that one descriptor, so the
+    # path cannot be swapped for another file between them.
     try:
-        # Only files of nsfs are opened: opening a FIFO or a device could
-        # block or act.
-        if os.stat(text).st_dev != os.stat("/proc/self/ns/net").st_dev:
-            raise argparse.ArgumentTypeError(f"{shown(text)}: not a network namespace")
-        fd = os.open(text, os.O_RDONLY | os.O_CLOEXEC)
+        found = os.open(text, os.O_PATH | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) else "not a path"
         raise argparse.ArgumentTypeError(f"{shown(text)}: {reason}") from None
     try:
-        if fcntl.ioctl(fd, NS_GET_NSTYPE) != CLONE_NEWNET:
+        if os.fstat(found).st_dev != os.stat("/proc/self/ns/net").st_dev:
             raise argparse.ArgumentTypeError(f"{shown(text)}: not a network namespace")
-        return os.fstat(fd).st_ino
+        # An O_PATH descriptor takes no ioctl: reopen that same file.
+        with open(f"/proc/self/fd/{found}", "rb", buffering=0) as namespace:
+            if fcntl.ioctl(namespace.fileno(), NS_GET_NSTYPE) != CLONE_NEWNET:
+                raise argparse.ArgumentTypeError(f"{shown(text)}: not a network namespace")
+        return os.fstat(found).st_ino
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{shown(text)}: {exc.strerror}") from None
     finally:
-        os.close(fd)
+        os.close(found)
 
 
 def parse_interval(text: str) -> int:
