@@ -180,7 +180,20 @@ _FIELD_POSITIONS = dict(
     NS_PER_SECOND=NS_PER_SECOND)
 
 
-class TextFormatter:
+class _CompiledFormatter:
+    """Rows from the comprehension a subclass compiled into `_rows`."""
+
+    columns: Columns
+    _clock: RelativeClock
+    _rows: Callable[[list[tuple], int], list[str]]
+
+    def rows(self, events: list[tuple]) -> list[str]:
+        if not events:
+            return []
+        return self._rows(events, self._clock.start_ns(events) if self.columns.timestamp else 0)
+
+
+class TextFormatter(_CompiledFormatter):
     """bcc's layout, column for column, so existing parsers keep working."""
 
     def __init__(self, columns: Columns, query: Callable[[tuple], str] | None = None,
@@ -232,13 +245,9 @@ class TextFormatter:
             line += " QUERY"
         return line
 
-    def rows(self, events: list[tuple]) -> list[str]:
-        if not events:
-            return []
-        return self._rows(events, self._clock.start_ns(events) if self.columns.timestamp else 0)
 
 
-class JsonFormatter:
+class JsonFormatter(_CompiledFormatter):
     """One JSON object per line; optional fields follow the same options as
     the text columns. Rows are built from a template rather than json.dumps
     of a dict (several times the cost); every string in them comes from
@@ -275,11 +284,6 @@ class JsonFormatter:
 
     def header(self) -> None:
         return None
-
-    def rows(self, events: list[tuple]) -> list[str]:
-        if not events:
-            return []
-        return self._rows(events, self._clock.start_ns(events) if self.columns.timestamp else 0)
 
 
 def _query_fields(name: str | None, age_ns: int | None) -> str:
