@@ -9,6 +9,7 @@ of each.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TextIO
@@ -290,6 +291,20 @@ def _query_fields(name: str | None, age_ns: int | None) -> str:
     return ', "query": %s, "query_age_ms": %s' % (
         "null" if name is None else json.dumps(name, ensure_ascii=True),
         "null" if age_ns is None else repr(round(age_ns / 1e6, 3)))
+
+
+def whole_writes(stream: TextIO) -> TextIO:
+    """A text stream that writes all it is given. With PYTHONUNBUFFERED
+    (or -u), common in container images, stdout's text layer writes straight
+    to the file and ignores a short write: a signal that interrupts a write
+    to a full pipe would silently drop the rest of the batch. A buffered
+    layer in between retries until everything is written. Its own file
+    object leaves the descriptor open and sys.stdout untouched."""
+    if not isinstance(getattr(stream, "buffer", None), io.RawIOBase):
+        return stream
+    raw = io.FileIO(stream.fileno(), "w", closefd=False)
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding=stream.encoding,
+                            errors=stream.errors)
 
 
 def tolerate_unencodable(stream: TextIO) -> TextIO:

@@ -20,6 +20,7 @@ from .output import (
     count_header,
     count_rows,
     tolerate_unencodable,
+    whole_writes,
 )
 from .tracer import Batch, LossCounters, Tracer, TracerConfig
 
@@ -70,8 +71,8 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
 class Session:
     def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
         self.args = args
-        self.out = tolerate_unencodable(out)
-        self.err = tolerate_unencodable(err)
+        self.out = tolerate_unencodable(whole_writes(out))
+        self.err = tolerate_unencodable(whole_writes(err))
         self._reported = LossCounters(0, 0, 0, 0)
         self._dns_cache = None
         self._exporter: Exporter | None = None
