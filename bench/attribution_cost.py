@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from tcpconnect.attribution import CgroupResolver, cgroup2_mount  # noqa: E402
-from tcpconnect.events import EventRecord  # noqa: E402
+from tcpconnect.events import EventRecord, decoded  # noqa: E402
 from tcpconnect.output import Columns, JsonFormatter, TextFormatter  # noqa: E402
 
 BATCH = 1000
@@ -59,10 +59,11 @@ def main() -> int:
         ids = [path.stat().st_ino for path in made]
         addr = socket.inet_pton(socket.AF_INET, "127.0.0.1").ljust(16, b"\0")
         # The kernel fills ts_ns only for -t (and -d); 0 otherwise.
-        events = [tuple(EventRecord(
+        events = [decoded(EventRecord(
             ts_ns=0, cgroup_id=ids[i % len(ids)], mntns_id=4026531841, saddr=addr, daddr=addr,
             pid=1000 + i % 50, tid=1000 + i % 50, uid=0, netns=4026531840, lport=0,
-            dport=80, family=4, comm=b"curl".ljust(16, b"\0"))) for i in range(args.rows)]
+            dport=80, family=4, comm=b"curl".ljust(16, b"\0"), latency_ns=0, outcome=0,
+            error=0)) for i in range(args.rows)]
         batches = [events[i:i + BATCH] for i in range(0, len(events), BATCH)]
         timed = [[(i * 1000, *e[1:]) for i, e in enumerate(b)] for b in batches]
         print(f"{args.rows} rows from {args.cgroups} cgroups in batches of {BATCH}; "

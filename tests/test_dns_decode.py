@@ -18,10 +18,12 @@ from tcpconnect.events import (
     DNS_EVENT_FORMAT,
     DNS_PAYLOAD_MAX,
     DNS_TS_NS,
+    TS_NS,
     DnsEvent,
     EventRecord,
+    decoded,
+    destination,
     dns_message,
-    packed_address,
 )
 from tcpconnect.output import Columns, TextFormatter
 
@@ -48,13 +50,12 @@ def test_any_record_decodes_without_raising(raw: bytes) -> None:
     DnsCache().record(dns_message(event), event[DNS_TS_NS])
 
 
-def connect_to(addr: str, ts_ns: int) -> EventRecord:
-    return EventRecord(ts_ns=ts_ns, cgroup_id=0, mntns_id=0, latency_ns=0,
-                       saddr=ipaddress.IPv4Address("10.0.0.1").packed + bytes(12),
-                       daddr=ipaddress.IPv4Address(addr).packed + bytes(12),
-                       pid=1, tid=1, uid=0, netns=0, lport=0, dport=443, family=4, outcome=0,
-                       error=0,
-                       comm=b"curl".ljust(16, b"\0"))
+def connect_to(addr: str, ts_ns: int) -> tuple:
+    return decoded(EventRecord(ts_ns=ts_ns, cgroup_id=0, mntns_id=0, latency_ns=0,
+                               saddr=ipaddress.IPv4Address("10.0.0.1").packed + bytes(12),
+                               daddr=ipaddress.IPv4Address(addr).packed + bytes(12),
+                               pid=1, tid=1, uid=0, netns=0, lport=0, dport=443, family=4,
+                               outcome=0, error=0, comm=b"curl".ljust(16, b"\0")))
 
 
 def is_utf8(data: bytes) -> bool:
@@ -81,7 +82,7 @@ def test_any_name_prints_as_one_safe_line(labels: list[bytes], addr: str) -> Non
     event = DNS_EVENT_FORMAT.unpack(record(reply.pack(), ts_ns=1_000))
     cache.record(dns_message(event), event[DNS_TS_NS])
     formatter = TextFormatter(Columns(dns=True), lambda e: query_column(
-        cache, e.family, packed_address(e.family, e.daddr), e.ts_ns))
+        cache, *destination(e), e[TS_NS]))
     connect = connect_to(addr, ts_ns=2_000)
     [line] = formatter.rows([connect])
     assert line.isprintable()

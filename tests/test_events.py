@@ -9,7 +9,20 @@ import subprocess
 import pytest
 from conftest import ROOT
 
-from tcpconnect.events import DNS_EVENT_FORMAT, EVENT_FORMAT, MIRRORS, DnsEvent, Event, EventRecord
+from tcpconnect.events import (
+    DNS_EVENT_FORMAT,
+    EVENT_FORMAT,
+    IDENTITY,
+    IDENTITY_BYTES,
+    IDENTITY_FORMAT,
+    MIRRORS,
+    RECORD_FORMAT,
+    DnsEvent,
+    Event,
+    EventRecord,
+    decode_event,
+    identities,
+)
 
 # Never loads BPF: the kernel matrix leaves it to the host run.
 pytestmark = pytest.mark.host_only
@@ -53,9 +66,28 @@ def test_batch_format_decodes_like_the_mirror():
     event.saddr[:] = bytes(range(16))
     event.daddr[:] = bytes(range(16, 32))
     decoded = EventRecord._make(EVENT_FORMAT.unpack(bytes(event)))
-    assert EVENT_FORMAT.size == ctypes.sizeof(Event)
+    assert EVENT_FORMAT.size == RECORD_FORMAT.size == ctypes.sizeof(Event)
     for name, _ in Event._fields_:
         value = getattr(event, name)
         expected = bytes(value) if isinstance(value, ctypes.Array) else value
         assert getattr(decoded, name) == (expected.ljust(16, b"\0") if name == "comm" else expected)
+    # The reader's form: the fields before the identity one by one, then the
+    # identity's bytes, which decode to the same fields.
+    record = decode_event(event)
+    names = list(EventRecord._fields)
+    split = names.index(IDENTITY[0])
+    assert record[:IDENTITY_BYTES] == decoded[:split]
+    assert len(record) == split + 1
+    assert identities[record[IDENTITY_BYTES]] == decoded[split:]
+    assert IDENTITY_FORMAT.size == len(record[IDENTITY_BYTES])
+
+
+def test_identity_fields_are_contiguous_and_unpadded():
+    # The identity's bytes are a cache key: a padding byte inside them (never
+    # written by the kernel side) could split one identity into many.
+    names = [name for name, _ in Event._fields_]
+    run = names[names.index(IDENTITY[0]):names.index(IDENTITY[1]) + 1]
+    for before, after in zip(run, run[1:]):
+        field = getattr(Event, before)
+        assert field.offset + field.size == getattr(Event, after).offset
     assert DNS_EVENT_FORMAT.size == ctypes.sizeof(DnsEvent)

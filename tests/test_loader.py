@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import BANNER, BUILD, ROOT, TOOL, connect_burst, free_port, wait_for
 
-from tcpconnect.events import DPORT, EVENT_FORMAT
+from tcpconnect.events import DPORT, EVENT_FORMAT, IDENTITY_BYTES, identities
 from tcpconnect.libbpf import BpfError, BpfObject
 from tcpconnect.tracer import Tracer, TracerConfig, events_ring_bytes
 
@@ -72,7 +72,7 @@ def test_overflow_is_counted_not_hidden():
         lost = tracer.losses().events
     assert lost > 0
     assert len(received) + lost == made
-    assert all(e[DPORT] == port for e in received)
+    assert all(identities[e[IDENTITY_BYTES]][DPORT] == port for e in received)
 
 
 def test_accounting_is_exact_while_reading():

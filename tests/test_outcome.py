@@ -43,7 +43,7 @@ from test_trace import LISTENER
 
 from tcpconnect import session
 from tcpconnect.cli import parse_args
-from tcpconnect.events import CountKey, EventRecord
+from tcpconnect.events import CountKey, EventRecord, decoded
 from tcpconnect.outcome import (
     TCP_CLOSE,
     TCP_ESTABLISHED,
@@ -135,10 +135,10 @@ def test_count_table_with_results_and_pending_attempts():
 
     kernel_counts = [(key(80, TCP_ESTABLISHED), 5), (key(81, TCP_CLOSE, errno.ECONNREFUSED), 2),
                      (key(82, TCP_SYN_SENT), 1)]
-    still_open = [EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=0,
-                              saddr=bytes(key(0, 0).saddr), daddr=bytes(key(0, 0).daddr),
-                              pid=1, tid=1, uid=0, netns=0, lport=0, dport=port, family=4,
-                              outcome=TCP_SYN_SENT, error=0, comm=b"x".ljust(16, b"\0"))
+    still_open = [decoded(EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=0,
+                                      saddr=bytes(key(0, 0).saddr), daddr=bytes(key(0, 0).daddr),
+                                      pid=1, tid=1, uid=0, netns=0, lport=0, dport=port, family=4,
+                                      outcome=TCP_SYN_SENT, error=0, comm=b"x".ljust(16, b"\0")))
                   for port in (82, 83, 83)]
     assert [count_header(True), *count_rows(counts_with_pending(kernel_counts, still_open),
                                             results=True)] == [

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from tcpconnect.attribution import Attribution
-from tcpconnect.events import EventRecord
+from tcpconnect.events import EventRecord, decoded
 from tcpconnect.output import Columns, JsonFormatter, TextFormatter, escape
 from tcpconnect.wallclock import WallClock
 
@@ -19,22 +19,23 @@ pytestmark = pytest.mark.host_only
 WALL = WallClock(offset_ns=1_795_915_420 * 10**9)
 
 
-def event(**fields) -> EventRecord:
+def event(**fields) -> tuple:
     """A decoded event as the ring reader hands it over (arrays as the
     kernel's zero-padded bytes)."""
     for name in ("saddr", "daddr", "comm"):
         if name in fields:
             fields[name] = fields[name].ljust(16, b"\0")
-    return EventRecord(
+    record = EventRecord(
         ts_ns=5_000_000_000, pid=4242, tid=4243, uid=1000, lport=51234, dport=443, family=4,
         comm=b"curl".ljust(16, b"\0"), cgroup_id=7, mntns_id=4026531841, netns=4026531840,
         latency_ns=0, outcome=0, error=0,
         saddr=socket.inet_pton(socket.AF_INET, "10.0.0.1").ljust(16, b"\0"),
         daddr=socket.inet_pton(socket.AF_INET, "93.184.216.34").ljust(16, b"\0"),
-    )._replace(**fields)
+    )
+    return decoded(record._replace(**fields))
 
 
-def row(formatter, e: EventRecord) -> str:
+def row(formatter, e: tuple) -> str:
     [line] = formatter.rows([e])
     return line
 
@@ -101,6 +102,25 @@ def test_timestamps_count_from_the_first_event():
     assert later.startswith("2.346    ")
 
 
+@pytest.mark.parametrize("columns", [Columns(), Columns(timestamp=True, lport=True)])
+def test_repeated_identities_print_their_own_rows(columns):
+    # Rows are kept by identity: each identity gets its own row, its varying
+    # columns filled in anew, and a % in a name stays as it is.
+    formatter = TextFormatter(columns)
+    rows = formatter.rows([event(comm=b"50%d %s%%", ts_ns=5_000_000_000, lport=1000),
+                           event(pid=7, ts_ns=6_000_000_000, lport=1001),
+                           event(comm=b"50%d %s%%", ts_ns=7_000_000_000, lport=1002)])
+    tail = "93.184.216.34    443    "
+    if columns.timestamp:
+        assert rows == ["0.000    4242    50%d %s%%    4  10.0.0.1         1000   " + tail,
+                        "1.000    7       curl         4  10.0.0.1         1001   " + tail,
+                        "2.000    4242    50%d %s%%    4  10.0.0.1         1002   " + tail]
+    else:
+        assert rows == ["4242    50%d %s%%    4  10.0.0.1         " + tail,
+                        "7       curl         4  10.0.0.1         " + tail,
+                        "4242    50%d %s%%    4  10.0.0.1         " + tail]
+
+
 def test_hostile_strings_are_escaped():
     assert escape("plain name") == "plain name"
     assert escape("\x1b[2Jevil\n") == "\\x1b[2Jevil\\n"
@@ -159,7 +179,8 @@ def test_json_without_dns_has_no_query_fields():
     assert "query" not in record and "query_age_ms" not in record
 
 
-@pytest.mark.parametrize("comm", [b"curl", b"cu\x1brl", b'say "hi"\\', b"bad\xff", "é中".encode()])
+@pytest.mark.parametrize("comm", [b"curl", b"cu\x1brl", b'say "hi"\\', b"bad\xff", "é中".encode(),
+                                  b"100%s%d%%"])
 def test_json_rows_equal_json_dumps(comm):
     # Rows are built from a template; they must be what json.dumps makes.
     e = event(comm=comm, family=6, saddr=socket.inet_pton(socket.AF_INET6, "::1"),

@@ -19,20 +19,20 @@ DNS_PAYLOAD_MAX = 1232
 class Event(Structure):
     _fields_ = [
         ("ts_ns", c_uint64),
+        ("latency_ns", c_uint64),
+        ("lport", c_uint16),
+        ("outcome", c_uint16),
+        ("error", c_uint16),
         ("cgroup_id", c_uint64),
         ("mntns_id", c_uint64),
-        ("latency_ns", c_uint64),
         ("saddr", c_uint8 * 16),
         ("daddr", c_uint8 * 16),
         ("pid", c_uint32),
         ("tid", c_uint32),
         ("uid", c_uint32),
         ("netns", c_uint32),
-        ("lport", c_uint16),
         ("dport", c_uint16),
         ("family", c_uint16),
-        ("outcome", c_uint16),
-        ("error", c_uint16),
         ("comm", c_char * TASK_COMM_LEN),
     ]
 
@@ -69,46 +69,96 @@ MIRRORS: dict[str, type[Structure]] = {
 _STRUCT_CODES = {c_uint8: "B", c_uint16: "H", c_uint32: "I", c_uint64: "Q", c_char: "c"}
 
 
-def struct_format(mirror: type[Structure]) -> struct.Struct:
+def struct_format(mirror: type[Structure], joined: tuple[str, str] | None = None,
+                  only: tuple[str, str] | None = None) -> struct.Struct:
     """The struct module's layout of a mirror, for decoding many records at
     once with iter_unpack (far cheaper per record than a ctypes object).
     Derived from the mirror's own fields, so it cannot drift from it;
-    arrays become byte strings."""
-    layout, end = "=", 0
-    for name, ctype in mirror._fields_:
+    arrays become byte strings. `joined` names the first and last of a run
+    of fields decoded together as one byte string; `only` limits the layout
+    to the run of fields from its first to its last."""
+    names = [name for name, _ in mirror._fields_]
+
+    def span(run: tuple[str, str]) -> tuple[int, int, int, int]:
+        first, last = names.index(run[0]), names.index(run[1])
+        end = getattr(mirror, run[1])
+        return first, last, getattr(mirror, run[0]).offset, end.offset + end.size
+
+    first, last, begin, finish = span(only) if only else (0, len(names) - 1, 0,
+                                                           ctypes.sizeof(mirror))
+    joined_first, joined_last, _, joined_end = span(joined) if joined else (-1, -1, 0, 0)
+    layout, end = "=", begin
+    for i, (name, ctype) in enumerate(mirror._fields_[first:last + 1], start=first):
+        if joined_first < i <= joined_last:
+            continue
         field = getattr(mirror, name)
         layout += "%dx" % (field.offset - end) if field.offset > end else ""
-        if hasattr(ctype, "_length_"):
+        end = joined_end if i == joined_first else field.offset + field.size
+        if i == joined_first:
+            layout += "%ds" % (end - field.offset)
+        elif hasattr(ctype, "_length_"):
             layout += "%ds" % ctypes.sizeof(ctype)
         else:
             layout += _STRUCT_CODES[ctype]
-        end = field.offset + field.size
-    layout += "%dx" % (ctypes.sizeof(mirror) - end) if ctypes.sizeof(mirror) > end else ""
+    layout += "%dx" % (finish - end) if finish > end else ""
     return struct.Struct(layout)
 
 
+# The fields of Event that are the same for every connect one thread makes
+# to one destination, first and last; tcpconnect.h keeps them contiguous.
+IDENTITY = ("cgroup_id", "comm")
+# Every field of an event, one by one (ctypes Event <-> EventRecord).
 EVENT_FORMAT = struct_format(Event)
+# How the reader decodes an event: the fields that change from one connect
+# to the next, then the identity fields as one byte string, the key of the
+# caches of decoded identities and formatted rows (see output.py).
+RECORD_FORMAT = struct_format(Event, joined=IDENTITY)
+IDENTITY_FORMAT = struct_format(Event, only=IDENTITY)
 DNS_EVENT_FORMAT = struct_format(DnsEvent)
 
 
-# A decoded event: the fields of Event in its order, arrays as bytes. The
-# reader hands out plain tuples of this shape (building a named tuple per
-# event would cost more than formatting it); the named type is for code that
-# builds or inspects one.
+# An event with every field by name, for code that builds or inspects one;
+# the reader hands out plain tuples in RECORD_FORMAT's order (building a
+# named tuple per event would cost more than printing it).
 EventRecord = namedtuple("EventRecord", [name for name, _ in Event._fields_])  # type: ignore[misc]
-# Positions of fields in a decoded record, for the per-event hot paths.
-(TS_NS, CGROUP_ID, MNTNS_ID, LATENCY_NS, SADDR, DADDR, PID, TID, UID, NETNS, LPORT, DPORT,
- FAMILY, OUTCOME, ERROR, COMM) = (
-    EventRecord._fields.index(name) for name in (
-        "ts_ns", "cgroup_id", "mntns_id", "latency_ns", "saddr", "daddr", "pid", "tid", "uid",
-        "netns", "lport", "dport", "family", "outcome", "error", "comm"))
+# Positions of fields in a decoded record, then in a decoded identity.
+_NAMES = [name for name, _ in Event._fields_]
+_SPLIT = _NAMES.index(IDENTITY[0])
+TS_NS, LATENCY_NS, LPORT, OUTCOME, ERROR, IDENTITY_BYTES = (
+    [*_NAMES[:_SPLIT], "identity"].index(name) for name in (
+        "ts_ns", "latency_ns", "lport", "outcome", "error", "identity"))
+CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, DPORT, FAMILY, COMM = (
+    _NAMES[_SPLIT:].index(name) for name in (
+        "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "netns", "dport",
+        "family", "comm"))
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
 
 
+class _IdentityCache(dict):
+    """Decoded identities by their bytes; cleared when full, which is
+    cheaper than LRU bookkeeping on every hit."""
+
+    def __missing__(self, raw: bytes) -> tuple:
+        if len(self) >= IDENTITY_CACHE_SIZE:
+            self.clear()
+        fields = self[raw] = IDENTITY_FORMAT.unpack(raw)
+        return fields
+
+
+IDENTITY_CACHE_SIZE = 4096
+# identities[record[IDENTITY_BYTES]][PID] and so on.
+identities = _IdentityCache()
+
+
 def decode_event(event: Event) -> tuple:
     """The decoded form of one ctypes Event (as read from a map)."""
-    return EVENT_FORMAT.unpack(bytes(event))
+    return RECORD_FORMAT.unpack(bytes(event))
+
+
+def decoded(record: EventRecord) -> tuple:
+    """The form the reader hands out of an event given field by field."""
+    return RECORD_FORMAT.unpack(EVENT_FORMAT.pack(*record))
 
 
 def dns_message(answer: tuple) -> bytes:
@@ -120,6 +170,12 @@ def dns_message(answer: tuple) -> bytes:
 def packed_address(family: int, raw: bytes) -> bytes:
     """The address bytes of a 16-byte kernel field: 4 for IPv4, 16 for IPv6."""
     return raw[:4] if family == 4 else raw
+
+
+def destination(record: tuple) -> tuple[int, bytes]:
+    """The family and address bytes a decoded record's connect went to."""
+    identity = identities[record[IDENTITY_BYTES]]
+    return identity[FAMILY], packed_address(identity[FAMILY], identity[DADDR])
 
 
 class _AddressText(dict):

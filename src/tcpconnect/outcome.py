@@ -13,7 +13,18 @@ import errno
 import functools
 from typing import Iterable
 
-from .events import DADDR, DPORT, ERROR, FAMILY, LATENCY_NS, OUTCOME, SADDR, CountKey
+from .events import (
+    DADDR,
+    DPORT,
+    ERROR,
+    FAMILY,
+    IDENTITY_BYTES,
+    LATENCY_NS,
+    OUTCOME,
+    SADDR,
+    CountKey,
+    identities,
+)
 
 # include/net/tcp_states.h
 TCP_ESTABLISHED = 1
@@ -89,9 +100,10 @@ def counts_with_pending(counts: list[tuple[CountKey, int]],
     count each under the result `pending`."""
     totals: dict[bytes, tuple[CountKey, int]] = {bytes(key): (key, n) for key, n in counts}
     for event in pending:
-        key = CountKey(dport=event[DPORT], family=event[FAMILY], outcome=event[OUTCOME])
-        key.saddr[:] = event[SADDR]
-        key.daddr[:] = event[DADDR]
+        identity = identities[event[IDENTITY_BYTES]]
+        key = CountKey(dport=identity[DPORT], family=identity[FAMILY], outcome=event[OUTCOME])
+        key.saddr[:] = identity[SADDR]
+        key.daddr[:] = identity[DADDR]
         raw = bytes(key)
         known, n = totals.get(raw, (key, 0))
         totals[raw] = (known, n + 1)

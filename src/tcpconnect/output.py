@@ -1,10 +1,13 @@
 """Turns events and counts into bcc-compatible text lines, or JSON lines.
 
-Events arrive in batches of decoded tuples (see events.EventRecord) and are
-formatted a batch at a time: one list comprehension per batch, holding just
-the columns that are on, and one %-format per row, with the text of process
-names, addresses, cgroups and seconds cached, since a traced host repeats few
-of each.
+Events arrive in batches of decoded tuples (see events.RECORD_FORMAT) and
+are formatted a batch at a time: one list comprehension per batch, holding
+just the columns that are on. A traced host repeats few identities (a
+thread connecting to a destination), so the text of their columns is made
+once and kept; a row is one lookup, plus a %-format when columns that vary
+from one connect to the next (times, the local port, the outcome, the DNS
+name) are on. The text of process names, addresses, cgroups and seconds is
+cached too.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .events import (
     DADDR,
     DPORT,
     FAMILY,
+    IDENTITY_BYTES,
     LPORT,
     MNTNS_ID,
     NETNS,
@@ -32,6 +36,7 @@ from .events import (
     UID,
     CountKey,
     format_address,
+    identities,
 )
 from .outcome import TEXT_HEADER as OUTCOME_HEADER
 from .outcome import COUNT_RESULT_HEADER, count_key_result, json_fields, text_columns
@@ -39,8 +44,8 @@ from .wallclock import NS_PER_SECOND, WallClock
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
-# Distinct process names (and cgroups) whose text is kept.
-COMM_CACHE_SIZE = 4096
+# Distinct process names, cgroups and identities whose text is kept.
+TEXT_CACHE_SIZE = 4096
 # A DNS query: the name (None when no answer held the address) and how long
 # before the connect its answer arrived (None when the name is not from an
 # answer: no query, or loopback's "localhost").
@@ -121,7 +126,7 @@ class _TextCache(dict):
         self._make = make
 
     def __missing__(self, key: Any) -> str:
-        if len(self) >= COMM_CACHE_SIZE:
+        if len(self) >= TEXT_CACHE_SIZE:
             self.clear()
         text = self[key] = self._make(key)
         return text
@@ -152,33 +157,54 @@ class RelativeClock:
         return self._start_ns
 
 
-# A row is (format, expression) pieces, one or more per column. The
-# expressions see the event as `e`, the batch's TIME(s) origin as `start`,
-# the field positions of events.py and the names a formatter passes.
-RowPieces = list[tuple[str, str]]
+# A row is pieces of (format, expression, varies), one or more per column.
+# Most columns come from the connect's identity (events.IDENTITY: who
+# connected, and where to), whose expressions see it decoded as `i`; those
+# that vary from one connect to the next (times, the local port, the
+# outcome, the DNS name) see the event as `e` and the batch's TIME(s)
+# origin as `start`. Both see the field positions of events.py and the
+# names a formatter passes.
+RowPieces = list[tuple[str, str, bool]]
+VARIES = True
 
 
 def _compile_rows(pieces: RowPieces, names: dict[str, Any]) -> Callable[[list[tuple], int],
                                                                           list[str]]:
     """One list comprehension over a batch holding exactly the columns that
-    are on. A comprehension that handled every column, printing the ones
-    that are off as nothing, cost a row up to 0.6 us more (`-T` 1.06 against
-    1.43 us); one per option combination would be dozens. The source is made
-    from the fixed pieces in this module, never from input."""
-    template = "".join(layout for layout, _ in pieces)
-    values = ", ".join(value for _, value in pieces if value)
-    scope = {**_FIELD_POSITIONS, **names, "template": template}
-    return eval(f"lambda events, start: [template % ({values},) for e in events]", scope)
+    are on. What the identity columns print is formatted once per identity
+    and kept: a repeated connect costs a lookup, plus a %-format for the
+    columns that vary, if any are on. A comprehension that handled every
+    column, printing the ones that are off as nothing, cost a row up to
+    0.6 us more; one per option combination would be dozens. The source is
+    made from the fixed pieces in this module, never from input."""
+    varying = [value for _, value, varies in pieces if varies]
+    parts = []
+    for layout, value, varies in pieces:
+        if varies or not value:
+            parts.append(repr(layout))
+        elif varying:
+            # Doubled, so that what a process or a cgroup is called stays
+            # text when the varying columns are filled in.
+            parts.append(f"({layout!r} % ({value},)).replace('%', '%%')")
+        else:
+            parts.append(f"{layout!r} % ({value},)")
+    scope = {**_FIELD_POSITIONS, **names}
+    identity_text = eval(f"lambda i: ''.join(({', '.join(parts)},))", scope)
+    scope["known"] = _TextCache(lambda raw: identity_text(identities[raw]))
+    if not varying:
+        return eval("lambda events, start: [known[e[IDENTITY_BYTES]] for e in events]", scope)
+    return eval(f"lambda events, start: [known[e[IDENTITY_BYTES]] % ({', '.join(varying)},) "
+                "for e in events]", scope)
 
 
-def _when(enabled: bool, *pieces: tuple[str, str]) -> RowPieces:
+def _when(enabled: bool, *pieces: tuple[str, str, bool]) -> RowPieces:
     return list(pieces) if enabled else []
 
 
 _FIELD_POSITIONS = dict(
-    TS_NS=TS_NS, CGROUP_ID=CGROUP_ID, MNTNS_ID=MNTNS_ID, SADDR=SADDR, DADDR=DADDR, PID=PID,
-    TID=TID, UID=UID, NETNS=NETNS, LPORT=LPORT, DPORT=DPORT, FAMILY=FAMILY, COMM=COMM,
-    NS_PER_SECOND=NS_PER_SECOND)
+    TS_NS=TS_NS, LPORT=LPORT, IDENTITY_BYTES=IDENTITY_BYTES, CGROUP_ID=CGROUP_ID,
+    MNTNS_ID=MNTNS_ID, SADDR=SADDR, DADDR=DADDR, PID=PID, TID=TID, UID=UID, NETNS=NETNS,
+    DPORT=DPORT, FAMILY=FAMILY, COMM=COMM, NS_PER_SECOND=NS_PER_SECOND)
 
 
 class _CompiledFormatter:
@@ -211,16 +237,17 @@ class TextFormatter(_CompiledFormatter):
         # bcc ends every row with a space and the QUERY column, empty
         # without -d; parsers that split on single spaces expect it.
         self._rows = _compile_rows([
-            *_when(columns.time_of_day, ("%s ", "local[(e[TS_NS] + offset) // NS_PER_SECOND]")),
-            *_when(columns.timestamp, ("%-9.3f", "(e[TS_NS] - start) / 1e9")),
-            *_when(columns.uid, ("%-6d", "e[UID]")),
-            ("%-7d %s ", "e[PID], comm[e[COMM]]"),
-            *_when(columns.container, ("%s", "container[e[CGROUP_ID]]")),
-            ("%-2d %-16s ", "e[FAMILY], addr[e[FAMILY]][e[SADDR]]"),
-            *_when(columns.lport, ("%-6d ", "e[LPORT]")),
-            ("%-16s %-6d ", "addr[e[FAMILY]][e[DADDR]], e[DPORT]"),
-            *_when(columns.outcome, ("%s", "text_columns(e)")),
-            *_when(query is not None, ("%s", "escape_query(query(e))")),
+            *_when(columns.time_of_day,
+                   ("%s ", "local[(e[TS_NS] + offset) // NS_PER_SECOND]", VARIES)),
+            *_when(columns.timestamp, ("%-9.3f", "(e[TS_NS] - start) / 1e9", VARIES)),
+            *_when(columns.uid, ("%-6d", "i[UID]", not VARIES)),
+            ("%-7d %s ", "i[PID], comm[i[COMM]]", not VARIES),
+            *_when(columns.container, ("%s", "container[i[CGROUP_ID]]", not VARIES)),
+            ("%-2d %-16s ", "i[FAMILY], addr[i[FAMILY]][i[SADDR]]", not VARIES),
+            *_when(columns.lport, ("%-6d ", "e[LPORT]", VARIES)),
+            ("%-16s %-6d ", "addr[i[FAMILY]][i[DADDR]], i[DPORT]", not VARIES),
+            *_when(columns.outcome, ("%s", "text_columns(e)", VARIES)),
+            *_when(query is not None, ("%s", "escape_query(query(e))", VARIES)),
         ], dict(local=self._wall.local_seconds, offset=self._wall.offset_ns, comm=comm,
                 container=container, addr=ADDRESS_TEXT, text_columns=text_columns,
                 escape_query=escape_query, query=query))
@@ -268,17 +295,20 @@ class JsonFormatter(_CompiledFormatter):
         self._rows = _compile_rows([
             # WallClock.rfc3339, inlined; `wall` is the event's time in ns.
             ('{"timestamp": "%s.%06dZ", ',
-             "utc[(wall := e[TS_NS] + offset) // NS_PER_SECOND], wall % NS_PER_SECOND // 1000"),
-            *_when(columns.timestamp, ('"time": %r, ', "round((e[TS_NS] - start) / 1e9, 6)")),
+             "utc[(wall := e[TS_NS] + offset) // NS_PER_SECOND], wall % NS_PER_SECOND // 1000",
+             VARIES),
+            *_when(columns.timestamp,
+                   ('"time": %r, ', "round((e[TS_NS] - start) / 1e9, 6)", VARIES)),
             ('"uid": %d, "pid": %d, "tid": %d, "comm": %s, "ip": %d, "saddr": "%s", ',
-             "e[UID], e[PID], e[TID], comm[e[COMM]], e[FAMILY], addr[e[FAMILY]][e[SADDR]]"),
-            *_when(columns.lport, ('"lport": %d, ', "e[LPORT]")),
+             "i[UID], i[PID], i[TID], comm[i[COMM]], i[FAMILY], addr[i[FAMILY]][i[SADDR]]",
+             not VARIES),
+            *_when(columns.lport, ('"lport": %d, ', "e[LPORT]", VARIES)),
             ('"daddr": "%s", "dport": %d, "cgroup_id": %d, "mntns_id": %d, "netns": %d%s',
-             "addr[e[FAMILY]][e[DADDR]], e[DPORT], e[CGROUP_ID], e[MNTNS_ID], e[NETNS], "
-             "attribution[e[CGROUP_ID]]"),
-            *_when(columns.outcome, ("%s", "json_fields(e)")),
-            *_when(query is not None, ("%s", "_query_fields(*query(e))")),
-            ("}", ""),
+             "addr[i[FAMILY]][i[DADDR]], i[DPORT], i[CGROUP_ID], i[MNTNS_ID], i[NETNS], "
+             "attribution[i[CGROUP_ID]]", not VARIES),
+            *_when(columns.outcome, ("%s", "json_fields(e)", VARIES)),
+            *_when(query is not None, ("%s", "_query_fields(*query(e))", VARIES)),
+            ("}", "", not VARIES),
         ], dict(utc=self._wall.utc_seconds, offset=self._wall.offset_ns, comm=comm,
                 addr=ADDRESS_TEXT, attribution=attribution, json_fields=json_fields,
                 _query_fields=_query_fields, query=query))

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .attribution import CgroupResolver
-from .events import DADDR, DNS_TS_NS, FAMILY, TS_NS, dns_message, packed_address
+from .events import DNS_TS_NS, TS_NS, destination, dns_message
 from .outcome import counts_with_pending
 from .output import (
     BANNER,
@@ -95,11 +95,11 @@ class Session:
         cache = self._dns_cache = DnsCache()
         if args.json:
             self.formatter = JsonFormatter(columns, lambda e: query_of(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]),
+                cache, *destination(e), e[TS_NS]),
                 attribute=attribute, clock=clock)
         else:
             self.formatter = TextFormatter(columns, lambda e: query_column(
-                cache, e[FAMILY], packed_address(e[FAMILY], e[DADDR]), e[TS_NS]),
+                cache, *destination(e), e[TS_NS]),
                 attribute=attribute, clock=clock)
 
     def run(self, stop: Stop) -> int:

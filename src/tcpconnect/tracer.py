@@ -7,7 +7,7 @@ import mmap
 import os
 from dataclasses import dataclass, field
 
-from .events import DNS_EVENT_FORMAT, EVENT_FORMAT, CountKey, Event, decode_event
+from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event, decode_event
 from .kernel import KernelSupport, probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
@@ -103,7 +103,7 @@ class TracerConfig:
 @dataclass
 class Batch:
     """What one read of the rings returned, each list oldest first: events
-    decoded as EVENT_FORMAT tuples (see events.EventRecord), DNS answers as
+    decoded as RECORD_FORMAT tuples (see events.py), DNS answers as
     DNS_EVENT_FORMAT tuples. The events ring is read before the answers
     ring, so every answer the kernel received before a connect of this
     batch is in this batch or an earlier one."""
@@ -217,7 +217,7 @@ class Tracer:
             self.programs.append(DNS_DYNPTR_PROGRAM)
         rings = []
         if self._wants_events:
-            self._events = RingReader(obj.map("events"), EVENT_FORMAT)
+            self._events = RingReader(obj.map("events"), RECORD_FORMAT)
             rings.append(self._events)
         if config.dns:
             self._answers = RingReader(obj.map("dns_events"), DNS_EVENT_FORMAT)
