@@ -114,11 +114,11 @@ def test_bad_btf_file(tmp_path, content, fragment):
 
 
 @pytest.mark.host_only
-def test_dns_without_its_libraries(tmp_path):
-    # A dnslib that fails to import stands in for one that is not installed.
-    (tmp_path / "dnslib.py").write_text("raise ImportError('No module named dnslib')\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    result = run_tool("-d", env=env)
+def test_dns_without_its_libraries():
+    # Without site-packages, dnslib and cachetools are not installed.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, "-S", "-m", "tcpconnect", "-d"], capture_output=True,
+                            text=True, timeout=30, stdin=subprocess.DEVNULL, env=env)
     assert_one_line_error(result, "-d/--dns needs the Python packages dnslib and cachetools",
                           code=1)
 

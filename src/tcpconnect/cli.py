@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pwd
 import signal
@@ -457,14 +458,11 @@ def _discard_stdout() -> None:
 
 def _main(argv: list[str] | None, stop: StopFlag) -> int:
     args = parse_args(argv)
-    if args.dns:
-        try:
-            import cachetools  # noqa: F401
-            import dnslib  # noqa: F401
-        except ImportError:
-            report("-d/--dns needs the Python packages dnslib and cachetools "
-                   "(pip install dnslib cachetools)")
-            return 1
+    # dnslib itself is imported with the first DNS answer (see dns_answer.py).
+    if args.dns and not all(map(importlib.util.find_spec, ("cachetools", "dnslib"))):
+        report("-d/--dns needs the Python packages dnslib and cachetools "
+               "(pip install dnslib cachetools)")
+        return 1
     if args.metrics:
         try:
             import prometheus_client  # noqa: F401
