@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TOOL, WITHOUT_KERNEL_BTF, run_tool, wait_for
+from conftest import BANNER, ROOT, TOOL, WITHOUT_KERNEL_BTF, run_tool, wait_for
 
 from tcpconnect.cli import build_parser, parse_pid, parse_ports, parse_uid
 
@@ -122,6 +122,15 @@ def test_dns_without_its_libraries():
     assert_one_line_error(result, "-d/--dns needs the Python packages dnslib and cachetools",
                           code=1)
 
+
+def test_dns_with_a_dnslib_that_fails_to_import(tmp_path):
+    # Found but broken: noticed once tracing has started (dnslib is imported
+    # then, so as not to delay it), and the run ends before any row.
+    (tmp_path / "dnslib.py").write_text("raise ImportError('dnslib is broken')\n")
+    result = run_tool("-d", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1, result
+    assert result.stdout == BANNER + "\n"
+    assert result.stderr == "tcpconnect: -d/--dns: cannot import dnslib: dnslib is broken\n"
 
 @pytest.mark.host_only
 def test_port_lists_are_deduplicated_in_order():

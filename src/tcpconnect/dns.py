@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
+from types import ModuleType
 
 import cachetools
 
@@ -44,14 +45,26 @@ class DnsCache:
         self.malformed = 0
         self.ignored = 0
         self.refused = 0
+        self._answer: ModuleType | None = None
+
+    def load_parser(self) -> ModuleType:
+        """Imports the answer parser, and with it dnslib (~17 ms). The session
+        calls this once tracing has started, so the import does not delay
+        it, and a dnslib that fails to import ends the run before any row."""
+        if self._answer is None:
+            try:
+                from . import dns_answer
+            except ImportError as exc:
+                raise ImportError(f"-d/--dns: cannot import dnslib: {exc}") from None
+            self._answer = dns_answer
+        return self._answer
 
     def record(self, payload: bytes, received_ns: int) -> int:
         """Remember the addresses answered by one DNS response; return how many."""
-        from .dns_answer import RefusedAnswer, answered_addresses
-
+        answer = self._answer or self.load_parser()
         try:
-            found = answered_addresses(payload)
-        except RefusedAnswer:
+            found = answer.answered_addresses(payload)
+        except answer.RefusedAnswer:
             self.refused += 1
             return 0
         # dnslib lets a zoo of exception types escape on hostile input

@@ -1,8 +1,8 @@
 """Parses one DNS response with dnslib, within bounds on the work it may
 cost, into the addresses it answered and the question each answers.
 
-Apart from dns.py so that dnslib (about 17 ms to import) is imported with
-the first answer, not before tracing starts.
+Apart from dns.py so that dnslib (about 17 ms to import) is imported once
+tracing has started (DnsCache.load_parser), not before.
 """
 
 from __future__ import annotations

@@ -123,6 +123,8 @@ class Session:
                 self._warn(BANNER)
             else:
                 self._write([BANNER])
+            if self._dns_cache is not None:
+                self._dns_cache.load_parser()
             if self.args.count or self.args.quiet:
                 self._count_loop(tracer, stop)
             else:
