@@ -458,7 +458,8 @@ def _discard_stdout() -> None:
 
 def _main(argv: list[str] | None, stop: StopFlag) -> int:
     args = parse_args(argv)
-    # dnslib itself is imported with the first DNS answer (see dns_answer.py).
+    # Only looked for: dnslib itself is imported once tracing has started
+    # (DnsCache.load_parser).
     if args.dns and not all(map(importlib.util.find_spec, ("cachetools", "dnslib"))):
         report("-d/--dns needs the Python packages dnslib and cachetools "
                "(pip install dnslib cachetools)")

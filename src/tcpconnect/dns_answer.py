@@ -93,7 +93,7 @@ def answered_addresses(payload: bytes) -> dict[bytes, str] | None:
 
 
 def _addresses_by_question(questions: list[dnslib.DNSQuestion],
-                        answers: list[dnslib.RR]) -> dict[bytes, str]:
+                           answers: list[dnslib.RR]) -> dict[bytes, str]:
     # What the user typed is the question name, not whatever CDN host a CNAME
     # chain ends at, so every name reachable from a question through the
     # answer section's CNAMEs is attributed to that question. DNSLabel

@@ -11,6 +11,7 @@ import socket
 import struct
 from collections import namedtuple
 from ctypes import Structure, c_char, c_uint8, c_uint16, c_uint32, c_uint64
+from typing import Any, Callable
 
 TASK_COMM_LEN = 16
 DNS_PAYLOAD_MAX = 1232
@@ -135,20 +136,26 @@ DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
 
 
-class _IdentityCache(dict):
-    """Decoded identities by their bytes; cleared when full, which is
-    cheaper than LRU bookkeeping on every hit."""
+class BoundedCache(dict):
+    """value = cache[key], made by `make` on a miss; cleared when it holds
+    CACHE_SIZE entries, which is cheaper than LRU bookkeeping on every hit.
+    A traced host repeats few processes, peers and cgroups, so a hit is the
+    common case and costs one dict lookup."""
 
-    def __missing__(self, raw: bytes) -> tuple:
-        if len(self) >= IDENTITY_CACHE_SIZE:
+    def __init__(self, make: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: Any) -> Any:
+        if len(self) >= CACHE_SIZE:
             self.clear()
-        fields = self[raw] = IDENTITY_FORMAT.unpack(raw)
-        return fields
+        value = self[key] = self._make(key)
+        return value
 
 
-IDENTITY_CACHE_SIZE = 4096
+CACHE_SIZE = 4096
 # identities[record[IDENTITY_BYTES]][PID] and so on.
-identities = _IdentityCache()
+identities = BoundedCache(IDENTITY_FORMAT.unpack)
 
 
 def decode_event(event: Event) -> tuple:
@@ -178,26 +185,13 @@ def destination(record: tuple) -> tuple[int, bytes]:
     return identity[FAMILY], packed_address(identity[FAMILY], identity[DADDR])
 
 
-class _AddressText(dict):
-    """Text of recently seen addresses of one family, keyed by the 16-byte
-    kernel field. A traced host talks to few peers, and inet_ntop costs the
-    reader more per event than the rest of a row; a hit is one dict lookup."""
-
-    def __init__(self, family: int) -> None:
-        super().__init__()
-        self._family = family
-
-    def __missing__(self, raw: bytes) -> str:
-        if len(self) >= ADDRESS_CACHE_SIZE:
-            self.clear()  # cheaper than LRU bookkeeping on every hit
-        af = socket.AF_INET if self._family == 4 else socket.AF_INET6
-        text = self[raw] = socket.inet_ntop(af, packed_address(self._family, raw))
-        return text
-
-
-ADDRESS_CACHE_SIZE = 4096
-# By family; anything but 4 is IPv6, as the kernel side reports only those.
-ADDRESS_TEXT = {4: _AddressText(4), 6: _AddressText(6)}
+# Text of recently seen addresses by family, keyed by the 16-byte kernel
+# field: inet_ntop costs the reader more per event than the rest of a row.
+# Anything but 4 is IPv6, as the kernel side reports only those.
+ADDRESS_TEXT = {
+    4: BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET, packed_address(4, raw))),
+    6: BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET6, packed_address(6, raw))),
+}
 
 
 def format_address(family: int, raw: bytes) -> str:

@@ -34,6 +34,7 @@ from .events import (
     TID,
     TS_NS,
     UID,
+    BoundedCache,
     CountKey,
     format_address,
     identities,
@@ -44,8 +45,6 @@ from .wallclock import NS_PER_SECOND, WallClock
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
-# Distinct process names, cgroups and identities whose text is kept.
-TEXT_CACHE_SIZE = 4096
 # A DNS query: the name (None when no answer held the address) and how long
 # before the connect its answer arrived (None when the name is not from an
 # answer: no query, or loopback's "localhost").
@@ -117,21 +116,6 @@ def attribution_json(attribution: Attribution) -> str:
                 a.cgroup, a.unit, a.container_id, a.pod_uid, a.pod, a.namespace))))
 
 
-class _TextCache(dict):
-    """text = cache[key], computed by `make` on a miss; cleared when full,
-    which is cheaper than LRU bookkeeping on every hit."""
-
-    def __init__(self, make: Callable[[Any], str]) -> None:
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, key: Any) -> str:
-        if len(self) >= TEXT_CACHE_SIZE:
-            self.clear()
-        text = self[key] = self._make(key)
-        return text
-
-
 @dataclass(frozen=True)
 class Columns:
     timestamp: bool = False
@@ -190,7 +174,7 @@ def _compile_rows(pieces: RowPieces, names: dict[str, Any]) -> Callable[[list[tu
             parts.append(f"{layout!r} % ({value},)")
     scope = {**_FIELD_POSITIONS, **names}
     identity_text = eval(f"lambda i: ''.join(({', '.join(parts)},))", scope)
-    scope["known"] = _TextCache(lambda raw: identity_text(identities[raw]))
+    scope["known"] = BoundedCache(lambda raw: identity_text(identities[raw]))
     if not varying:
         return eval("lambda events, start: [known[e[IDENTITY_BYTES]] for e in events]", scope)
     return eval(f"lambda events, start: [known[e[IDENTITY_BYTES]] % ({', '.join(varying)},) "
@@ -231,9 +215,9 @@ class TextFormatter(_CompiledFormatter):
         self._wall = wall or WallClock()
         # bcc's COMM is cut to 12 characters; the escaped text is cut, as bcc
         # cuts what it prints.
-        comm = _TextCache(lambda raw: "%-12.12s" % comm_text(raw))
+        comm = BoundedCache(lambda raw: "%-12.12s" % comm_text(raw))
         known = attribute or _unknown
-        container = _TextCache(lambda cgroup_id: container_text(known(cgroup_id)) + " ")
+        container = BoundedCache(lambda cgroup_id: container_text(known(cgroup_id)) + " ")
         # bcc ends every row with a space and the QUERY column, empty
         # without -d; parsers that split on single spaces expect it.
         self._rows = _compile_rows([
@@ -274,7 +258,6 @@ class TextFormatter(_CompiledFormatter):
         return line
 
 
-
 class JsonFormatter(_CompiledFormatter):
     """One JSON object per line; optional fields follow the same options as
     the text columns. Rows are built from a template rather than json.dumps
@@ -286,11 +269,11 @@ class JsonFormatter(_CompiledFormatter):
                  wall: WallClock | None = None) -> None:
         self.columns = columns
         known = attribute or _unknown
-        attribution = _TextCache(lambda cgroup_id: attribution_json(known(cgroup_id)))
+        attribution = BoundedCache(lambda cgroup_id: attribution_json(known(cgroup_id)))
         self._clock = clock or RelativeClock()
         self._wall = wall or WallClock()
         # ensure_ascii keeps control characters escaped for terminals.
-        comm = _TextCache(lambda raw: json.dumps(
+        comm = BoundedCache(lambda raw: json.dumps(
             raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"), ensure_ascii=True))
         self._rows = _compile_rows([
             # WallClock.rfc3339, inlined; `wall` is the event's time in ns.
