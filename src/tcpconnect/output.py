@@ -13,7 +13,9 @@ cached too.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TextIO
 
@@ -44,6 +46,7 @@ from .outcome import COUNT_RESULT_HEADER, count_key_result, json_fields, text_co
 from .wallclock import NS_PER_SECOND, WallClock
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
+THREE_DIGITS = tuple("%03d" % n for n in range(1000))
 COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
 # A DNS query: the name (None when no answer held the address) and how long
 # before the connect its answer arrived (None when the name is not from an
@@ -147,38 +150,57 @@ class RelativeClock:
 # that vary from one connect to the next (times, the local port, the
 # outcome, the DNS name) see the event as `e` and the batch's TIME(s)
 # origin as `start`. Both see the field positions of events.py and the
-# names a formatter passes.
+# names a formatter passes. The format of a varying piece holds exactly one
+# conversion; with "%s" its expression must give text.
 RowPieces = list[tuple[str, str, bool]]
 VARIES = True
+_CONVERSION = re.compile(r"%[-0-9.]*[a-z]")
 
 
 def _compile_rows(pieces: RowPieces, names: dict[str, Any]) -> Callable[[list[tuple], int],
                                                                           list[str]]:
     """One list comprehension over a batch holding exactly the columns that
-    are on. What the identity columns print is formatted once per identity
-    and kept: a repeated connect costs a lookup, plus a %-format for the
-    columns that vary, if any are on. A comprehension that handled every
-    column, printing the ones that are off as nothing, cost a row up to
-    0.6 us more; one per option combination would be dozens. The source is
-    made from the fixed pieces in this module, never from input."""
-    varying = [value for _, value, varies in pieces if varies]
-    parts = []
+    are on. The text between two varying columns is a segment; a segment
+    that comes from the identity is formatted once per identity and kept,
+    so a repeated connect costs a lookup and the concatenation of its
+    segments with the varying columns. Concatenation, because %-format
+    scans its whole template on every row: a JSON row cost 0.8 us that way,
+    0.4 us concatenated. A comprehension that handled every column,
+    printing the ones that are off as nothing, cost a row up to 0.6 us more;
+    one per option combination would be dozens. The source is made from
+    the fixed pieces in this module, never from input."""
+    # The identity pieces of each segment, as (format, expression); a
+    # literal's expression is empty.
+    segments: list[list[tuple[str, str]]] = [[]]
+    varying: list[str] = []
     for layout, value, varies in pieces:
-        if varies or not value:
-            parts.append(repr(layout))
-        elif varying:
-            # Doubled, so that what a process or a cgroup is called stays
-            # text when the varying columns are filled in.
-            parts.append(f"({layout!r} % ({value},)).replace('%', '%%')")
-        else:
-            parts.append(f"{layout!r} % ({value},)")
-    scope = {**_FIELD_POSITIONS, **names}
-    identity_text = eval(f"lambda i: ''.join(({', '.join(parts)},))", scope)
-    scope["known"] = BoundedCache(lambda raw: identity_text(identities[raw]))
+        if not varies:
+            segments[-1].append((layout, value))
+            continue
+        conversion = _CONVERSION.search(layout)
+        assert conversion is not None and not _CONVERSION.search(layout, conversion.end())
+        segments[-1].append((layout[:conversion.start()], ""))
+        segments.append([(layout[conversion.end():], "")])
+        varying.append(value if conversion[0] == "%s" else f"{conversion[0]!r} % ({value},)")
+    kept = [n for n, segment in enumerate(segments) if any(value for _, value in segment)]
+    identity_text = eval("lambda i: (%s,)" % ", ".join("''.join((%s,))" % ", ".join(
+        f"{layout!r} % ({value},)" if value else repr(layout) for layout, value in segment)
+        for segment in map(segments.__getitem__, kept)), {**_FIELD_POSITIONS, **names})
     if not varying:
-        return eval("lambda events, start: [known[e[IDENTITY_BYTES]] for e in events]", scope)
-    return eval(f"lambda events, start: [known[e[IDENTITY_BYTES]] % ({', '.join(varying)},) "
-                "for e in events]", scope)
+        known = BoundedCache(lambda raw: identity_text(identities[raw])[0])
+        return lambda events, start: [known[e[IDENTITY_BYTES]] for e in events]
+    terms = []
+    for n, (segment, value) in enumerate(itertools.zip_longest(segments, varying)):
+        if n in kept:
+            index = kept.index(n)
+            terms.append(f"k[{index}]" if index else "(k := known[e[IDENTITY_BYTES]])[0]")
+        elif literal := "".join(layout for layout, _ in segment):
+            terms.append(repr(literal))
+        if value is not None:
+            terms.append(value)
+    scope = {**_FIELD_POSITIONS, **names,
+             "known": BoundedCache(lambda raw: identity_text(identities[raw]))}
+    return eval(f"lambda events, start: [{' + '.join(terms)} for e in events]", scope)
 
 
 def _when(enabled: bool, *pieces: tuple[str, str, bool]) -> RowPieces:
@@ -216,6 +238,14 @@ class TextFormatter(_CompiledFormatter):
         # bcc's COMM is cut to 12 characters; the escaped text is cut, as bcc
         # cuts what it prints.
         comm = BoundedCache(lambda raw: "%-12.12s" % comm_text(raw))
+        # TIME(s) by the millisecond since `start` (rounded half up): a
+        # float's %-format cost more than the rest of a row, and a busy host
+        # connects many times a millisecond.
+        seconds = BoundedCache(lambda ms: "%-9.3f" % (ms / 1000))
+        # LPORT's text of every port, made once (13 ms, 4 MB): a busy host
+        # cycles through thousands of local ports, and a cache of them cost
+        # more in misses than it saved.
+        ports = [str(port).ljust(6) for port in range(1 << 16)] if columns.lport else []
         known = attribute or _unknown
         container = BoundedCache(lambda cgroup_id: container_text(known(cgroup_id)) + " ")
         # bcc ends every row with a space and the QUERY column, empty
@@ -223,16 +253,18 @@ class TextFormatter(_CompiledFormatter):
         self._rows = _compile_rows([
             *_when(columns.time_of_day,
                    ("%s ", "local[(e[TS_NS] + offset) // NS_PER_SECOND]", VARIES)),
-            *_when(columns.timestamp, ("%-9.3f", "(e[TS_NS] - start) / 1e9", VARIES)),
+            *_when(columns.timestamp,
+                   ("%s", "seconds[(e[TS_NS] - start + 500_000) // 1_000_000]", VARIES)),
             *_when(columns.uid, ("%-6d", "i[UID]", not VARIES)),
             ("%-7d %s ", "i[PID], comm[i[COMM]]", not VARIES),
             *_when(columns.container, ("%s", "container[i[CGROUP_ID]]", not VARIES)),
             ("%-2d %-16s ", "i[FAMILY], addr[i[FAMILY]][i[SADDR]]", not VARIES),
-            *_when(columns.lport, ("%-6d ", "e[LPORT]", VARIES)),
+            *_when(columns.lport, ("%s ", "ports[e[LPORT]]", VARIES)),
             ("%-16s %-6d ", "addr[i[FAMILY]][i[DADDR]], i[DPORT]", not VARIES),
             *_when(columns.outcome, ("%s", "text_columns(e)", VARIES)),
             *_when(query is not None, ("%s", "escape_query(query(e))", VARIES)),
         ], dict(local=self._wall.local_seconds, offset=self._wall.offset_ns, comm=comm,
+                seconds=seconds, ports=ports,
                 container=container, addr=ADDRESS_TEXT, text_columns=text_columns,
                 escape_query=escape_query, query=query))
 
@@ -272,27 +304,31 @@ class JsonFormatter(_CompiledFormatter):
         attribution = BoundedCache(lambda cgroup_id: attribution_json(known(cgroup_id)))
         self._clock = clock or RelativeClock()
         self._wall = wall or WallClock()
+        utc = self._wall.utc_seconds
+        stamps = BoundedCache(lambda ms: '{"timestamp": "%s.%s' % (
+            utc[ms // 1000], THREE_DIGITS[ms % 1000]))
         # ensure_ascii keeps control characters escaped for terminals.
         comm = BoundedCache(lambda raw: json.dumps(
             raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"), ensure_ascii=True))
         self._rows = _compile_rows([
             # WallClock.rfc3339, inlined; `wall` is the event's time in ns.
-            ('{"timestamp": "%s.%06dZ", ',
-             "utc[(wall := e[TS_NS] + offset) // NS_PER_SECOND], wall % NS_PER_SECOND // 1000",
-             VARIES),
+            # The text up to the millisecond is kept (connects come many a
+            # millisecond when it matters); the microseconds are looked up.
+            ("%s", "stamps[(wall := e[TS_NS] + offset) // 1_000_000]", VARIES),
+            ('%sZ", ', "THREE_DIGITS[wall // 1000 % 1000]", VARIES),
             *_when(columns.timestamp,
                    ('"time": %r, ', "round((e[TS_NS] - start) / 1e9, 6)", VARIES)),
             ('"uid": %d, "pid": %d, "tid": %d, "comm": %s, "ip": %d, "saddr": "%s", ',
              "i[UID], i[PID], i[TID], comm[i[COMM]], i[FAMILY], addr[i[FAMILY]][i[SADDR]]",
              not VARIES),
-            *_when(columns.lport, ('"lport": %d, ', "e[LPORT]", VARIES)),
+            *_when(columns.lport, ('"lport": %s, ', "str(e[LPORT])", VARIES)),
             ('"daddr": "%s", "dport": %d, "cgroup_id": %d, "mntns_id": %d, "netns": %d%s',
              "addr[i[FAMILY]][i[DADDR]], i[DPORT], i[CGROUP_ID], i[MNTNS_ID], i[NETNS], "
              "attribution[i[CGROUP_ID]]", not VARIES),
             *_when(columns.outcome, ("%s", "json_fields(e)", VARIES)),
             *_when(query is not None, ("%s", "_query_fields(*query(e))", VARIES)),
             ("}", "", not VARIES),
-        ], dict(utc=self._wall.utc_seconds, offset=self._wall.offset_ns, comm=comm,
+        ], dict(stamps=stamps, THREE_DIGITS=THREE_DIGITS, offset=self._wall.offset_ns, comm=comm,
                 addr=ADDRESS_TEXT, attribution=attribution, json_fields=json_fields,
                 _query_fields=_query_fields, query=query))
 
