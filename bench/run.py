@@ -519,6 +519,8 @@ def main() -> int:
                         help="one short round per mode: under a minute, rough figures")
     parser.add_argument("--rounds", type=int, help="traced/untraced pairs per mode (default 5)")
     parser.add_argument("--seconds", type=float, help="length of each run (default 1.5)")
+    parser.add_argument("--mode", action="append", choices=[m.name for m in MODES],
+                        help="measure only this mode (repeatable; default: all)")
     parser.add_argument("--attach-noop", metavar="OBJECT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attach_noop:
@@ -532,7 +534,7 @@ def main() -> int:
             print(f"bench: {needed} is missing: run `make bench`", file=sys.stderr)
             return 1
 
-    modes = list(MODES)
+    modes = [m for m in MODES if not args.mode or m.name in args.mode]
     if find_tool("tcpstates") is None:
         print("bench: tcpstates not installed (apt-get install libbpf-tools): "
               "no reference row", file=sys.stderr)
