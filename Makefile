@@ -22,7 +22,7 @@ PIP := $(VENV)/bin/pip
 .PHONY: setup install uninstall run wheel test test-kernels bench bench-paths clean apt apt-test
 
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
-setup: apt $(VENV)/.installed $(BPF_OBJS)
+setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
 
 # /usr/local/sbin comes before /usr/sbin in root's PATH (and sudo's), so this
 # launcher wins over libbpf-tools' /usr/sbin/tcpconnect; likewise the man page
@@ -63,6 +63,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install 'setuptools>=77'
 	$(PIP) install --no-build-isolation -e '.[dns,metrics]'
+	touch $@
+
+# The editable install runs the sources in place. Compiled here, as pip compiles an
+# installed wheel, they are not compiled again at each start wherever Python may not
+# write bytecode (PYTHONDONTWRITEBYTECODE, a read-only checkout): ~20 ms of start-up.
+$(VENV)/.bytecode: $(VENV)/.installed $(wildcard src/tcpconnect/*.py)
+	$(VENV)/bin/python -m compileall -q src/tcpconnect
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
