@@ -7,7 +7,6 @@ show up in the tables.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import signal
 import socket
@@ -265,7 +264,7 @@ def test_cli_reports_full_table_per_interval_and_in_total(monkeypatch):
     port = free_port()
     configure = session.tracer_config
     monkeypatch.setattr(session, "tracer_config",
-                        lambda args: dataclasses.replace(configure(args), count_capacity=2))
+                        lambda args: configure(args)._replace(count_capacity=2))
     out, err = io.StringIO(), io.StringIO()
     args = parse_args(["-c", "-i", "1", "-P", str(port)])
     assert session.Session(args, out, err).run(ScriptedStop(out, port)) == 0

@@ -3,7 +3,6 @@ purpose, exact rows; and the pure functions behind them."""
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import io
@@ -606,7 +605,7 @@ def test_attempt_without_room_to_wait_is_reported_at_once(monkeypatch, veth):
     filter_input(veth.netns, dropped, "drop")
     configure = session.tracer_config
     monkeypatch.setattr(session, "tracer_config",
-                        lambda args: dataclasses.replace(configure(args), pending_capacity=1))
+                        lambda args: configure(args)._replace(pending_capacity=1))
     out, err = io.StringIO(), io.StringIO()
     client = socket.socket()
     client.setblocking(False)

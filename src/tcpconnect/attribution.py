@@ -18,8 +18,7 @@ import errno
 import os
 import re
 import struct
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 # Distinct cgroup ids whose attribution is kept. A cgroup id is never reused
 # (it is a 64-bit kernfs node id), so an entry never goes stale; the bound is
@@ -60,8 +59,7 @@ _POD_DIR = re.compile(rf"pod({_UID})")
 _UNIT_SUFFIXES = (".service", ".scope")
 
 
-@dataclass(frozen=True)
-class PathNames:
+class PathNames(NamedTuple):
     """What a cgroup path itself says."""
 
     unit: str | None = None
@@ -69,8 +67,7 @@ class PathNames:
     pod_uid: str | None = None
 
 
-@dataclass(frozen=True)
-class Attribution:
+class Attribution(NamedTuple):
     """Everything known about one cgroup; None where nothing is. Strings are
     as the file system holds them (a name may contain anything but "/"):
     escape them before they reach a terminal."""

@@ -4,7 +4,7 @@ never by its version string, which distributions backport features under."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .libbpf import BPF_MAP_TYPE_RINGBUF, BpfError, kernel_has_map_type
 
@@ -15,8 +15,7 @@ class UnsupportedKernel(BpfError):
     """The kernel lacks something every mode needs."""
 
 
-@dataclass(frozen=True)
-class KernelSupport:
+class KernelSupport(NamedTuple):
     # The kernel exposes its own BTF, so programs can take BTF-typed
     # arguments (tp_btf) and read them with plain loads. Without it they
     # are raw tracepoints relocated against the --btf file.

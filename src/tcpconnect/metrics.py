@@ -18,8 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 from .attribution import CgroupResolver
 from .events import CountKey, format_address
@@ -39,8 +38,7 @@ DRAIN_SECONDS = 1.0
 OTHER = "other"
 
 
-@dataclass(frozen=True)
-class Label:
+class Label(NamedTuple):
     """A label of tcpconnect_connects_total: the count_key fields the kernel
     must fill for it, and a factory of the function giving its value for a
     key, called once per exporter with the exporter's cgroup id ->

@@ -16,8 +16,7 @@ import io
 import itertools
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, NamedTuple, TextIO
 
 from .attribution import Attribution
 from .events import (
@@ -119,8 +118,7 @@ def attribution_json(attribution: Attribution) -> str:
                 a.cgroup, a.unit, a.container_id, a.pod_uid, a.pod, a.namespace))))
 
 
-@dataclass(frozen=True)
-class Columns:
+class Columns(NamedTuple):
     timestamp: bool = False
     uid: bool = False
     lport: bool = False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Protocol, TextIO
@@ -189,8 +188,8 @@ class Session:
         return counts
 
     def _with_table_missing(self, losses: LossCounters) -> LossCounters:
-        return dataclasses.replace(
-            losses, count_failures=losses.count_failures + self._table_missing)
+        return losses._replace(
+            count_failures=losses.count_failures + self._table_missing)
 
     def _report_uncounted(self, now: LossCounters) -> None:
         # Each table starts empty, so a full one is reported with the table
@@ -198,8 +197,7 @@ class Session:
         missed = now.count_failures - self._reported.count_failures
         if missed:
             self._warn(f"{missed} connects are missing from this table (count table full)")
-        self._reported = dataclasses.replace(self._reported,
-                                             count_failures=now.count_failures)
+        self._reported = self._reported._replace(count_failures=now.count_failures)
 
     def _emit(self, batch: Batch, tracer: Tracer) -> None:
         if self._dns_cache is not None and batch.answers:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event, decode_event
 from .kernel import KernelSupport, probe_kernel
@@ -69,8 +69,7 @@ DNS_DYNPTR_PROGRAM = "handle_receive"
 PORT_BITMAP = ctypes.c_uint64 * (65536 // 64)
 
 
-@dataclass(frozen=True)
-class TracerConfig:
+class TracerConfig(NamedTuple):
     pid: int | None = None
     uid: int | None = None
     family: int | None = None
@@ -100,20 +99,18 @@ class TracerConfig:
     failed_only: bool = False
 
 
-@dataclass
-class Batch:
+class Batch(NamedTuple):
     """What one read of the rings returned, each list oldest first: events
     decoded as RECORD_FORMAT tuples (see events.py), DNS answers as
     DNS_EVENT_FORMAT tuples. The events ring is read before the answers
     ring, so every answer the kernel received before a connect of this
     batch is in this batch or an earlier one."""
 
-    events: list[tuple] = field(default_factory=list)
-    answers: list[tuple] = field(default_factory=list)
+    events: list[tuple]
+    answers: list[tuple]
 
 
-@dataclass(frozen=True)
-class LossCounters:
+class LossCounters(NamedTuple):
     events: int
     dns_events: int
     count_failures: int
@@ -314,7 +311,7 @@ class Tracer:
         self._detach()
         batch = self._read()
         if self._events is not None:
-            batch.events += self.take_pending()
+            batch.events.extend(self.take_pending())
         return batch
 
     def take_pending(self) -> list[tuple]:
