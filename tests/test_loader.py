@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 from conftest import BANNER, BUILD, ROOT, TOOL, connect_burst, free_port, wait_for
 
-from tcpconnect.events import DPORT, EVENT_FORMAT, IDENTITY_BYTES, identities
+from tcpconnect.events import (
+    COMM,
+    DPORT,
+    EVENT_FORMAT,
+    FAMILY,
+    IDENTITY_BYTES,
+    PID,
+    TS_NS,
+    identities,
+)
 from tcpconnect.libbpf import BpfError, BpfObject
 from tcpconnect.tracer import Tracer, TracerConfig, events_ring_bytes
 
@@ -89,6 +98,31 @@ def test_accounting_is_exact_while_reading():
         made = int(burst.stdout.read())
         lost = tracer.losses().events
     assert len(received) + lost == made
+
+
+# A ring this small wraps every ~500 records, and its size is no multiple of
+# a record's (8 + 112 bytes), so records keep straddling its end.
+SMALL_RING = 64 << 10
+
+
+def test_records_that_wrap_around_the_ring_are_read_whole():
+    port = free_port()
+    received: list[tuple] = []
+    with Tracer(TracerConfig(ports=(port,), timestamps=True, ring_bytes=SMALL_RING)) as tracer:
+        burst = subprocess.Popen([str(BUILD / "connect_loop"), "-p", str(port), "-d", "1"],
+                                 stdout=subprocess.PIPE, text=True)
+        while burst.poll() is None:
+            received += tracer.poll(1).events
+        received += tracer.poll(0).events
+        made = int(burst.stdout.read())
+        lost = tracer.losses().events
+    assert len(received) + lost == made
+    assert len(received) > 2 * SMALL_RING // (EVENT_FORMAT.size + 8)
+    # One thread connecting: its connects arrive in order, each whole.
+    assert [e[TS_NS] for e in received] == sorted({e[TS_NS] for e in received})
+    assert {(identity[PID], identity[COMM].rstrip(b"\0"), identity[DPORT], identity[FAMILY])
+            for identity in (identities[e[IDENTITY_BYTES]] for e in received)} == {
+        (burst.pid, b"connect_loop", port, 4)}
 
 
 def bpf_ids(pid: int) -> set[str]:

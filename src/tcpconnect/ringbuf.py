@@ -7,8 +7,12 @@ so the ring is read here directly, the way libbpf itself reads it
 (kernel/bpf/ringbuf.c, tools/lib/bpf/ringbuf.c):
 
 - the map's fd is mapped as one writable page holding consumer_pos, then,
-  read-only, one page holding producer_pos and the data area mapped twice in
-  a row, so that a record that wraps around the end is contiguous;
+  read-only, one page holding producer_pos and the data area. The kernel
+  offers the data area twice in a row, so that a record that wraps around
+  its end reads as one piece; only one copy is mapped here, and such a
+  record is read in two: the second copy would count its size again in the
+  tracer's resident memory (8 MiB on two CPUs), as every page of the
+  mapping is resident from the start;
 - each record is an 8-byte header (u32 length with BUSY and DISCARD flag
   bits, u32 page offset) and the data, rounded up to 8 bytes;
 - records between consumer_pos and producer_pos are reserved; one whose BUSY
@@ -17,8 +21,10 @@ so the ring is read here directly, the way libbpf itself reads it
 
 Every record of a tracer ring has the same size (the BPF side reserves
 sizeof(struct) and nothing else), so a batch is one copy of the committed
-span decoded by struct.iter_unpack, with the headers checked by strided
-byte reads instead of a per-record Python loop.
+span (two where it wraps) decoded by struct.iter_unpack, with the headers
+checked by strided byte reads instead of a per-record Python loop. Headers
+are 8-byte aligned and the ring's size a multiple of 8, so a header never
+wraps; a record's data may.
 
 Ordering: the kernel writes a record, then clears its BUSY bit (a release
 store). The headers are read first and the data copied afterwards, so a
@@ -62,10 +68,11 @@ class RingReader:
             HEADER_SIZE, record.format.lstrip("=@<>!"),
             self._stride - HEADER_SIZE - record.size))
         self._header = struct.pack("=I", record.size)
+        self._size = size
         self._consumer_page = MappedMemory(ring.fd, page, f"ring buffer {ring.name}",
                                            writable=True)
         try:
-            self._producer_page = MappedMemory(ring.fd, page + 2 * size,
+            self._producer_page = MappedMemory(ring.fd, page + size,
                                                f"ring buffer {ring.name}", offset=page)
         except BpfError:
             self._consumer_page.close()
@@ -74,8 +81,8 @@ class RingReader:
         # the kernel must never see half of an update, nor we half of its.
         self._consumer = ctypes.c_uint64.from_address(self._consumer_page.address)
         self._producer = ctypes.c_uint64.from_address(self._producer_page.address)
-        self._data = self._producer_page.address + page
-        self._view = memoryview((ctypes.c_ubyte * (2 * size)).from_address(self._data))
+        self._view = memoryview((ctypes.c_ubyte * size).from_address(
+            self._producer_page.address + page))
 
     def read(self) -> list[tuple]:
         """Decodes and frees every record committed so far, oldest first."""
@@ -87,25 +94,32 @@ class RingReader:
         if span % stride:
             raise BpfError(f"ring buffer {self.name} holds a record of unexpected size")
         start = consumer & self._mask
-        end = start + span
-        flags = self._view[start + _FLAG_BYTE:end:stride].tobytes()
+        flags = self._gather(start + _FLAG_BYTE, span // stride, stride)
         ready = len(flags)
         flagged = flags.count(0) != ready
         if flagged:
             ready = next((i for i, f in enumerate(flags) if f & _BUSY_FLAG), ready)
         if not ready:
             return []
-        end = start + ready * stride
         for i, expected in enumerate(self._header):
             if (i != _FLAG_BYTE
-                    and self._view[start + i:end:stride].tobytes() != bytes([expected]) * ready):
+                    and self._gather(start + i, ready, stride) != bytes([expected]) * ready):
                 raise BpfError(f"ring buffer {self.name} holds a record of unexpected size")
-        records = list(self._format.iter_unpack(ctypes.string_at(self._data + start,
-                                                                 end - start)))
+        records = list(self._format.iter_unpack(self._gather(start, ready * stride, 1)))
         if flagged:
             records = [r for r, f in zip(records, flags) if not f & _DISCARD_FLAG]
         self._consumer.value = consumer + ready * stride
         return records
+
+    def _gather(self, first: int, count: int, step: int) -> bytes:
+        """The `count` bytes of the data area at offsets first, first + step,
+        ..., going on from its start past its end."""
+        before_end = min(count, -(-(self._size - first) // step))
+        gathered = self._view[first:first + before_end * step:step].tobytes()
+        if before_end < count:
+            wrapped = first + before_end * step - self._size
+            gathered += self._view[wrapped:wrapped + (count - before_end) * step:step].tobytes()
+        return gathered
 
     def close(self) -> None:
         self._view.release()

@@ -81,6 +81,8 @@ class TracerConfig(NamedTuple):
     events_with_counts: bool = False
     lport: bool = False
     pending_capacity: int = PENDING_CAPACITY
+    # The events ring's size, a power of two; None: events_ring_bytes().
+    ring_bytes: int | None = None
     dns: bool = False
     cgroup_id: int | None = None
     netns: int | None = None  # network namespace inode
@@ -262,8 +264,9 @@ class Tracer:
         rodata.set("want_lport", ctypes.c_bool, self._wants_lport)
         # One threshold for both rings of this object: a quarter of the
         # smaller still wakes the reader before either fills.
+        ring_bytes = config.ring_bytes or events_ring_bytes()
         rodata.set("wakeup_bytes", ctypes.c_uint64,
-                   min(events_ring_bytes(), DNS_RING_BYTES) // WAKEUP_FRACTION)
+                   min(ring_bytes, DNS_RING_BYTES) // WAKEUP_FRACTION)
         rodata.set("want_ts", ctypes.c_bool, config.timestamps)
         rodata.set("want_ids", ctypes.c_bool, config.task_ids)
         rodata.set("want_outcome", ctypes.c_bool, config.outcome)
@@ -275,8 +278,7 @@ class Tracer:
             obj.set_max_entries(table, config.count_capacity)
         obj.set_max_entries("pending", config.pending_capacity)
         # A ring nobody reads would still pin its memory in the kernel.
-        obj.set_max_entries("events",
-                            events_ring_bytes() if self._wants_events else mmap.PAGESIZE)
+        obj.set_max_entries("events", ring_bytes if self._wants_events else mmap.PAGESIZE)
         obj.set_max_entries("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE)
         for option, path, map_name, layout, flag in (
             ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT,
