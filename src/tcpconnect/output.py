@@ -4,10 +4,16 @@ Events arrive in batches of decoded tuples (see events.RECORD_FORMAT) and
 are formatted a batch at a time: one list comprehension per batch, holding
 just the columns that are on. A traced host repeats few identities (a
 thread connecting to a destination), so the text of their columns is made
-once and kept; a row is one lookup, plus a %-format when columns that vary
-from one connect to the next (times, the local port, the outcome, the DNS
-name) are on. The text of process names, addresses, cgroups and seconds is
-cached too.
+once and kept; a row is one lookup, concatenated with the text of the
+columns that vary from one connect to the next (times, the local port, the
+outcome, the DNS name) when they are on. The text of process names,
+addresses, cgroups, seconds and milliseconds is cached too.
+
+TIME(s) is rounded half up to the millisecond. It counts from the first row
+printed, and with -L a connect parked for its local port may be printed
+after a later one: such a row shows a small negative time, and one less
+than half a millisecond before the first shows 0.000 (bcc's float
+formatting printed -0.000).
 """
 
 from __future__ import annotations
