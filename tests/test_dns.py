@@ -224,6 +224,16 @@ def test_ttl_expiry() -> None:
     assert cache.lookup(packed("192.0.2.1")) is None
 
 
+def test_a_lookup_sees_every_answer_recorded_before_it() -> None:
+    # Lookups are kept in front of the cache; a new answer must show at once.
+    cache = DnsCache(timer=FakeTimer())
+    assert cache.lookup(packed("192.0.2.1")) is None
+    cache.record(response("one.example", a("one.example", "192.0.2.1")), 1)
+    assert cache.lookup(packed("192.0.2.1")) == ("one.example", 1)
+    cache.record(response("two.example", a("two.example", "192.0.2.1")), 2)
+    assert cache.lookup(packed("192.0.2.1")) == ("two.example", 2)
+
+
 def test_maxsize_bound() -> None:
     cache = DnsCache(timer=FakeTimer())
     base = int(ipaddress.IPv4Address("10.0.0.0"))

@@ -179,10 +179,17 @@ def packed_address(family: int, raw: bytes) -> bytes:
     return raw[:4] if family == 4 else raw
 
 
+def _destination_of(raw_identity: bytes) -> tuple[int, bytes]:
+    identity = identities[raw_identity]
+    return identity[FAMILY], packed_address(identity[FAMILY], identity[DADDR])
+
+
+_destinations = BoundedCache(_destination_of)
+
+
 def destination(record: tuple) -> tuple[int, bytes]:
     """The family and address bytes a decoded record's connect went to."""
-    identity = identities[record[IDENTITY_BYTES]]
-    return identity[FAMILY], packed_address(identity[FAMILY], identity[DADDR])
+    return _destinations[record[IDENTITY_BYTES]]
 
 
 # Text of recently seen addresses by family, keyed by the 16-byte kernel
