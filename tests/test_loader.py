@@ -84,19 +84,24 @@ def test_overflow_is_counted_not_hidden():
     assert all(identities[e[IDENTITY_BYTES]][DPORT] == port for e in received)
 
 
+def read_during_burst(config: TracerConfig, poll_ms: int) -> tuple[list[tuple], int, int, int]:
+    """A one-second connect loop to config's port, read while it runs: the
+    events received, the connects made, the events lost, the loop's pid."""
+    received: list[tuple] = []
+    with Tracer(config) as tracer:
+        burst = subprocess.Popen([str(BUILD / "connect_loop"), "-p", str(config.ports[0]),
+                                  "-d", "1"], stdout=subprocess.PIPE, text=True)
+        while burst.poll() is None:
+            received += tracer.poll(poll_ms).events
+        received += tracer.poll(0).events
+        lost = tracer.losses().events
+    return received, int(burst.stdout.read()), lost, burst.pid
+
+
 def test_accounting_is_exact_while_reading():
     # Whether the reader keeps up depends on the machine (bench/ measures
     # that); that every connect is delivered or counted must not.
-    port = free_port()
-    received: list[tuple] = []
-    with Tracer(TracerConfig(ports=(port,))) as tracer:
-        burst = subprocess.Popen([str(BUILD / "connect_loop"), "-p", str(port), "-d", "1"],
-                                 stdout=subprocess.PIPE, text=True)
-        while burst.poll() is None:
-            received += tracer.poll(10).events
-        received += tracer.poll(0).events
-        made = int(burst.stdout.read())
-        lost = tracer.losses().events
+    received, made, lost, _ = read_during_burst(TracerConfig(ports=(free_port(),)), 10)
     assert len(received) + lost == made
 
 
@@ -107,22 +112,15 @@ SMALL_RING = 64 << 10
 
 def test_records_that_wrap_around_the_ring_are_read_whole():
     port = free_port()
-    received: list[tuple] = []
-    with Tracer(TracerConfig(ports=(port,), timestamps=True, ring_bytes=SMALL_RING)) as tracer:
-        burst = subprocess.Popen([str(BUILD / "connect_loop"), "-p", str(port), "-d", "1"],
-                                 stdout=subprocess.PIPE, text=True)
-        while burst.poll() is None:
-            received += tracer.poll(1).events
-        received += tracer.poll(0).events
-        made = int(burst.stdout.read())
-        lost = tracer.losses().events
+    received, made, lost, pid = read_during_burst(
+        TracerConfig(ports=(port,), timestamps=True, ring_bytes=SMALL_RING), 1)
     assert len(received) + lost == made
     assert len(received) > 2 * SMALL_RING // (EVENT_FORMAT.size + 8)
     # One thread connecting: its connects arrive in order, each whole.
     assert [e[TS_NS] for e in received] == sorted({e[TS_NS] for e in received})
     assert {(identity[PID], identity[COMM].rstrip(b"\0"), identity[DPORT], identity[FAMILY])
             for identity in (identities[e[IDENTITY_BYTES]] for e in received)} == {
-        (burst.pid, b"connect_loop", port, 4)}
+        (pid, b"connect_loop", port, 4)}
 
 
 def bpf_ids(pid: int) -> set[str]:
