@@ -17,8 +17,9 @@ import ctypes
 # mallopt(3) parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# A batch's buffers stay below this (the events ring is read 10 ms at a
-# time); a whole ring read after a long stall may still be mapped apart.
+# A batch's buffers stay below this (the events ring is read every 10 ms,
+# 40 ms under load); a whole ring read after a long stall may still be
+# mapped apart.
 MMAP_BYTES = 4 << 20
 TRIM_BYTES = 8 << 20
 

@@ -48,10 +48,9 @@ from .events import (
 )
 from .outcome import TEXT_HEADER as OUTCOME_HEADER
 from .outcome import COUNT_RESULT_HEADER, count_key_result, json_fields, text_columns
-from .wallclock import NS_PER_SECOND, WallClock
+from .wallclock import NS_PER_MS, NS_PER_SECOND, THREE_DIGITS, WallClock
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
-THREE_DIGITS = tuple("%03d" % n for n in range(1000))
 COUNT_HEADER = "%-25s %-25s %-20s %-10s" % ("LADDR", "RADDR", "RPORT", "CONNECTS")
 # A DNS query: the name (None when no answer held the address) and how long
 # before the connect its answer arrived (None when the name is not from an
@@ -308,17 +307,14 @@ class JsonFormatter(_CompiledFormatter):
         attribution = BoundedCache(lambda cgroup_id: attribution_json(known(cgroup_id)))
         self._clock = clock or RelativeClock()
         self._wall = wall or WallClock()
-        utc = self._wall.utc_seconds
-        stamps = BoundedCache(lambda ms: '{"timestamp": "%s.%s' % (
-            utc[ms // 1000], THREE_DIGITS[ms % 1000]))
+        # With the key before it: one concatenation less per row.
+        stamps = BoundedCache(lambda ms: '{"timestamp": "' + self._wall.utc_milliseconds[ms])
         # ensure_ascii keeps control characters escaped for terminals.
         comm = BoundedCache(lambda raw: json.dumps(
             raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace"), ensure_ascii=True))
         self._rows = _compile_rows([
             # WallClock.rfc3339, inlined; `wall` is the event's time in ns.
-            # The text up to the millisecond is kept (connects come many a
-            # millisecond when it matters); the microseconds are looked up.
-            ("%s", "stamps[(wall := e[TS_NS] + offset) // 1_000_000]", VARIES),
+            ("%s", "stamps[(wall := e[TS_NS] + offset) // NS_PER_MS]", VARIES),
             ('%sZ", ', "THREE_DIGITS[wall // 1000 % 1000]", VARIES),
             *_when(columns.timestamp,
                    ('"time": %r, ', "round((e[TS_NS] - start) / 1e9, 6)", VARIES)),
@@ -332,7 +328,8 @@ class JsonFormatter(_CompiledFormatter):
             *_when(columns.outcome, ("%s", "json_fields(e)", VARIES)),
             *_when(query is not None, ("%s", "_query_fields(*query(e))", VARIES)),
             ("}", "", not VARIES),
-        ], dict(stamps=stamps, THREE_DIGITS=THREE_DIGITS, offset=self._wall.offset_ns, comm=comm,
+        ], dict(stamps=stamps, THREE_DIGITS=THREE_DIGITS, NS_PER_MS=NS_PER_MS,
+                offset=self._wall.offset_ns, comm=comm,
                 addr=ADDRESS_TEXT, attribution=attribution, json_fields=json_fields,
                 _query_fields=_query_fields, query=query))
 
