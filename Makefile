@@ -14,7 +14,7 @@ RUN_PACKAGES := libbpf1 python3 python3-venv man-db
 BUILD_PACKAGES := clang libbpf-dev bpftool make
 TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables prometheus
 APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)
-HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop
+HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop $(BUILD)/deny_connect.bpf.o
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 PIP := $(VENV)/bin/pip
@@ -91,6 +91,9 @@ $(BUILD)/uring_connect: tests/helpers/uring_connect.c
 	mkdir -p $(BUILD)
 	cc -O2 -Wall -Wextra -o $@ $< -luring
 
+$(BUILD)/deny_connect.bpf.o: tests/helpers/deny_connect.bpf.c $(BUILD)/vmlinux.h
+	clang -g -O2 -Wall -Werror -target bpf -I$(BUILD) -c $< -o $@
+
 $(BUILD)/connect_loop: bench/connect_loop.c
 	mkdir -p $(BUILD)
 	cc -O2 -Wall -Wextra -o $@ $< -lpthread
@@ -108,7 +111,7 @@ wheel: setup
 # One file per kernel-side path: attribution's netns read is in test_trace's
 # JSON rows, the metrics' count key in test_count's tables.
 RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
-	tests/test_dns_trace.py tests/test_outcome.py
+	tests/test_dns_trace.py tests/test_outcome.py tests/test_failures.py
 
 test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	$(VENV)/bin/pytest -q

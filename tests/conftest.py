@@ -441,6 +441,11 @@ def _root_and_built() -> Iterator[None]:
         pytest.exit("the test suite loads BPF programs and must run as root", returncode=2)
     if not (ROOT / "src/tcpconnect/tcpconnect.bpf.o").exists():
         pytest.exit("BPF object not built: run `make test`", returncode=2)
+    # tracefs as systemd mounts it at boot, for the tests that run the tool
+    # with too few capabilities to mount it itself (test_deploy); whether
+    # the tool mounts it is tested in test_failures.
+    if not Path("/sys/kernel/tracing/events").is_dir():
+        sh("mount", "-t", "tracefs", "tracefs", "/sys/kernel/tracing")
     yield
     for copy in _btf_copy:
         copy.unlink()

@@ -19,7 +19,7 @@ from test_containers import bpffs, pins  # noqa: F401  (fixtures)
 from tcpconnect.cli import parse_args
 
 DEPLOY = ROOT / "deploy"
-MOUNTS = ("/sys/kernel/btf", "/sys/fs/cgroup", "/sys/fs/bpf")
+MOUNTS = ("/sys/kernel/btf", "/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel/tracing")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from tcpconnect.events import (
     IDENTITY_BYTES,
     IDENTITY_FORMAT,
     MIRRORS,
+    OUTCOME_NO_SYN,
     RECORD_FORMAT,
     DnsEvent,
     Event,
@@ -44,6 +45,11 @@ def type_size(types: dict[int, dict], type_id: int) -> int:
     if t["kind"] == "ARRAY":
         return t["nr_elems"] * type_size(types, t["type_id"])
     return t["size"]
+
+
+def test_outcome_code_matches_btf(btf_types):
+    [enum] = [t for t in btf_types.values() if t["kind"] == "ENUM" and t["name"] == "outcome_code"]
+    assert {v["name"]: v["val"] for v in enum["values"]} == {"OUTCOME_NO_SYN": OUTCOME_NO_SYN}
 
 
 @pytest.mark.parametrize("name", sorted(MIRRORS))

@@ -42,7 +42,7 @@ from test_trace import LISTENER
 
 from tcpconnect import session
 from tcpconnect.cli import parse_args
-from tcpconnect.events import CountKey, EventRecord, decoded
+from tcpconnect.events import OUTCOME_NO_SYN, CountKey, EventRecord, decoded
 from tcpconnect.outcome import (
     TCP_CLOSE,
     TCP_ESTABLISHED,
@@ -65,7 +65,7 @@ def my_comm() -> str:
 def with_outcome(base: str, result: str, lat: str) -> str:
     """A row as bcc's layout gives it (conftest.row) with RESULT and LAT(ms)
     after DPORT, each followed by a space as DPORT is."""
-    return base + "%-12s %-8s " % (result, lat)
+    return base + "%-13s %-8s " % (result, lat)
 
 
 def latency_of(line: str) -> float:
@@ -114,7 +114,15 @@ def failing_connect(family: int, peer: str, port: int, expected: int) -> int:
     (TCP_CLOSE, errno.ENETUNREACH, "unreachable"),
     (TCP_CLOSE, errno.ECONNRESET, "reset"),
     (TCP_CLOSE, 0, "aborted"),
-    (TCP_CLOSE, errno.EACCES, "EACCES"),  # ICMPv6 administratively prohibited
+    (TCP_CLOSE, errno.EACCES, "unreachable"),  # ICMPv6 administratively prohibited
+    (TCP_CLOSE, errno.EADDRNOTAVAIL, "no-local-port"),
+    (OUTCOME_NO_SYN, errno.ENETUNREACH, "no-route"),
+    (OUTCOME_NO_SYN, errno.EHOSTUNREACH, "no-route"),
+    (OUTCOME_NO_SYN, errno.EINVAL, "no-route"),
+    (OUTCOME_NO_SYN, errno.EACCES, "denied"),
+    (OUTCOME_NO_SYN, errno.EPERM, "denied"),
+    (OUTCOME_NO_SYN, errno.EADDRNOTAVAIL, "no-local-port"),
+    (OUTCOME_NO_SYN, errno.ENOBUFS, "ENOBUFS"),
     (TCP_CLOSE, errno.EHOSTDOWN, "EHOSTDOWN"),
     (TCP_CLOSE, 4000, "errno-4000"),
     (TCP_SYN_SENT, 0, "pending"),
@@ -196,7 +204,7 @@ def test_ok_and_refused_rows(trace, family, addr):
         port = listener.getsockname()[1]
         t = trace("--outcome", "-L", "-P", f"{port},{refused}")
         assert t.header == ("PID     COMM         IP SADDR            LPORT  DADDR"
-                            "            DPORT  RESULT       LAT(ms) ")
+                            "            DPORT  RESULT        LAT(ms) ")
         with socket.create_connection((addr, port)) as client:
             lport = client.getsockname()[1]
         refused_lport = refused_connect(family, refused)
@@ -256,7 +264,7 @@ def test_close_before_the_handshake_is_aborted(trace, veth):
         lport = client.getsockname()[1]
     t.stop()
     [event] = t.json_rows()
-    assert event["result"] == "aborted" and event["errno"] == 0
+    assert (event["result"], event["errno"], event["errno_code"]) == ("aborted", None, 0)
     assert 0 <= event["latency_ms"] < 1000
     assert (event["saddr"], event["daddr"], event["dport"]) == (veth.host4, veth.peer4, port)
     assert lport > 0
@@ -287,7 +295,7 @@ def test_failed_hides_successful_connects(trace):
     with listening("127.0.0.1") as listener:
         port = listener.getsockname()[1]
         t = trace("--failed", "-P", f"{port},{refused}")
-        assert t.header.endswith("DPORT  RESULT       LAT(ms) ")
+        assert t.header.endswith("DPORT  RESULT        LAT(ms) ")
         socket.create_connection(("127.0.0.1", port)).close()
         refused_connect(4, refused)
         socket.create_connection(("127.0.0.1", port)).close()
@@ -297,12 +305,12 @@ def test_failed_hides_successful_connects(trace):
                                 "refused", "%.2f" % latency_of(line))
 
 
-COUNT_HEADER = "%-25s %-25s %-20s %-12s %-10s" % ("LADDR", "RADDR", "RPORT", "RESULT",
+COUNT_HEADER = "%-25s %-25s %-20s %-13s %-10s" % ("LADDR", "RADDR", "RPORT", "RESULT",
                                                   "CONNECTS")
 
 
 def count_row(saddr: str, daddr: str, port: int, result: str, connects: int) -> str:
-    return "%-25s %-25s %-20s %-12s %-10d" % (saddr, daddr, port, result, connects)
+    return "%-25s %-25s %-20s %-13s %-10d" % (saddr, daddr, port, result, connects)
 
 
 @pytest.mark.parametrize("failed", [False, True])
@@ -362,9 +370,11 @@ def test_json_fields(trace, veth):
         assert {name: event.pop(name) for name in ATTRIBUTION_FIELDS}["cgroup"] == cgroup_path_of(ME)
     common = {"uid": 0, "pid": ME, "tid": ME, "comm": my_comm()}
     assert ok == {**common, "ip": 6, "saddr": "::1", "lport": lport, "daddr": "::1",
-                  "dport": port, "result": "ok", "errno": 0}
-    assert no["result"] == "refused" and no["errno"] == errno.ECONNREFUSED
-    assert unreach["result"] == "unreachable" and unreach["errno"] == errno.EHOSTUNREACH
+                  "dport": port, "result": "ok", "errno": None, "errno_code": 0}
+    assert (no["result"], no["errno"], no["errno_code"]) == (
+        "refused", "ECONNREFUSED", errno.ECONNREFUSED)
+    assert (unreach["result"], unreach["errno"], unreach["errno_code"]) == (
+        "unreachable", "EHOSTUNREACH", errno.EHOSTUNREACH)
     assert (unreach["saddr"], unreach["daddr"]) == (veth.host6, veth.peer6)
 
 
@@ -377,7 +387,8 @@ def test_json_pending_has_null_errno_and_latency(trace, veth):
         client.connect_ex((veth.peer4, port))
         t.stop()
     [event] = t.json_rows()
-    assert (event["result"], event["errno"], event["latency_ms"]) == ("pending", None, None)
+    assert (event["result"], event["errno"], event["errno_code"], event["latency_ms"]) == (
+        "pending", None, None, None)
 
 
 def test_json_timestamp_without_outcome(trace):
@@ -565,14 +576,14 @@ def test_icmp_unreachable_after_a_delay(trace, delay_wire, family):
     t.stop()
     [event] = t.json_rows()
     assert (event["saddr"], event["daddr"], event["dport"]) == (host, peer, port)
-    assert (event["result"], event["errno"]) == ("unreachable", errno.EHOSTUNREACH)
+    assert (event["result"], event["errno"]) == ("unreachable", "EHOSTUNREACH")
     assert DELAY * 1000 <= event["latency_ms"] < DELAY * 1000 + 800
 
 
 def test_query_column_follows_the_outcome(trace):
     port = free_port()
     t = trace("--outcome", "-d", "-P", str(port))
-    assert t.header.endswith("DPORT  RESULT       LAT(ms)  QUERY")
+    assert t.header.endswith("DPORT  RESULT        LAT(ms)  QUERY")
     refused_connect(6, port)
     t.stop()
     [line] = t.rows

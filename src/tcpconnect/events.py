@@ -61,6 +61,10 @@ class DnsEvent(Structure):
     ]
 
 
+# enum outcome_code: struct event's outcome for a connect() that failed
+# before its socket reached SYN_SENT (no SYN sent; error is its errno).
+OUTCOME_NO_SYN = 256
+
 MIRRORS: dict[str, type[Structure]] = {
     "event": Event,
     "count_key": CountKey,

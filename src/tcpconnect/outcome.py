@@ -5,6 +5,8 @@ reports it when it leaves: `outcome` is the TCP state it went to
 (ESTABLISHED or CLOSE), `error` the socket's sk_err at that moment and
 `latency_ns` the time in between. Attempts still parked when tracing stops
 keep outcome SYN_SENT; 0 means the kernel had no room to follow the attempt.
+A connect() that failed before its socket reached SYN_SENT is reported when
+the call returns, with outcome OUTCOME_NO_SYN and connect()'s errno.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .events import (
     IDENTITY_BYTES,
     LATENCY_NS,
     OUTCOME,
+    OUTCOME_NO_SYN,
     SADDR,
     CountKey,
     identities,
@@ -39,10 +42,27 @@ _NAMED_ERRORS = {
     errno.ETIMEDOUT: "timeout",         # SYN retries used up (tcp_write_err)
     errno.EHOSTUNREACH: "unreachable",  # ICMP unreachable (tcp_v4_err, tcp_v6_err)
     errno.ENETUNREACH: "unreachable",
+    errno.EACCES: "unreachable",        # ICMPv6 administratively prohibited
     errno.ECONNRESET: "reset",          # RST in a simultaneous open
+    # No free local port: the kernel side infers it (see resolve_pending).
+    errno.EADDRNOTAVAIL: "no-local-port",
+}
+# The errors of a connect() that failed before SYN_SENT, by name: the
+# routing table has no usable route (ip_route_connect, ip6_dst_lookup_flow:
+# none at all, an `unreachable` route, a `blackhole` route's EINVAL); a
+# cgroup connect4/connect6 program, an LSM (security_socket_connect) or a
+# `prohibit` route refused; no local port was free.
+_NAMED_EARLY_ERRORS = {
+    errno.ENETUNREACH: "no-route",
+    errno.EHOSTUNREACH: "no-route",
+    errno.EINVAL: "no-route",
+    errno.EACCES: "denied",
+    errno.EPERM: "denied",
+    errno.EADDRNOTAVAIL: "no-local-port",
 }
 
-RESULT_WIDTH = 12
+# The longest result, no-local-port.
+RESULT_WIDTH = 13
 TEXT_HEADER = "%-*s %-8s" % (RESULT_WIDTH, "RESULT", "LAT(ms)")
 COUNT_RESULT_HEADER = "%-*s" % (RESULT_WIDTH, "RESULT")
 
@@ -56,13 +76,20 @@ def result_name(outcome: int, error: int) -> str:
         return "pending"
     if outcome == UNTRACKED:
         return "unknown"
+    if outcome == OUTCOME_NO_SYN:
+        return _NAMED_EARLY_ERRORS.get(error) or errno_name(error)
     if outcome != TCP_CLOSE:
         return f"state-{outcome}"
     if error == 0:
         # close() or connect(AF_UNSPEC) before the handshake completed:
         # neither sets sk_err before the socket is closed.
         return "aborted"
-    return _NAMED_ERRORS.get(error) or errno.errorcode.get(error, f"errno-{error}")
+    return _NAMED_ERRORS.get(error) or errno_name(error)
+
+
+def errno_name(error: int) -> str:
+    """ECONNREFUSED for 111; errno-N for a number Python does not name."""
+    return errno.errorcode.get(error, f"errno-{error}")
 
 
 def ended(outcome: int) -> bool:
@@ -80,13 +107,17 @@ def text_columns(event: tuple) -> str:
 
 
 def json_fields(event: tuple) -> str:
-    """`result`, `errno` and `latency_ms`, the last two null while the
-    attempt had not ended (or could not be followed)."""
+    """`result`, `errno` (its name, null for none), `errno_code` (0 for
+    none) and `latency_ms`; all but `result` null while the attempt had not
+    ended (or could not be followed)."""
     outcome = event[OUTCOME]
     if not ended(outcome):
-        return ', "result": "%s", "errno": null, "latency_ms": null' % result_name(outcome, 0)
-    return ', "result": "%s", "errno": %d, "latency_ms": %r' % (
-        result_name(outcome, event[ERROR]), event[ERROR], round(event[LATENCY_NS] / 1e6, 3))
+        return (', "result": "%s", "errno": null, "errno_code": null, "latency_ms": null'
+                % result_name(outcome, 0))
+    error = event[ERROR]
+    return ', "result": "%s", "errno": %s, "errno_code": %d, "latency_ms": %r' % (
+        result_name(outcome, error), '"%s"' % errno_name(error) if error else "null", error,
+        round(event[LATENCY_NS] / 1e6, 3))
 
 
 def count_key_result(key: CountKey) -> str:

@@ -47,7 +47,13 @@ from .events import (
     identities,
 )
 from .outcome import TEXT_HEADER as OUTCOME_HEADER
-from .outcome import COUNT_RESULT_HEADER, count_key_result, json_fields, text_columns
+from .outcome import (
+    COUNT_RESULT_HEADER,
+    RESULT_WIDTH,
+    count_key_result,
+    json_fields,
+    text_columns,
+)
 from .wallclock import NS_PER_MS, NS_PER_SECOND, THREE_DIGITS, WallClock
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
@@ -385,9 +391,10 @@ def count_rows(counts: Iterable[tuple[CountKey, int]], results: bool = False) ->
         item[0].family != 4, -item[1], bytes(item[0].daddr), bytes(item[0].saddr),
         item[0].dport, item[0].outcome, item[0].error))
     if results:
-        return ["%-25s %-25s %-20s %-12s %-10d" % (
+        return ["%-25s %-25s %-20s %-*s %-10d" % (
             format_address(key.family, bytes(key.saddr)),
-            format_address(key.family, bytes(key.daddr)), key.dport, count_key_result(key), count)
+            format_address(key.family, bytes(key.daddr)), key.dport, RESULT_WIDTH,
+            count_key_result(key), count)
             for key, count in ordered]
     return ["%-25s %-25s %-20s %-10d" % (
         format_address(key.family, bytes(key.saddr)), format_address(key.family, bytes(key.daddr)),

@@ -122,6 +122,10 @@ class Session:
                                           config.count_capacity if self.args.count else None)
                 stack.callback(self._exporter.close)
             tracer = stack.enter_context(Tracer(config))
+            if tracer.connect_calls_unseen:
+                self._warn("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
+                           "refused by a cgroup BPF program or an LSM) are not traced: "
+                           + tracer.connect_calls_unseen)
             if self._exporter is not None:
                 stack.enter_context(self._exporter.watching(tracer, self._dns_cache))
             if self.args.json:
@@ -254,6 +258,10 @@ class Session:
             missing = "outcome (result unknown)" if self.args.outcome else "local port"
             self._warn(f"{totals.pending_failures} connects were reported without their "
                        f"{missing} (pending table full)")
+        if totals.connect_call_failures:
+            self._warn(f"{totals.connect_call_failures} connect() calls were not followed "
+                       "(table of calls full): any of them that failed before sending a SYN "
+                       "is missing")
         if totals.dns_unreadable:
             self._warn(f"{totals.dns_unreadable} DNS responses could not be read: their payload "
                        "was in page fragments, which tracing programs on this kernel cannot "

@@ -18,6 +18,7 @@ from .libbpf import (
     Map,
 )
 from .ringbuf import RingReader, RingWaiter
+from .tracefs import connect_tracepoints
 
 # os.path, not pathlib: importing pathlib adds ~4 ms to start-up.
 OBJECT_PATH = os.path.join(os.path.dirname(__file__), "tcpconnect.bpf.o")
@@ -63,7 +64,11 @@ MAIN_PROGRAMS = (
     "handle_xmit", "handle_xmit_raw",
     "handle_drop", "handle_drop_raw",
     "handle_receive_linear", "handle_receive_raw",
+    "handle_connect_enter", "handle_connect_exit",
 )
+# connect() from entry to return: attempts that fail before SYN_SENT. Classic
+# tracepoints, one program for kernels with and without BTF of their own.
+CONNECT_CALL_PROGRAMS = ("handle_connect_enter", "handle_connect_exit")
 DNS_DYNPTR_PROGRAM = "handle_receive"
 # One bit per destination port, for -P.
 PORT_BITMAP = ctypes.c_uint64 * (65536 // 64)
@@ -117,6 +122,8 @@ class LossCounters(NamedTuple):
     dns_events: int
     count_failures: int
     pending_failures: int
+    # connect() calls that could not be followed (their table was full).
+    connect_call_failures: int = 0
     # -d with the linear-area capture: answers whose payload, and packets
     # whose headers, lay in page fragments it cannot read.
     dns_unreadable: int = 0
@@ -164,6 +171,9 @@ class Tracer:
         self.programs: list[str] = []
         # Index in COUNT_TABLES of the table the kernel is counting into.
         self._live_table = 0
+        # Why connect() calls that fail before SYN_SENT are not seen, if
+        # they are not (no tracefs, no syscall tracepoints).
+        self.connect_calls_unseen: str | None = None
 
     @property
     def _wants_events(self) -> bool:
@@ -199,6 +209,7 @@ class Tracer:
         if config.dns and support.own_btf:
             self._dns_obj = self._load_dns_dynptr()
         self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
+        self.connect_calls_unseen = connect_tracepoints()
         self._configure(obj)
         wanted = self._main_programs(support)
         for name in MAIN_PROGRAMS:
@@ -208,8 +219,11 @@ class Tracer:
         obj.load()
         self._bss = obj.live_variables(".bss")
         for name in wanted:
-            self._links.append(obj.program(name).attach())
-            self.programs.append(name)
+            if name not in CONNECT_CALL_PROGRAMS:
+                self._links.append(obj.program(name).attach())
+                self.programs.append(name)
+        if self.connect_calls_unseen is None:
+            self._attach_connect_calls(obj)
         if self._dns_obj is not None:
             self._dns_bss = self._dns_obj.live_variables(".bss")
             self._links.append(self._dns_obj.program(DNS_DYNPTR_PROGRAM).attach())
@@ -231,7 +245,24 @@ class Tracer:
             wanted += ["handle_xmit" + suffix, "handle_drop" + suffix]
         if self.config.dns and self._dns_obj is None:
             wanted.append("handle_receive_linear" if support.own_btf else "handle_receive_raw")
+        if self.connect_calls_unseen is None:
+            wanted += CONNECT_CALL_PROGRAMS
         return wanted
+
+    def _attach_connect_calls(self, obj: BpfObject) -> None:
+        """Both or neither: an entry program without the exit one would
+        only fill its table."""
+        links = []
+        try:
+            for name in CONNECT_CALL_PROGRAMS:
+                links.append(obj.program(name).attach())
+        except BpfError as exc:
+            for link in links:
+                link.close()
+            self.connect_calls_unseen = str(exc)
+            return
+        self._links.extend(links)
+        self.programs.extend(CONNECT_CALL_PROGRAMS)
 
     def _load_dns_dynptr(self) -> BpfObject | None:
         """The whole-packet DNS capture, or None where the kernel refuses it
@@ -271,6 +302,7 @@ class Tracer:
         rodata.set("want_ids", ctypes.c_bool, config.task_ids)
         rodata.set("want_outcome", ctypes.c_bool, config.outcome)
         rodata.set("failed_only", ctypes.c_bool, config.failed_only)
+        rodata.set("follow_connect_calls", ctypes.c_bool, self.connect_calls_unseen is None)
         port_bitmap = rodata.view("port_bitmap", PORT_BITMAP)
         for port in config.ports:
             port_bitmap[port // 64] |= 1 << port % 64
@@ -342,6 +374,7 @@ class Tracer:
             dns_events=lost_dns,
             count_failures=int(read("count_failures", ctypes.c_uint64)),
             pending_failures=int(read("pending_failures", ctypes.c_uint64)),
+            connect_call_failures=int(read("connect_call_failures", ctypes.c_uint64)),
             dns_unreadable=int(read("dns_unreadable", ctypes.c_uint64)),
             dns_uncheckable=int(read("dns_uncheckable", ctypes.c_uint64)),
         )

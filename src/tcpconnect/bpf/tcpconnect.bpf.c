@@ -29,6 +29,16 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+/* errno values (the same on every Linux architecture but alpha, mips,
+ * parisc and sparc, which this tool does not build for). */
+#define EBADF 9
+#define EFAULT 14
+#define ENOTSOCK 88
+#define EAFNOSUPPORT 97
+#define EADDRNOTAVAIL 99
+#define EISCONN 106
+#define EALREADY 114
+#define EINPROGRESS 115
 
 /* Filters and modes, written by user space before load. */
 const volatile __u32 filter_pid = 0;
@@ -58,6 +68,9 @@ const volatile bool failed_only = false;
  * connect tens of nanoseconds. */
 const volatile bool want_ts = false;
 const volatile bool want_ids = false; /* cgroup, mount and network namespace ids */
+/* connect() calls are followed from entry to return (the syscall programs
+ * are attached), for the attempts that fail before SYN_SENT. */
+const volatile bool follow_connect_calls = false;
 /* -P ports, one bit each: a plain load where a hash lookup costs ~40 ns. */
 const volatile __u64 port_bitmap[65536 / 64] = {};
 
@@ -70,6 +83,9 @@ __u64 dns_uncheckable = 0;
 __u64 count_failures = 0;
 __u64 pending_failures = 0;
 __s64 pending_count = 0;
+/* connect() calls that could not be followed (connect_calls full): a
+ * failure before SYN_SENT of one of them would not be seen. */
+__u64 connect_call_failures = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -88,6 +104,18 @@ struct {
 	__type(key, __u64);
 	__type(value, struct event);
 } pending SEC(".maps");
+
+/* connect() calls under way on TCP sockets, by thread: the attempt as far as
+ * it is known at entry (destination from the call's own sockaddr). Removed
+ * when the socket reaches SYN_SENT, where the attempt is reported as usual,
+ * or when the call returns; what is left then failed before SYN_SENT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct event);
+} connect_calls SEC(".maps");
 
 /* Two count tables, one live at a time: to read and reset the counts, user
  * space points `counts` at the other table, which returns only once every
@@ -382,6 +410,12 @@ static __always_inline void resolve_pending(const struct sock *sk, bool typed, i
 		 * tcp_v4_err/tcp_v6_err); a close() or disconnect by the
 		 * application leaves it 0 here. */
 		e.error = newstate == TCP_ESTABLISHED ? 0 : attempt_error(sk, typed);
+		/* inet_hash_connect() found no free local port: tcp_v4_connect()
+		 * and tcp_v6_connect() move the socket from SYN_SENT back to CLOSE
+		 * before any port is set, and set no sk_err. Nothing else leaves
+		 * SYN_SENT without a local port. */
+		if (newstate == TCP_CLOSE && !e.error && !e.lport)
+			e.error = EADDRNOTAVAIL;
 		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
 		if (count_mode)
 			count_connect(&e);
@@ -398,6 +432,10 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	if (!task_wanted(task, &e) || !read_addresses(sk, typed, &e) || !connection_wanted(&e) ||
 	    !netns_wanted(sk, typed, &e) || !container_wanted(task, &e))
 		return;
+	/* The attempt reached SYN_SENT: its connect() call, if any, has nothing
+	 * left to report. The call's entry passed the same filters. */
+	if (follow_connect_calls)
+		bpf_map_delete_elem(&connect_calls, &e.tid);
 	/* Up to the NUL (user space reads no further) the same bytes as
 	 * bpf_get_current_comm(). Past it a renamed task may keep old bytes,
 	 * which can split one name over two count keys: user space adds up
@@ -467,6 +505,148 @@ SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(handle_set_state_raw, const struct sock *sk, int oldstate, int newstate)
 {
 	on_set_state(sk, false, oldstate, newstate);
+	return 0;
+}
+
+/* ---- connect() calls that fail before SYN_SENT ----------------------------
+ * The route lookup, a cgroup connect4/connect6 program and the LSM hooks can
+ * all refuse a connect before the socket reaches SYN_SENT, and then
+ * inet_sock_set_state never fires. Classic syscall tracepoints: their
+ * programs run for connect() only (every other syscall pays only the slow
+ * path the kernel takes while any syscall tracepoint is on). They read
+ * memory through probe reads only, so one program serves kernels with and
+ * without BTF of their own. */
+
+/* Values >= 512 are the kernel's internal restart codes. */
+#define MAX_ERRNO_REPORTED 511
+#define SIN6_LEN_RFC2133 24
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* The socket behind a descriptor of the current task, NULL if it is none. */
+static __always_inline const struct sock *socket_of_fd(int fd)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	const struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	const struct file *file = NULL;
+	const struct socket *sock;
+
+	if (fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return NULL;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* Destination from connect()'s own sockaddr (the socket holds none yet);
+ * the source only if the socket was bound. False for anything connect()
+ * would refuse as malformed. */
+static __always_inline bool read_call_addresses(const struct sock *sk, const void *uaddr,
+						int len, struct event *e)
+{
+	const struct sock_common *skc = &sk->__sk_common;
+	struct sockaddr_in6 sa = {};
+
+	/* Constant sizes, which the verifier needs; tcp_v6_connect() takes an
+	 * address without sin6_scope_id (SIN6_LEN_RFC2133, 24 bytes). */
+	if (len < (int)sizeof(struct sockaddr_in))
+		return false;
+	if (bpf_probe_read_user(&sa, len >= (int)sizeof(sa) ? sizeof(sa) :
+				len >= SIN6_LEN_RFC2133 ? SIN6_LEN_RFC2133 :
+				sizeof(struct sockaddr_in), uaddr))
+		return false;
+	if (sa.sin6_family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)&sa;
+
+		*(__u32 *)e->daddr = in->sin_addr.s_addr;
+	} else if (sa.sin6_family == AF_INET6 && len >= SIN6_LEN_RFC2133) {
+		__builtin_memcpy(e->daddr, &sa.sin6_addr, sizeof(e->daddr));
+	} else {
+		return false;
+	}
+	e->dport = bpf_ntohs(sa.sin6_port); /* sin_port is at the same offset */
+	if (sa.sin6_family == AF_INET || is_v4_mapped(e->daddr)) {
+		if (sa.sin6_family == AF_INET6) {
+			*(__u32 *)e->daddr = *(__u32 *)&e->daddr[12];
+			__builtin_memset(&e->daddr[4], 0, sizeof(e->daddr) - 4);
+		}
+		e->family = 4;
+		*(__u32 *)e->saddr = BPF_CORE_READ(skc, skc_rcv_saddr);
+	} else {
+		struct in6_addr saddr = BPF_CORE_READ(skc, skc_v6_rcv_saddr);
+
+		e->family = 6;
+		__builtin_memcpy(e->saddr, &saddr, sizeof(e->saddr));
+	}
+	return true;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int handle_connect_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	struct event e = {};
+	const struct sock *sk;
+
+	if (!task_wanted(NULL, &e))
+		return 0;
+	sk = socket_of_fd(ctx->args[0]);
+	/* Only a TCP socket with no attempt yet: on any other, connect() is
+	 * not a new attempt (EISCONN, EALREADY) or not TCP. */
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP ||
+	    BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_CLOSE)
+		return 0;
+	if (!read_call_addresses(sk, (const void *)ctx->args[1], ctx->args[2], &e) ||
+	    !connection_wanted(&e) || !netns_wanted(sk, false, &e) || !container_wanted(NULL, &e))
+		return 0;
+	if (want_events || count_comm)
+		bpf_get_current_comm(e.comm, sizeof(e.comm));
+	e.lport = local_port(sk);
+	e.ts_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&connect_calls, &e.tid, &e, BPF_ANY))
+		__sync_fetch_and_add(&connect_call_failures, 1);
+	return 0;
+}
+
+/* Whether connect() failed an attempt, not the call itself (an address of
+ * the wrong family or out of reach, a socket already connected or
+ * connecting). EINVAL is an attempt's: addresses too short were never
+ * followed, and a blackhole route gives EINVAL. */
+static __always_inline bool attempt_failed(long ret)
+{
+	long err = -ret;
+
+	return ret < 0 && err <= MAX_ERRNO_REPORTED && err != EAFNOSUPPORT &&
+	       err != EFAULT && err != EISCONN && err != EALREADY && err != EINPROGRESS &&
+	       err != EBADF && err != ENOTSOCK;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct event *call = bpf_map_lookup_elem(&connect_calls, &tid);
+	struct event e;
+
+	if (!call)
+		return 0;
+	__builtin_memcpy(&e, call, sizeof(e));
+	/* Only this thread adds or removes its key. */
+	bpf_map_delete_elem(&connect_calls, &tid);
+	if (!attempt_failed(ctx->ret))
+		return 0;
+	if (want_outcome) {
+		e.outcome = OUTCOME_NO_SYN;
+		e.error = -ctx->ret;
+		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
+	}
+	if (count_mode)
+		count_connect(&e);
+	if (want_events)
+		submit(&e);
 	return 0;
 }
 
@@ -576,7 +756,9 @@ int BPF_PROG(handle_receive_raw, struct sk_buff *skb)
 }
 
 /* Only the ring buffer carries dns_event, and ring buffers have no value
- * type: this pointer puts the struct into BTF, where tests check its mirror. */
+ * type: this pointer puts the struct into BTF, where tests check its mirror;
+ * likewise the enum of outcome codes. */
 const struct dns_event *btf_anchor_dns_event __attribute__((unused));
+const enum outcome_code btf_anchor_outcome_code __attribute__((unused));
 
 char LICENSE[] SEC("license") = "GPL";

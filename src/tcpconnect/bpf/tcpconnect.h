@@ -13,6 +13,15 @@
  * Only the answer's own length is copied; the cap costs ring space. */
 #define DNS_PAYLOAD_MAX 1232
 
+/* Values of struct event's outcome besides the TCP states (all below 16).
+ * OUTCOME_NO_SYN: connect() failed before the socket reached SYN_SENT (no
+ * route, a cgroup BPF program or an LSM said no), so no SYN was sent;
+ * `error` is connect()'s errno. An enum, not a define, so that it is in the
+ * object's BTF, where tests check its mirror. */
+enum outcome_code {
+	OUTCOME_NO_SYN = 256,
+};
+
 /* One active connect attempt. Addresses are in network byte order; an IPv4
  * address (family 4) occupies the first four bytes of saddr/daddr.
  *
@@ -26,8 +35,9 @@ struct event {
 	__u64 latency_ns;
 	__u16 lport;
 	/* With --outcome: the TCP state the attempt ended in (ESTABLISHED or
-	 * CLOSE), SYN_SENT while it is still under way, 0 when it could not be
-	 * followed; and sk_err as it left SYN_SENT. */
+	 * CLOSE), SYN_SENT while it is still under way, OUTCOME_NO_SYN when it
+	 * never got there, 0 when it could not be followed; and the error that
+	 * ended it (sk_err as it left SYN_SENT, or connect()'s errno). */
 	__u16 outcome;
 	__u16 error;
 	__u64 cgroup_id;
