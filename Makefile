@@ -19,7 +19,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup install uninstall run wheel test test-kernels bench bench-paths clean apt apt-test
+.PHONY: setup install uninstall run wheel test test-kernels bench bench-syscalls bench-paths clean apt apt-test
 
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
 setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
@@ -94,6 +94,10 @@ $(BUILD)/uring_connect: tests/helpers/uring_connect.c
 $(BUILD)/deny_connect.bpf.o: tests/helpers/deny_connect.bpf.c $(BUILD)/vmlinux.h
 	clang -g -O2 -Wall -Werror -target bpf -I$(BUILD) -c $< -o $@
 
+$(BUILD)/syscall_loop: bench/syscall_loop.c
+	mkdir -p $(BUILD)
+	cc -O2 -Wall -Wextra -o $@ $<
+
 $(BUILD)/connect_loop: bench/connect_loop.c
 	mkdir -p $(BUILD)
 	cc -O2 -Wall -Wextra -o $@ $< -lpthread
@@ -132,6 +136,10 @@ bench: setup apt-test $(BUILD)/connect_loop
 	@$(MAKE) --no-print-directory apt APT_PACKAGES=libbpf-tools
 	-@$(MAKE) --no-print-directory apt APT_PACKAGES="bpfcc-tools bpftrace"
 	$(VENV)/bin/python bench/run.py $(ARGS)
+
+# What the connect() syscall tracepoints cost every other syscall (bench/syscall_cost.py).
+bench-syscalls: setup $(BUILD)/syscall_loop
+	$(VENV)/bin/python bench/syscall_cost.py $(ARGS)
 
 # BPF run time per program run on each kernel path (see bench/kernel_paths.py).
 bench-paths: setup apt-test $(BUILD)/connect_loop
