@@ -149,15 +149,15 @@ def test_count_table_with_results_and_pending_attempts():
                   for port in (82, 83, 83)]
     assert [count_header(True), *count_rows(counts_with_pending(kernel_counts, still_open),
                                             results=True)] == [
-        "LADDR                     RADDR                     RPORT                RESULT       "
+        "LADDR                     RADDR                     RPORT                RESULT        "
         "CONNECTS  ",
-        "127.0.0.1                 127.0.0.1                 80                   ok           "
+        "127.0.0.1                 127.0.0.1                 80                   ok            "
         "5         ",
-        "127.0.0.1                 127.0.0.1                 81                   refused      "
+        "127.0.0.1                 127.0.0.1                 81                   refused       "
         "2         ",
-        "127.0.0.1                 127.0.0.1                 82                   pending      "
+        "127.0.0.1                 127.0.0.1                 82                   pending       "
         "2         ",
-        "127.0.0.1                 127.0.0.1                 83                   pending      "
+        "127.0.0.1                 127.0.0.1                 83                   pending       "
         "2         ",
     ]
 

@@ -227,8 +227,9 @@ def build_parser() -> Parser:
                         help="include a wall-clock time column (HH:MM:SS, local time)")
     parser.add_argument("--outcome", action="store_true",
                         help="print each attempt when it ends, with RESULT (ok, refused, "
-                             "timeout, unreachable, reset, aborted, pending or the errno "
-                             "name) and LAT(ms); with -c, count per result")
+                             "timeout, unreachable, reset, no-route, denied, no-local-port, "
+                             "aborted, pending or the errno name) and LAT(ms); with -c, "
+                             "count per result")
     parser.add_argument("--failed", action="store_true",
                         help="only attempts that did not succeed (implies --outcome)")
     parser.add_argument("--container", action="store_true",
