@@ -105,16 +105,24 @@ struct {
 	__type(value, struct event);
 } pending SEC(".maps");
 
-/* connect() calls under way on TCP sockets, by thread: the attempt as far as
- * it is known at entry (destination from the call's own sockaddr). Removed
- * when the socket reaches SYN_SENT, where the attempt is reported as usual,
- * or when the call returns; what is left then failed before SYN_SENT. */
+/* connect() calls under way to an IPv4 or IPv6 address, by thread: the
+ * attempt as far as the call's own arguments tell it, and the descriptor.
+ * Removed when the socket reaches SYN_SENT, where the attempt is reported
+ * as usual, or when the call returns; what is left then failed before
+ * SYN_SENT. Whether the descriptor is a TCP socket is looked up only then:
+ * that walk through the task's file table was most of what following a
+ * call cost. */
+struct connect_call {
+	struct event e;
+	__s32 fd;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
-	__type(value, struct event);
+	__type(value, struct connect_call);
 } connect_calls SEC(".maps");
 
 /* Two count tables, one live at a time: to read and reset the counts, user
@@ -542,13 +550,11 @@ static __always_inline const struct sock *socket_of_fd(int fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-/* Destination from connect()'s own sockaddr (the socket holds none yet);
- * the source only if the socket was bound. False for anything connect()
- * would refuse as malformed. */
-static __always_inline bool read_call_addresses(const struct sock *sk, const void *uaddr,
-						int len, struct event *e)
+/* The destination from connect()'s own sockaddr (the socket holds none
+ * yet). False for anything but an IPv4 or IPv6 address connect() could
+ * take. */
+static __always_inline bool read_call_destination(const void *uaddr, int len, struct event *e)
 {
-	const struct sock_common *skc = &sk->__sk_common;
 	struct sockaddr_in6 sa = {};
 
 	/* Constant sizes, which the verifier needs; tcp_v6_connect() takes an
@@ -562,51 +568,52 @@ static __always_inline bool read_call_addresses(const struct sock *sk, const voi
 	if (sa.sin6_family == AF_INET) {
 		const struct sockaddr_in *in = (const void *)&sa;
 
+		e->family = 4;
 		*(__u32 *)e->daddr = in->sin_addr.s_addr;
 	} else if (sa.sin6_family == AF_INET6 && len >= SIN6_LEN_RFC2133) {
 		__builtin_memcpy(e->daddr, &sa.sin6_addr, sizeof(e->daddr));
+		e->family = 6;
+		if (is_v4_mapped(e->daddr)) {
+			*(__u32 *)e->daddr = *(__u32 *)&e->daddr[12];
+			__builtin_memset(&e->daddr[4], 0, sizeof(e->daddr) - 4);
+			e->family = 4;
+		}
 	} else {
 		return false;
 	}
 	e->dport = bpf_ntohs(sa.sin6_port); /* sin_port is at the same offset */
-	if (sa.sin6_family == AF_INET || is_v4_mapped(e->daddr)) {
-		if (sa.sin6_family == AF_INET6) {
-			*(__u32 *)e->daddr = *(__u32 *)&e->daddr[12];
-			__builtin_memset(&e->daddr[4], 0, sizeof(e->daddr) - 4);
-		}
-		e->family = 4;
+	return true;
+}
+
+/* The source the socket was bound to, if it was (0 otherwise). */
+static __always_inline void read_bound_source(const struct sock *sk, struct event *e)
+{
+	const struct sock_common *skc = &sk->__sk_common;
+
+	if (e->family == 4) {
 		*(__u32 *)e->saddr = BPF_CORE_READ(skc, skc_rcv_saddr);
 	} else {
 		struct in6_addr saddr = BPF_CORE_READ(skc, skc_v6_rcv_saddr);
 
-		e->family = 6;
 		__builtin_memcpy(e->saddr, &saddr, sizeof(e->saddr));
 	}
-	return true;
+	e->lport = local_port(sk);
 }
 
+/* Task and destination filters only: the rest need the socket, looked up
+ * if the call fails. */
 SEC("tracepoint/syscalls/sys_enter_connect")
 int handle_connect_enter(struct trace_event_raw_sys_enter *ctx)
 {
-	struct event e = {};
-	const struct sock *sk;
+	struct connect_call call = {};
 
-	if (!task_wanted(NULL, &e))
+	if (!task_wanted(NULL, &call.e) ||
+	    !read_call_destination((const void *)ctx->args[1], ctx->args[2], &call.e) ||
+	    !connection_wanted(&call.e))
 		return 0;
-	sk = socket_of_fd(ctx->args[0]);
-	/* Only a TCP socket with no attempt yet: on any other, connect() is
-	 * not a new attempt (EISCONN, EALREADY) or not TCP. */
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP ||
-	    BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_CLOSE)
-		return 0;
-	if (!read_call_addresses(sk, (const void *)ctx->args[1], ctx->args[2], &e) ||
-	    !connection_wanted(&e) || !netns_wanted(sk, false, &e) || !container_wanted(NULL, &e))
-		return 0;
-	if (want_events || count_comm)
-		bpf_get_current_comm(e.comm, sizeof(e.comm));
-	e.lport = local_port(sk);
-	e.ts_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&connect_calls, &e.tid, &e, BPF_ANY))
+	call.fd = ctx->args[0];
+	call.e.ts_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&connect_calls, &call.e.tid, &call, BPF_ANY))
 		__sync_fetch_and_add(&connect_call_failures, 1);
 	return 0;
 }
@@ -628,25 +635,33 @@ SEC("tracepoint/syscalls/sys_exit_connect")
 int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct event *call = bpf_map_lookup_elem(&connect_calls, &tid);
-	struct event e;
+	struct connect_call *found = bpf_map_lookup_elem(&connect_calls, &tid);
+	struct connect_call call;
+	const struct sock *sk;
 
-	if (!call)
+	if (!found)
 		return 0;
-	__builtin_memcpy(&e, call, sizeof(e));
+	__builtin_memcpy(&call, found, sizeof(call));
 	/* Only this thread adds or removes its key. */
 	bpf_map_delete_elem(&connect_calls, &tid);
 	if (!attempt_failed(ctx->ret))
 		return 0;
+	sk = socket_of_fd(call.fd);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP ||
+	    !netns_wanted(sk, false, &call.e) || !container_wanted(NULL, &call.e))
+		return 0;
+	read_bound_source(sk, &call.e);
+	if (want_events || count_comm)
+		bpf_get_current_comm(call.e.comm, sizeof(call.e.comm));
 	if (want_outcome) {
-		e.outcome = OUTCOME_NO_SYN;
-		e.error = -ctx->ret;
-		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
+		call.e.outcome = OUTCOME_NO_SYN;
+		call.e.error = -ctx->ret;
+		call.e.latency_ns = bpf_ktime_get_ns() - call.e.ts_ns;
 	}
 	if (count_mode)
-		count_connect(&e);
+		count_connect(&call.e);
 	if (want_events)
-		submit(&e);
+		submit(&call.e);
 	return 0;
 }
 
