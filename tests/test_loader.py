@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from tcpconnect.events import (
     TS_NS,
     identities,
 )
+from tcpconnect import libbpf
 from tcpconnect.libbpf import BpfError, BpfObject
 from tcpconnect.tracer import Tracer, TracerConfig, events_ring_bytes
 
@@ -222,3 +224,32 @@ def test_no_row_is_lost_to_a_signal_during_a_blocked_write():
     assert proc.returncode == 0
     assert all(row.split()[-1] == str(port) for row in rows)
     assert len(rows) + lost == made
+
+
+def test_skipped_runs_are_read_from_the_kernels_program_info():
+    # recursion_misses is read at a fixed offset of struct bpf_prog_info;
+    # with run statistics on, the fields beside it (run_time_ns, run_cnt)
+    # are not 0, so a wrong offset shows as a mismatch with bpftool's.
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = stats.read_text()
+    stats.write_text("1")
+    try:
+        with Tracer(TracerConfig(ports=(free_port(),))) as tracer:
+            connect_burst(free_port(), 0.2)
+            program = tracer._obj.program("handle_set_state")  # type: ignore[union-attr]
+            ours = program.recursion_misses()
+            fd = libbpf._lib.bpf_program__fd(program._ptr)
+            with open(f"/proc/self/fdinfo/{fd}") as fdinfo:
+                [prog_id] = [line.split()[1] for line in fdinfo if line.startswith("prog_id:")]
+            shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", prog_id],
+                                              capture_output=True, text=True, check=True).stdout)
+            assert shown["run_cnt"] > 0
+            # bpftool shows the field only when it is not 0.
+            assert (ours or 0) == shown.get("recursion_misses", 0)
+            # Counted from Linux 5.12 on.
+            assert (ours is None) == (tuple(map(int, re.findall(r"\d+", os.uname().release)[:2]))
+                                      < (5, 12))
+            # The losses add up every attached program's.
+            assert tracer.losses().skipped_runs >= (ours or 0)
+    finally:
+        stats.write_text(before)

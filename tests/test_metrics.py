@@ -83,6 +83,8 @@ def test_quiet_exporter_counts_exactly(trace, workload):
     }
     assert samples["tcpconnect_series_dropped_total"] == {(): 0}
     assert samples["tcpconnect_uncounted_connects_total"] == {(): 0}
+    assert samples["tcpconnect_skipped_program_runs_total"] == {(): 0}
+    assert samples["tcpconnect_unfollowed_connect_calls_total"] == {(): 0}
     assert samples["tcpconnect_lost_events_total"] == {(("ring", "events"),): 0,
                                                        (("ring", "dns"),): 0}
     # prometheus-client's own process metrics are served too.

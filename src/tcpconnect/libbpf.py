@@ -112,6 +112,7 @@ for _name, _res, _args in [
     ("bpf_object__find_program_by_name", c_void_p, [c_void_p, c_char_p]),
     ("bpf_program__set_autoload", c_int, [c_void_p, c_bool]),
     ("bpf_program__attach", c_void_p, [c_void_p]),
+    ("bpf_program__fd", c_int, [c_void_p]),
     ("bpf_link__destroy", c_int, [c_void_p]),
     ("bpf_map__fd", c_int, [c_void_p]),
     ("bpf_map__value_size", c_uint32, [c_void_p]),
@@ -298,10 +299,30 @@ class Link:
             self._ptr = None
 
 
+# struct bpf_prog_info (include/uapi/linux/bpf.h) up to recursion_misses, a
+# __u64 at byte 208 that Linux 5.12 added. The kernel fills the fields it
+# has and returns how many bytes that was.
+PROG_INFO_SIZE = 216
+RECURSION_MISSES_OFFSET = 208
+
+
 class Program:
     def __init__(self, name: str, ptr: int) -> None:
         self.name = name
         self._ptr = ptr
+
+    def recursion_misses(self) -> int | None:
+        """Runs of this loaded program the kernel skipped because it was
+        already running on that CPU (a tracepoint hit again from an interrupt
+        while the program ran); None where the kernel does not count them."""
+        info = (ctypes.c_uint8 * PROG_INFO_SIZE)()
+        size = c_uint32(PROG_INFO_SIZE)
+        _check(_lib.bpf_obj_get_info_by_fd(_lib.bpf_program__fd(self._ptr), info,
+                                           ctypes.byref(size)),
+               f"cannot read info of program {self.name}")
+        if size.value < RECURSION_MISSES_OFFSET + 8:
+            return None
+        return ctypes.c_uint64.from_buffer(info, RECURSION_MISSES_OFFSET).value
 
     def set_autoload(self, autoload: bool) -> None:
         _check(_lib.bpf_program__set_autoload(self._ptr, autoload),

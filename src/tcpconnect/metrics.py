@@ -218,6 +218,14 @@ class Exporter:
             "tcpconnect_uncounted_connects",
             "Connects the kernel could not count (count table full).",
             value=losses.count_failures)
+        yield CounterMetricFamily(
+            "tcpconnect_skipped_program_runs",
+            "Runs of the tracing programs the kernel skipped (a program already running on "
+            "that CPU); what they would have counted is missing.", value=losses.skipped_runs)
+        yield CounterMetricFamily(
+            "tcpconnect_unfollowed_connect_calls",
+            "connect() calls not followed (table full): a failure before SYN_SENT among "
+            "them is missing.", value=losses.connect_call_failures)
         if dns_cache is not None:
             skipped = CounterMetricFamily(
                 "tcpconnect_dns_responses_skipped",

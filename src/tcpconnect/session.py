@@ -243,6 +243,9 @@ class Session:
             self._warn(f"Possibly lost {now.events - before.events} events")
         if now.dns_events > before.dns_events:
             self._warn(f"Possibly lost {now.dns_events - before.dns_events} DNS responses")
+        if now.skipped_runs > before.skipped_runs:
+            self._warn(f"Possibly lost {now.skipped_runs - before.skipped_runs} events: the "
+                       "kernel skipped that many runs of the tracing programs")
         self._reported = now
 
     def _report_totals(self, totals: LossCounters) -> None:
@@ -251,6 +254,10 @@ class Session:
             self._warn(f"Lost {totals.events} events in total")
         if totals.dns_events:
             self._warn(f"Lost {totals.dns_events} DNS responses in total")
+        if totals.skipped_runs:
+            self._warn(f"The kernel skipped {totals.skipped_runs} runs of the tracing programs "
+                       "in total (a program already running on that CPU): the connects, "
+                       "packets or answers they would have seen are missing")
         if totals.count_failures:
             self._warn(f"{totals.count_failures} connects could not be counted "
                        "(count table full)")

@@ -124,6 +124,9 @@ class LossCounters(NamedTuple):
     pending_failures: int
     # connect() calls that could not be followed (their table was full).
     connect_call_failures: int = 0
+    # Runs of the attached programs the kernel skipped (a program already
+    # running on that CPU: counted by Linux 5.12+, 0 before).
+    skipped_runs: int = 0
     # -d with the linear-area capture: answers whose payload, and packets
     # whose headers, lay in page fragments it cannot read.
     dns_unreadable: int = 0
@@ -375,9 +378,18 @@ class Tracer:
             count_failures=int(read("count_failures", ctypes.c_uint64)),
             pending_failures=int(read("pending_failures", ctypes.c_uint64)),
             connect_call_failures=int(read("connect_call_failures", ctypes.c_uint64)),
+            skipped_runs=self._skipped_runs(),
             dns_unreadable=int(read("dns_unreadable", ctypes.c_uint64)),
             dns_uncheckable=int(read("dns_uncheckable", ctypes.c_uint64)),
         )
+
+    def _skipped_runs(self) -> int:
+        assert self._obj is not None
+        skipped = 0
+        for name in self.programs:
+            obj = self._dns_obj if name == DNS_DYNPTR_PROGRAM else self._obj
+            skipped += (obj.program(name).recursion_misses() or 0) if obj is not None else 0
+        return skipped
 
     def take_counts(self) -> list[tuple[CountKey, int]]:
         """Reads and resets the in-kernel counters: the kernel
