@@ -20,6 +20,7 @@ import textwrap
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -365,6 +366,20 @@ def cgroups() -> Iterator[Cgroups]:
         yield made
     finally:
         made.remove_all()
+
+
+@contextmanager
+def perf_event_paranoid(level: int) -> Iterator[None]:
+    """kernel.perf_event_paranoid set to `level` for a while (Debian's and
+    Ubuntu's kernels default to 3: no perf_event_open(2) without
+    CAP_SYS_ADMIN; others to 2)."""
+    path = Path("/proc/sys/kernel/perf_event_paranoid")
+    before = path.read_text()
+    path.write_text(str(level))
+    try:
+        yield
+    finally:
+        path.write_text(before)
 
 
 # The names -j adds to every row from the connecting task's cgroup path.

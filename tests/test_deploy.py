@@ -9,11 +9,20 @@ import re
 import shlex
 import subprocess
 import tomllib
+from typing import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, cgroup_id_of, cgroup_path_of, comm_of, free_port, refused_connect
+from conftest import (
+    ROOT,
+    cgroup_id_of,
+    cgroup_path_of,
+    comm_of,
+    free_port,
+    perf_event_paranoid,
+    refused_connect,
+)
 from test_containers import bpffs, pins  # noqa: F401  (fixtures)
 
 from tcpconnect.cli import parse_args
@@ -125,7 +134,16 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     assert "ProtectHone" in done.stderr
 
 
-def test_the_granted_capabilities_suffice_to_trace(trace, daemonset):
+@pytest.fixture
+def perf_events_allowed() -> Iterator[None]:
+    # What the README asks of nodes whose kernel defaults to 3 (Debian,
+    # Ubuntu): without CAP_SYS_ADMIN, perf_event_open() and with it the
+    # connect() syscall tracepoints need kernel.perf_event_paranoid <= 2.
+    with perf_event_paranoid(2):
+        yield
+
+
+def test_the_granted_capabilities_suffice_to_trace(trace, daemonset, perf_events_allowed):
     # The tool run with no capability beyond the DaemonSet's (setpriv drops
     # the rest from the bounding set, so exec gives root only those).
     caps = [c.lower() for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
@@ -189,7 +207,8 @@ def test_containerfile_builds_with_this_checkouts_targets_and_paths():
     assert not {"src", "Makefile", "pyproject.toml"} & set(ignored)
 
 
-def test_the_daemonsets_read_only_mounts_and_capabilities_suffice(trace, daemonset, pins):
+def test_the_daemonsets_read_only_mounts_and_capabilities_suffice(trace, daemonset, pins,
+                                                                   perf_events_allowed):
     # As in the pod: the host paths the manifest mounts are read-only (each
     # bound onto itself, then remounted so, in a private mount namespace),
     # and the tool has only the manifest's capabilities. --cgroupmap opens a

@@ -12,7 +12,15 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import BUILD, comm_of, free_port, refused_connect, row, sh
+from conftest import (
+    BUILD,
+    comm_of,
+    free_port,
+    perf_event_paranoid,
+    refused_connect,
+    row,
+    sh,
+)
 
 from test_outcome import COUNT_HEADER, count_row, latency_of, with_outcome
 
@@ -238,3 +246,21 @@ def test_a_run_that_cannot_mount_tracefs_says_so_and_traces(trace, tmp_path):
                         "refused by a cgroup BPF program or an LSM) are not traced: tracefs is "
                         "not mounted at /sys/kernel/tracing and mounting it failed: Operation "
                         "not permitted\n")
+
+
+def test_perf_events_refused_without_cap_sys_admin_is_named(trace):
+    # Debian's kernels refuse perf_event_open() without CAP_SYS_ADMIN at
+    # kernel.perf_event_paranoid 3; CAP_BPF and CAP_PERFMON still trace the
+    # rest.
+    port = free_port()
+    with perf_event_paranoid(3):
+        t = trace("-P", str(port),
+                  prefix=("setpriv", "--inh-caps=-all", "--bounding-set=-all,+bpf,+perfmon,"
+                          "+sys_resource,+dac_read_search", "--"))
+        refused_connect(4, port)
+        t.stop()
+    assert len(t.rows) == 1
+    assert t.stderr == ("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
+                        "refused by a cgroup BPF program or an LSM) are not traced: "
+                        "kernel.perf_event_paranoid is 3, which refuses perf_event_open() "
+                        "without CAP_SYS_ADMIN (set it to 2 or less, or grant CAP_SYS_ADMIN)\n")

@@ -6,6 +6,11 @@ only tracefs tells: libbpf reads events/syscalls/<name>/id under
 /sys/kernel/tracing. Hosts without systemd (which mounts it at boot) often
 have tracefs unmounted; mounting it where the kernel provides its mount
 point changes nothing else, so the tool does that when it must.
+
+Debian's and Ubuntu's kernels add kernel.perf_event_paranoid = 3, which
+refuses perf_event_open(2) to any process without CAP_SYS_ADMIN, whatever
+else it holds: a run with only CAP_BPF and CAP_PERFMON is told so here, by
+name, rather than by libbpf's EACCES.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import os
 DEBUGFS_TRACING = "/sys/kernel/debug/tracing"
 TRACEFS = "/sys/kernel/tracing"
 CONNECT_TRACEPOINTS = ("sys_enter_connect", "sys_exit_connect")
+PERF_EVENT_PARANOID = "/proc/sys/kernel/perf_event_paranoid"
+CAP_SYS_ADMIN = 21
 
 
 def _tracing_dir() -> str:
@@ -46,4 +53,20 @@ def connect_tracepoints() -> str | None:
         if not os.access(os.path.join(tracing, "events", "syscalls", name, "id"), os.R_OK):
             return (f"{tracing}/events/syscalls/{name} is missing "
                     "(a kernel without CONFIG_FTRACE_SYSCALLS)")
+    return perf_events_refused()
+
+
+def perf_events_refused() -> str | None:
+    """Why perf_event_open(2) would refuse this process, if it would."""
+    try:
+        with open(PERF_EVENT_PARANOID) as f:
+            paranoid = int(f.read())
+        with open("/proc/self/status") as f:
+            effective = next(int(line.split()[1], 16) for line in f
+                             if line.startswith("CapEff:"))
+    except (OSError, ValueError, StopIteration):
+        return None  # attaching will tell
+    if paranoid > 2 and not effective >> CAP_SYS_ADMIN & 1:
+        return (f"kernel.perf_event_paranoid is {paranoid}, which refuses perf_event_open() "
+                "without CAP_SYS_ADMIN (set it to 2 or less, or grant CAP_SYS_ADMIN)")
     return None
