@@ -63,7 +63,7 @@ def main() -> int:
             ts_ns=0, cgroup_id=ids[i % len(ids)], mntns_id=4026531841, saddr=addr, daddr=addr,
             pid=1000 + i % 50, tid=1000 + i % 50, uid=0, netns=4026531840, lport=0,
             dport=80, family=4, comm=b"curl".ljust(16, b"\0"), latency_ns=0, outcome=0,
-            error=0)) for i in range(args.rows)]
+            error=0, syn_retries=0, drops=0, drop_reason=0)) for i in range(args.rows)]
         batches = [events[i:i + BATCH] for i in range(0, len(events), BATCH)]
         timed = [[(i * 1000, *e[1:]) for i, e in enumerate(b)] for b in batches]
         print(f"{args.rows} rows from {args.cgroups} cgroups in batches of {BATCH}; "

@@ -55,7 +55,8 @@ def connect_to(addr: str, ts_ns: int) -> tuple:
                                saddr=ipaddress.IPv4Address("10.0.0.1").packed + bytes(12),
                                daddr=ipaddress.IPv4Address(addr).packed + bytes(12),
                                pid=1, tid=1, uid=0, netns=0, lport=0, dport=443, family=4,
-                               outcome=0, error=0, comm=b"curl".ljust(16, b"\0")))
+                               outcome=0, error=0, syn_retries=0, drops=0, drop_reason=0,
+                               comm=b"curl".ljust(16, b"\0")))
 
 
 def is_utf8(data: bytes) -> bool:

@@ -22,7 +22,7 @@ from conftest import (
     sh,
 )
 
-from test_outcome import COUNT_HEADER, count_row, latency_of, with_outcome
+from test_outcome import ROW_LAT, COUNT_HEADER, count_row, latency_of, with_outcome
 
 from tcpconnect import tracefs
 
@@ -64,7 +64,7 @@ def test_no_route_result(trace, workload, lonely, family):
     t.stop()
     [line] = t.rows
     assert line == with_outcome(row(w.pid, w.comm, family, ANY[family], NOWHERE[family], port,
-                                    lport=0), "no-route", "%.2f" % latency_of(line))
+                                    lport=0), "no-route", "%.2f" % latency_of(line), "no SYN sent")
 
 
 def test_v4_mapped_destination_without_route_is_ipv4(trace, workload, lonely):
@@ -75,7 +75,7 @@ def test_v4_mapped_destination_without_route_is_ipv4(trace, workload, lonely):
     t.stop()
     [line] = t.rows
     assert line == with_outcome(row(w.pid, w.comm, 4, ANY[4], NOWHERE[4], port), "no-route",
-                                "%.2f" % latency_of(line))
+                                "%.2f" % latency_of(line), "no SYN sent")
 
 
 def test_routes_that_refuse_in_json(trace, workload, lonely):
@@ -123,7 +123,7 @@ def test_cgroup_program_refusal_is_denied(trace, workload, cgroups, tmp_path, fa
         sh("umount", str(pins))
     [line] = t.rows
     assert line == with_outcome(row(w.pid, w.comm, family, ANY[family], loopback, port),
-                                "denied", "%.2f" % latency_of(line))
+                                "denied", "%.2f" % latency_of(line), "no SYN sent")
 
 
 # Three connects to one listener from a namespace with two ephemeral ports:
@@ -163,10 +163,11 @@ def test_no_free_local_port(trace, lonely):
     t.stop()
     lines = t.rows
     assert len(lines) == 3
-    expected = [(lport, "ok") for lport, _ in results[:2]] + [(0, "no-local-port")]
-    for line, (lport, result) in zip(lines, expected):
+    expected = [(lport, "ok", "1 SYN") for lport, _ in results[:2]] + [
+        (0, "no-local-port", "no SYN sent")]
+    for line, (lport, result, cause) in zip(lines, expected):
         assert line == with_outcome(row(proc.pid, comm, 4, "127.0.0.1", "127.0.0.1", 5000,
-                                        lport=lport), result, "%.2f" % latency_of(line))
+                                        lport=lport), result, "%.2f" % latency_of(line), cause)
 
 
 def test_filters_apply_before_syn_sent(trace, workload, lonely):
@@ -204,7 +205,7 @@ def test_counted_with_and_without_results(trace, workload, lonely):
         t.stop()
     assert plain.rows[-1] == "%-25s %-25s %-20s %-10d" % (ANY[4], NOWHERE[4], port, 2)
     assert results.rows[-2:] == [COUNT_HEADER, count_row(ANY[4], NOWHERE[4], port, "no-route", 2)]
-    assert [line.split()[-2] for line in failed.rows] == ["no-route", "no-route"]
+    assert [ROW_LAT.search(line).group(1) for line in failed.rows] == ["no-route", "no-route"]
 
 
 # ---- tracefs ----------------------------------------------------------------
@@ -230,37 +231,40 @@ def test_without_tracefs_the_reason_is_given(tmp_path, monkeypatch):
         f"{tmp_path}/no-tracefs does not exist (kernel without tracefs)")
 
 
-def test_a_run_that_cannot_mount_tracefs_says_so_and_traces(trace, tmp_path):
-    # In a mount namespace where tracefs is not mounted, without
-    # CAP_SYS_ADMIN to mount it: the tool warns once and traces the rest.
+# The capabilities the deployments in deploy/ grant: no CAP_SYS_ADMIN.
+LEAST_PRIVILEGE = ("setpriv", "--inh-caps=-all",
+                   "--bounding-set=-all,+bpf,+perfmon,+sys_resource,+dac_read_search", "--")
+UNTRACED = ("tcpconnect: connect() calls that fail before a SYN is sent (no route, refused by "
+            "a cgroup BPF program or an LSM) are not traced: ")
+
+
+def traced_with_warning(trace, prefix: tuple[str, ...]) -> str:
+    """Runs the tool with `prefix`, checks that a connect is still traced,
+    returns its stderr."""
     port = free_port()
-    hide = "umount -l /sys/kernel/tracing; umount -l /sys/kernel/debug 2>/dev/null; true"
-    t = trace("-P", str(port),
-              prefix=("unshare", "-m", "sh", "-c", hide + ' && exec "$@"', "sh",
-                      "setpriv", "--inh-caps=-all", "--bounding-set=-all,+bpf,+perfmon,"
-                      "+sys_resource,+dac_read_search", "--"))
+    t = trace("-P", str(port), prefix=prefix)
     refused_connect(4, port)
     t.stop()
     assert len(t.rows) == 1
-    assert t.stderr == ("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
-                        "refused by a cgroup BPF program or an LSM) are not traced: tracefs is "
-                        "not mounted at /sys/kernel/tracing and mounting it failed: Operation "
-                        "not permitted\n")
+    return t.stderr
+
+
+def test_a_run_that_cannot_mount_tracefs_says_so_and_traces(trace):
+    # In a mount namespace where tracefs is not mounted, without
+    # CAP_SYS_ADMIN to mount it: the tool warns once and traces the rest.
+    hide = "umount -l /sys/kernel/tracing; umount -l /sys/kernel/debug 2>/dev/null; true"
+    stderr = traced_with_warning(trace, ("unshare", "-m", "sh", "-c", hide + ' && exec "$@"',
+                                         "sh", *LEAST_PRIVILEGE))
+    assert stderr == UNTRACED + ("tracefs is not mounted at /sys/kernel/tracing and mounting it "
+                                 "failed: Operation not permitted\n")
 
 
 def test_perf_events_refused_without_cap_sys_admin_is_named(trace):
     # Debian's kernels refuse perf_event_open() without CAP_SYS_ADMIN at
     # kernel.perf_event_paranoid 3; CAP_BPF and CAP_PERFMON still trace the
     # rest.
-    port = free_port()
     with perf_event_paranoid(3):
-        t = trace("-P", str(port),
-                  prefix=("setpriv", "--inh-caps=-all", "--bounding-set=-all,+bpf,+perfmon,"
-                          "+sys_resource,+dac_read_search", "--"))
-        refused_connect(4, port)
-        t.stop()
-    assert len(t.rows) == 1
-    assert t.stderr == ("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
-                        "refused by a cgroup BPF program or an LSM) are not traced: "
-                        "kernel.perf_event_paranoid is 3, which refuses perf_event_open() "
-                        "without CAP_SYS_ADMIN (set it to 2 or less, or grant CAP_SYS_ADMIN)\n")
+        stderr = traced_with_warning(trace, LEAST_PRIVILEGE)
+    assert stderr == UNTRACED + ("kernel.perf_event_paranoid is 3, which refuses "
+                                 "perf_event_open() without CAP_SYS_ADMIN (set it to 2 or less, "
+                                 "or grant CAP_SYS_ADMIN)\n")

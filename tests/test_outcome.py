@@ -41,7 +41,9 @@ from conftest import (
 from test_trace import LISTENER
 
 from tcpconnect import session
+from tcpconnect.cause import DropReasons, cause_text
 from tcpconnect.cli import parse_args
+from tcpconnect.libbpf import enum_values
 from tcpconnect.events import OUTCOME_NO_SYN, CountKey, EventRecord, decoded
 from tcpconnect.outcome import (
     TCP_CLOSE,
@@ -55,17 +57,19 @@ from tcpconnect.output import count_header, count_rows
 from tcpconnect.wallclock import WallClock
 
 ME = os.getpid()
-ROW_LAT = re.compile(r" (\S+) +(\S+) +$")
+# RESULT then LAT(ms) (CAUSE, which follows, has spaces of its own).
+ROW_LAT = re.compile(r" (ok|refused|timeout|unreachable|reset|aborted|no-route|denied|"
+                     r"no-local-port|pending|unknown|E[A-Z0-9]+|errno-\d+) +(\S+) ")
 
 
 def my_comm() -> str:
     return comm_of(ME)
 
 
-def with_outcome(base: str, result: str, lat: str) -> str:
-    """A row as bcc's layout gives it (conftest.row) with RESULT and LAT(ms)
-    after DPORT, each followed by a space as DPORT is."""
-    return base + "%-13s %-8s " % (result, lat)
+def with_outcome(base: str, result: str, lat: str, cause: str) -> str:
+    """A row as bcc's layout gives it (conftest.row) with RESULT, LAT(ms) and
+    CAUSE after DPORT, each followed by a space as DPORT is."""
+    return base + "%-13s %-8s %-24s " % (result, lat, cause)
 
 
 def latency_of(line: str) -> float:
@@ -133,6 +137,40 @@ def test_result_names(outcome, error, result):
     assert result_name(outcome, error) == result
 
 
+@pytest.mark.parametrize("outcome,error,retries,drops,reason,cause", [
+    (TCP_ESTABLISHED, 0, 0, 0, 0, "1 SYN"),
+    (TCP_ESTABLISHED, 0, 2, 0, 0, "3 SYNs"),
+    (TCP_CLOSE, errno.ECONNREFUSED, 0, 0, 0, "RST after 1 SYN"),
+    (TCP_CLOSE, errno.ETIMEDOUT, 6, 0, 0, "no answer to 7 SYNs"),
+    (TCP_CLOSE, errno.EHOSTUNREACH, 1, 0, 0, "ICMP error after 2 SYNs"),
+    (TCP_CLOSE, errno.EACCES, 0, 0, 0, "ICMP error after 1 SYN"),
+    (TCP_CLOSE, 0, 0, 0, 0, "closed after 1 SYN"),
+    (TCP_CLOSE, errno.EPROTO, 0, 0, 0, "EPROTO after 1 SYN"),
+    (TCP_CLOSE, errno.EADDRNOTAVAIL, 0, 0, 0, "no SYN sent"),
+    (OUTCOME_NO_SYN, errno.ENETUNREACH, 0, 0, 0, "no SYN sent"),
+])
+@pytest.mark.host_only
+def test_cause_texts(outcome, error, retries, drops, reason, cause):
+    event = decoded(EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=0, saddr=bytes(16),
+                                daddr=bytes(16), pid=1, tid=1, uid=0, netns=0, lport=0, dport=1,
+                                family=4, outcome=outcome, error=error, syn_retries=retries,
+                                drops=drops, drop_reason=reason, comm=bytes(16)))
+    assert cause_text(event) == cause
+
+
+@pytest.mark.host_only
+def test_drop_reasons_are_named_from_the_kernels_btf(tmp_path):
+    reasons = DropReasons()
+    names = enum_values(reasons.btf_path, "skb_drop_reason")
+    [(number, name)] = [(n, v) for n, v in names.items() if v == "SKB_DROP_REASON_NOT_SPECIFIED"]
+    assert reasons.name(number) == "NOT_SPECIFIED"
+    assert reasons.name(max(names) + 1) == f"reason {max(names) + 1}"
+    # A kernel without drop reasons (or whose BTF cannot be read): none.
+    unreadable = DropReasons()
+    unreadable.btf_path = str(tmp_path / "missing")
+    assert unreadable.name(number) is None
+
+
 @pytest.mark.host_only
 def test_count_table_with_results_and_pending_attempts():
     def key(dport: int, outcome: int, error: int = 0) -> CountKey:
@@ -145,7 +183,8 @@ def test_count_table_with_results_and_pending_attempts():
     still_open = [decoded(EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=0,
                                       saddr=bytes(key(0, 0).saddr), daddr=bytes(key(0, 0).daddr),
                                       pid=1, tid=1, uid=0, netns=0, lport=0, dport=port, family=4,
-                                      outcome=TCP_SYN_SENT, error=0, comm=b"x".ljust(16, b"\0")))
+                                      outcome=TCP_SYN_SENT, error=0, syn_retries=0, drops=0,
+                                      drop_reason=0, comm=b"x".ljust(16, b"\0")))
                   for port in (82, 83, 83)]
     assert [count_header(True), *count_rows(counts_with_pending(kernel_counts, still_open),
                                             results=True)] == [
@@ -204,7 +243,7 @@ def test_ok_and_refused_rows(trace, family, addr):
         port = listener.getsockname()[1]
         t = trace("--outcome", "-L", "-P", f"{port},{refused}")
         assert t.header == ("PID     COMM         IP SADDR            LPORT  DADDR"
-                            "            DPORT  RESULT        LAT(ms) ")
+                            "            DPORT  RESULT        LAT(ms)  CAUSE" + " " * 19)
         with socket.create_connection((addr, port)) as client:
             lport = client.getsockname()[1]
         refused_lport = refused_connect(family, refused)
@@ -213,10 +252,10 @@ def test_ok_and_refused_rows(trace, family, addr):
     for line in (ok, no):
         assert latency_of(line) < 1000  # loopback: well under a second
     assert ok == with_outcome(row(ME, my_comm(), family, addr, addr, port, lport=lport),
-                              "ok", "%.2f" % latency_of(ok))
+                              "ok", "%.2f" % latency_of(ok), "1 SYN")
     assert no == with_outcome(
         row(ME, my_comm(), family, addr, addr, refused, lport=refused_lport),
-        "refused", "%.2f" % latency_of(no))
+        "refused", "%.2f" % latency_of(no), "RST after 1 SYN")
     assert t.stderr == ""
 
 
@@ -232,7 +271,46 @@ def test_syn_dropped_times_out(trace, veth, family):
     # The SYN and one retransmission, 1 s apart, then TCP_USER_TIMEOUT.
     assert 900 <= latency_of(line) < 10_000
     assert line == with_outcome(row(ME, my_comm(), family, host, peer, port, lport=lport),
-                                "timeout", "%.2f" % latency_of(line))
+                                "timeout", "%.2f" % latency_of(line), "no answer to 2 SYNs")
+
+
+# A client in the test's namespace whose SYNs that namespace's own firewall
+# drops: the kernel tries again every 500 ms while sending fails, then gives
+# up after TCP_SYNCNT's retransmissions (~3 s).
+LOCALLY_DROPPED = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.IPPROTO_TCP, 7, 1)  # TCP_SYNCNT
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_syn_dropped_on_this_host_names_the_reason(trace, veth, family):
+    host, _ = peer_of(veth, family)
+    port = free_port()
+    nft(veth.netns, "add table inet t",
+        "add chain inet t out { type filter hook output priority 0; }",
+        f"add rule inet t out tcp dport {port} counter drop")
+    t = trace("--outcome", "-j", "-P", str(port))
+    client = veth.run(sys.executable, "-c", LOCALLY_DROPPED, host, str(port),
+                      stdout=subprocess.PIPE, text=True)
+    assert client.communicate(timeout=30)[0].strip() == str(errno.ETIMEDOUT)
+    t.stop()
+    listed = subprocess.run(["ip", "netns", "exec", veth.netns, "nft", "list", "table", "inet",
+                             "t"], capture_output=True, text=True, check=True).stdout
+    dropped = int(re.search(r"counter packets (\d+)", listed)[1])  # type: ignore[index]
+    [event] = t.json_rows()
+    # Named from the running kernel's own enum; kernels before 5.17 give no reason.
+    reason = ("NETFILTER_DROP" if "SKB_DROP_REASON_NETFILTER_DROP" in
+              enum_values("/sys/kernel/btf/vmlinux", "skb_drop_reason").values() else None)
+    assert dropped >= 2
+    assert (event["result"], event["drop_reason"], event["cause"]) == (
+        "timeout", reason or "unknown",
+        f"{dropped} SYNs dropped here" + (f": {reason}" if reason else ""))
 
 
 @pytest.mark.parametrize("family", [4, 6])
@@ -251,7 +329,8 @@ def test_icmp_unreachable_while_in_syn_sent(trace, veth, family):
     [line] = t.rows
     assert latency_of(line) < 5000
     assert line == with_outcome(row(ME, my_comm(), family, host, peer, port),
-                                "unreachable", "%.2f" % latency_of(line))
+                                "unreachable", "%.2f" % latency_of(line),
+                                "ICMP error after 2 SYNs")
 
 
 def test_close_before_the_handshake_is_aborted(trace, veth):
@@ -284,10 +363,11 @@ def test_attempt_open_when_tracing_stops_is_pending(trace, veth, family):
     addr = "127.0.0.1" if family == 4 else "::1"
     refused_row, pending_row = t.rows
     assert refused_row == with_outcome(row(ME, my_comm(), family, addr, addr, refused),
-                                       "refused", "%.2f" % latency_of(refused_row))
+                                       "refused", "%.2f" % latency_of(refused_row),
+                                       "RST after 1 SYN")
     # Printed at the end, without a latency: it had not ended.
     assert pending_row == with_outcome(row(ME, my_comm(), family, host, peer, port),
-                                       "pending", "-")
+                                       "pending", "-", "-")
 
 
 def test_failed_hides_successful_connects(trace):
@@ -295,14 +375,14 @@ def test_failed_hides_successful_connects(trace):
     with listening("127.0.0.1") as listener:
         port = listener.getsockname()[1]
         t = trace("--failed", "-P", f"{port},{refused}")
-        assert t.header.endswith("DPORT  RESULT        LAT(ms) ")
+        assert t.header.endswith("DPORT  RESULT        LAT(ms)  CAUSE" + " " * 19)
         socket.create_connection(("127.0.0.1", port)).close()
         refused_connect(4, refused)
         socket.create_connection(("127.0.0.1", port)).close()
         t.stop()
     [line] = t.rows
     assert line == with_outcome(row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", refused),
-                                "refused", "%.2f" % latency_of(line))
+                                "refused", "%.2f" % latency_of(line), "RST after 1 SYN")
 
 
 COUNT_HEADER = "%-25s %-25s %-20s %-13s %-10s" % ("LADDR", "RADDR", "RPORT", "RESULT",
@@ -370,9 +450,12 @@ def test_json_fields(trace, veth):
         assert {name: event.pop(name) for name in ATTRIBUTION_FIELDS}["cgroup"] == cgroup_path_of(ME)
     common = {"uid": 0, "pid": ME, "tid": ME, "comm": my_comm()}
     assert ok == {**common, "ip": 6, "saddr": "::1", "lport": lport, "daddr": "::1",
-                  "dport": port, "result": "ok", "errno": None, "errno_code": 0}
-    assert (no["result"], no["errno"], no["errno_code"]) == (
-        "refused", "ECONNREFUSED", errno.ECONNREFUSED)
+                  "dport": port, "result": "ok", "errno": None, "errno_code": 0,
+                  "syn_retries": 0, "drop_reason": None, "cause": "1 SYN"}
+    assert (no["result"], no["errno"], no["errno_code"], no["syn_retries"], no["drop_reason"],
+            no["cause"]) == ("refused", "ECONNREFUSED", errno.ECONNREFUSED, 0, None,
+                             "RST after 1 SYN")
+    assert (unreach["syn_retries"], unreach["cause"]) == (1, "ICMP error after 2 SYNs")
     assert (unreach["result"], unreach["errno"], unreach["errno_code"]) == (
         "unreachable", "EHOSTUNREACH", errno.EHOSTUNREACH)
     assert (unreach["saddr"], unreach["daddr"]) == (veth.host6, veth.peer6)
@@ -433,7 +516,7 @@ def test_time_of_day_column(trace, extra):
         assert re.fullmatch(r"\d+\.\d{3} +", rest[:9]) and float(rest[:9]) < 60
         assert rest[9:] == with_outcome(
             row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", port, uid=0),
-            "refused", "%.2f" % latency_of(rest))
+            "refused", "%.2f" % latency_of(rest), "RST after 1 SYN")
 
 
 # ---- latency against a delay the test controls ----------------------------
@@ -548,10 +631,10 @@ def test_latency_follows_the_delay(trace, delay_wire, family):
         # for a loaded machine or an emulated one.
         assert DELAY * 1000 <= latency_of(line) < DELAY * 1000 + 800, line
     assert ok == with_outcome(row(ME, my_comm(), family, host, peer, port, lport=lport),
-                              "ok", "%.2f" % latency_of(ok))
+                              "ok", "%.2f" % latency_of(ok), "1 SYN")
     assert no == with_outcome(row(ME, my_comm(), family, host, peer, refused,
                                   lport=refused_lport),
-                              "refused", "%.2f" % latency_of(no))
+                              "refused", "%.2f" % latency_of(no), "RST after 1 SYN")
 
 
 def test_json_lines_are_valid_json(trace):
@@ -583,12 +666,12 @@ def test_icmp_unreachable_after_a_delay(trace, delay_wire, family):
 def test_query_column_follows_the_outcome(trace):
     port = free_port()
     t = trace("--outcome", "-d", "-P", str(port))
-    assert t.header.endswith("DPORT  RESULT        LAT(ms)  QUERY")
+    assert t.header.endswith("DPORT  RESULT        LAT(ms)  CAUSE" + " " * 20 + "QUERY")
     refused_connect(6, port)
     t.stop()
     [line] = t.rows
     assert line == with_outcome(row(ME, my_comm(), 6, "::1", "::1", port),
-                                "refused", "%.2f" % latency_of(line[:-len("localhost")])
+                                "refused", "%.2f" % latency_of(line), "RST after 1 SYN"
                                 ) + "localhost"
 
 
@@ -631,8 +714,8 @@ def test_attempt_without_room_to_wait_is_reported_at_once(monkeypatch, veth):
     finally:
         client.close()
     assert out.getvalue().splitlines()[2:] == [
-        with_outcome(row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", refused), "unknown", "-"),
-        with_outcome(row(ME, my_comm(), 4, veth.host4, veth.peer4, dropped), "pending", "-"),
+        with_outcome(row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", refused), "unknown", "-", "-"),
+        with_outcome(row(ME, my_comm(), 4, veth.host4, veth.peer4, dropped), "pending", "-", "-"),
     ]
     assert err.getvalue() == ("1 connects were reported without their outcome (result unknown) "
                               "(pending table full)\n")

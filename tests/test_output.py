@@ -28,7 +28,7 @@ def event(**fields) -> tuple:
     record = EventRecord(
         ts_ns=5_000_000_000, pid=4242, tid=4243, uid=1000, lport=51234, dport=443, family=4,
         comm=b"curl".ljust(16, b"\0"), cgroup_id=7, mntns_id=4026531841, netns=4026531840,
-        latency_ns=0, outcome=0, error=0,
+        latency_ns=0, outcome=0, error=0, syn_retries=0, drops=0, drop_reason=0,
         saddr=socket.inet_pton(socket.AF_INET, "10.0.0.1").ljust(16, b"\0"),
         daddr=socket.inet_pton(socket.AF_INET, "93.184.216.34").ljust(16, b"\0"),
     )

@@ -24,6 +24,9 @@ class Event(Structure):
         ("lport", c_uint16),
         ("outcome", c_uint16),
         ("error", c_uint16),
+        ("syn_retries", c_uint16),
+        ("drops", c_uint16),
+        ("drop_reason", c_uint32),
         ("cgroup_id", c_uint64),
         ("mntns_id", c_uint64),
         ("saddr", c_uint8 * 16),
@@ -129,9 +132,10 @@ EventRecord = namedtuple("EventRecord", [name for name, _ in Event._fields_])  #
 # Positions of fields in a decoded record, then in a decoded identity.
 _NAMES = [name for name, _ in Event._fields_]
 _SPLIT = _NAMES.index(IDENTITY[0])
-TS_NS, LATENCY_NS, LPORT, OUTCOME, ERROR, IDENTITY_BYTES = (
+TS_NS, LATENCY_NS, LPORT, OUTCOME, ERROR, SYN_RETRIES, DROPS, DROP_REASON, IDENTITY_BYTES = (
     [*_NAMES[:_SPLIT], "identity"].index(name) for name in (
-        "ts_ns", "latency_ns", "lport", "outcome", "error", "identity"))
+        "ts_ns", "latency_ns", "lport", "outcome", "error", "syn_retries", "drops",
+        "drop_reason", "identity"))
 CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, DPORT, FAMILY, COMM = (
     _NAMES[_SPLIT:].index(name) for name in (
         "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "netns", "dport",

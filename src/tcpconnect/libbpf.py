@@ -26,6 +26,7 @@ from ctypes import (
     c_void_p,
 )
 
+BTF_KIND_ENUM = 6
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
 LIBBPF_WARN = 0
@@ -401,6 +402,30 @@ def check_btf_file(path: str) -> None:
         err = ctypes.get_errno() or errno.EINVAL
         raise BpfError(f"{path}: not a readable BTF file ({os.strerror(err)})")
     _lib.btf__free(btf)
+
+
+class _BtfEnum(Structure):
+    _fields_ = [("name_off", c_uint32), ("val", ctypes.c_int32)]
+
+
+def enum_values(btf_path: str, name: str) -> dict[int, str]:
+    """The values of enum `name` in a BTF file, by number; empty when the
+    file has no such enum. Raises BpfError when the file cannot be read."""
+    btf = _lib.btf__parse(os.fsencode(btf_path), None)
+    if not btf:
+        err = ctypes.get_errno() or errno.EINVAL
+        raise BpfError(f"{btf_path}: not a readable BTF file ({os.strerror(err)})")
+    try:
+        type_id = _lib.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_ENUM)
+        if type_id < 0:
+            return {}
+        enum = _lib.btf__type_by_id(btf, type_id)
+        entries = ctypes.cast(ctypes.addressof(enum.contents) + ctypes.sizeof(_BtfType),
+                              POINTER(_BtfEnum))
+        return {entries[i].val: _lib.btf__name_by_offset(btf, entries[i].name_off).decode()
+                for i in range(enum.contents.info & 0xFFFF)}
+    finally:
+        _lib.btf__free(btf)
 
 
 def kernel_has_map_type(map_type: int) -> bool:

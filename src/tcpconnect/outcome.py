@@ -15,6 +15,8 @@ import errno
 import functools
 from typing import Iterable
 
+from .cause import CAUSE_WIDTH, cause_text
+from .cause import json_fields as cause_json
 from .events import (
     DADDR,
     DPORT,
@@ -63,7 +65,7 @@ _NAMED_EARLY_ERRORS = {
 
 # The longest result, no-local-port.
 RESULT_WIDTH = 13
-TEXT_HEADER = "%-*s %-8s" % (RESULT_WIDTH, "RESULT", "LAT(ms)")
+TEXT_HEADER = "%-*s %-8s %-*s" % (RESULT_WIDTH, "RESULT", "LAT(ms)", CAUSE_WIDTH, "CAUSE")
 COUNT_RESULT_HEADER = "%-*s" % (RESULT_WIDTH, "RESULT")
 
 
@@ -101,23 +103,27 @@ def latency_text(event: tuple) -> str:
 
 
 def text_columns(event: tuple) -> str:
-    """RESULT and LAT(ms), each followed by a space, as DPORT is."""
-    return "%-*s %-8s " % (RESULT_WIDTH, result_name(event[OUTCOME], event[ERROR]),
-                           latency_text(event))
+    """RESULT, LAT(ms) and CAUSE, each followed by a space, as DPORT is."""
+    done = ended(event[OUTCOME])
+    return "%-*s %-8s %-*s " % (RESULT_WIDTH, result_name(event[OUTCOME], event[ERROR]),
+                                latency_text(event), CAUSE_WIDTH,
+                                cause_text(event) if done else "-")
 
 
 def json_fields(event: tuple) -> str:
     """`result`, `errno` (its name, null for none), `errno_code` (0 for
-    none) and `latency_ms`; all but `result` null while the attempt had not
-    ended (or could not be followed)."""
+    none), `latency_ms` and the cause's fields (see cause.json_fields); all
+    but `result` null while the attempt had not ended (or could not be
+    followed)."""
     outcome = event[OUTCOME]
     if not ended(outcome):
-        return (', "result": "%s", "errno": null, "errno_code": null, "latency_ms": null'
+        return (', "result": "%s", "errno": null, "errno_code": null, "latency_ms": null, '
+                '"syn_retries": null, "drop_reason": null, "cause": null'
                 % result_name(outcome, 0))
     error = event[ERROR]
-    return ', "result": "%s", "errno": %s, "errno_code": %d, "latency_ms": %r' % (
+    return ', "result": "%s", "errno": %s, "errno_code": %d, "latency_ms": %r%s' % (
         result_name(outcome, error), '"%s"' % errno_name(error) if error else "null", error,
-        round(event[LATENCY_NS] / 1e6, 3))
+        round(event[LATENCY_NS] / 1e6, 3), cause_json(event))
 
 
 def count_key_result(key: CountKey) -> str:

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .attribution import CgroupResolver
+from .cause import drop_reasons
 from .events import DNS_TS_NS, TS_NS, destination, dns_message
 from .heap import keep_batch_buffers
 from .outcome import counts_with_pending
@@ -87,6 +88,9 @@ class Session:
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
                           dns=args.dns, container=args.container, outcome=args.outcome,
                           time_of_day=args.time)
+        if args.btf:
+            # --outcome's drop reasons are named from the running kernel's BTF.
+            drop_reasons.btf_path = args.btf
         self._resolver = CgroupResolver() if args.json or args.container else None
         attribute = self._resolver.lookup if self._resolver else None
         # With --outcome rows come as attempts end, not in the order they

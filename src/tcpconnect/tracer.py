@@ -243,8 +243,11 @@ class Tracer:
     def _main_programs(self, support: KernelSupport) -> list[str]:
         suffix = "" if support.own_btf else "_raw"
         wanted = ["handle_set_state" + suffix]
-        # With --outcome the port is read when the attempt ends instead.
-        if self._wants_lport and not self.config.outcome:
+        # With --outcome the port is read when the attempt ends instead, and
+        # a SYN dropped on this host is noted on its attempt (its CAUSE).
+        if self.config.outcome:
+            wanted.append("handle_drop" + suffix)
+        elif self._wants_lport:
             wanted += ["handle_xmit" + suffix, "handle_drop" + suffix]
         if self.config.dns and self._dns_obj is None:
             wanted.append("handle_receive_linear" if support.own_btf else "handle_receive_raw")

@@ -424,6 +424,7 @@ static __always_inline void resolve_pending(const struct sock *sk, bool typed, i
 		 * SYN_SENT without a local port. */
 		if (newstate == TCP_CLOSE && !e.error && !e.lport)
 			e.error = EADDRNOTAVAIL;
+		e.syn_retries = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
 		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
 		if (count_mode)
 			count_connect(&e);
@@ -693,20 +694,57 @@ int BPF_PROG(handle_xmit_raw, struct sk_buff *skb)
 	return 0;
 }
 
-/* A SYN that never reaches a device (dropped by netfilter, or queued for a
- * neighbour that never answers) is freed here: report the attempt now, not
- * when the connect times out minutes later. */
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(handle_drop, struct sk_buff *skb)
+/* With --outcome: a packet of a parked attempt (its SYN) dropped on this
+ * host is noted on the attempt, with the kernel's reason where it gives one
+ * (the tracepoint's third argument, from Linux 5.17). */
+static __always_inline void note_drop(const struct sk_buff *skb, bool typed, __u32 reason)
 {
-	resolve_packet_owner(skb, true);
+	const struct sock *sk;
+	struct event *parked;
+	__u64 key;
+
+	if (!pending_count)
+		return;
+	sk = READ_FIELD(typed, skb, sk);
+	if (!sk)
+		return;
+	key = (__u64)sk;
+	parked = bpf_map_lookup_elem(&pending, &key);
+	if (parked) {
+		parked->drops++;
+		parked->drop_reason = reason;
+	}
+}
+
+/* A SYN that never reaches a device (dropped by netfilter, or queued for a
+ * neighbour that never answers) is freed here: with -L, report the attempt
+ * now, not when the connect times out minutes later. */
+static __always_inline void on_drop(const struct sk_buff *skb, bool typed, __u32 reason)
+{
+	if (want_outcome)
+		note_drop(skb, typed, reason);
+	else
+		resolve_packet_owner(skb, typed);
+}
+
+/* ctx[2] exists only where the kernel has drop reasons; the check is a
+ * constant after CO-RE relocation, so elsewhere the read is dead code the
+ * verifier never sees. */
+#define DROP_REASON(ctx)                                                                     \
+	(bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED) ?     \
+		 (__u32)(ctx)[2] : 0)
+
+SEC("tp_btf/kfree_skb")
+int handle_drop(__u64 *ctx)
+{
+	on_drop((const struct sk_buff *)ctx[0], true, DROP_REASON(ctx));
 	return 0;
 }
 
 SEC("raw_tp/kfree_skb")
-int BPF_PROG(handle_drop_raw, struct sk_buff *skb)
+int handle_drop_raw(__u64 *ctx)
 {
-	resolve_packet_owner(skb, false);
+	on_drop((const struct sk_buff *)ctx[0], false, DROP_REASON(ctx));
 	return 0;
 }
 

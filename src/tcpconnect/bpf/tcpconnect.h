@@ -40,6 +40,14 @@ struct event {
 	 * ended it (sk_err as it left SYN_SENT, or connect()'s errno). */
 	__u16 outcome;
 	__u16 error;
+	/* With --outcome, as the attempt left SYN_SENT: the SYNs retransmitted
+	 * (tcp_sock.total_retrans; a retransmission dropped on this host is not
+	 * counted), the attempt's packets dropped on this host and the last
+	 * one's drop reason (enum skb_drop_reason of the running kernel, 0
+	 * where the kernel gives none). */
+	__u16 syn_retries;
+	__u16 drops;
+	__u32 drop_reason;
 	__u64 cgroup_id;
 	__u64 mntns_id;
 	__u8 saddr[16];
