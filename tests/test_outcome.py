@@ -40,7 +40,7 @@ from conftest import (
 
 from test_trace import LISTENER
 
-from tcpconnect import session
+from tcpconnect import cause, session
 from tcpconnect.cause import DropReasons, cause_text
 from tcpconnect.cli import parse_args
 from tcpconnect.libbpf import enum_values
@@ -146,6 +146,8 @@ def test_result_names(outcome, error, result):
     (TCP_CLOSE, errno.EACCES, 0, 0, 0, "ICMP error after 1 SYN"),
     (TCP_CLOSE, 0, 0, 0, 0, "closed after 1 SYN"),
     (TCP_CLOSE, errno.EPROTO, 0, 0, 0, "EPROTO after 1 SYN"),
+    (TCP_CLOSE, 4000, 0, 0, 0, "errno-4000 after 1 SYN"),
+    (OUTCOME_NO_SYN, errno.ENOBUFS, 0, 0, 0, "no SYN sent"),
     (TCP_CLOSE, errno.EADDRNOTAVAIL, 0, 0, 0, "no SYN sent"),
     (OUTCOME_NO_SYN, errno.ENETUNREACH, 0, 0, 0, "no SYN sent"),
 ])
@@ -155,7 +157,22 @@ def test_cause_texts(outcome, error, retries, drops, reason, cause):
                                 daddr=bytes(16), pid=1, tid=1, uid=0, netns=0, lport=0, dport=1,
                                 family=4, outcome=outcome, error=error, syn_retries=retries,
                                 drops=drops, drop_reason=reason, comm=bytes(16)))
-    assert cause_text(event) == cause
+    assert cause_text(event, result_name(outcome, error)) == cause
+
+
+@pytest.mark.host_only
+def test_cause_of_syns_dropped_here(monkeypatch, tmp_path):
+    names = enum_values(cause.drop_reasons.btf_path, "skb_drop_reason")
+    [number] = [n for n, v in names.items() if v == "SKB_DROP_REASON_NETFILTER_DROP"]
+    event = decoded(EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=0, saddr=bytes(16),
+                                daddr=bytes(16), pid=1, tid=1, uid=0, netns=0, lport=0, dport=1,
+                                family=4, outcome=TCP_CLOSE, error=errno.ETIMEDOUT,
+                                syn_retries=1, drops=3, drop_reason=number, comm=bytes(16)))
+    assert cause_text(event, "timeout") == "3 SYNs dropped here: NETFILTER_DROP"
+    # A kernel without drop reasons.
+    monkeypatch.setattr(cause, "drop_reasons", DropReasons())
+    cause.drop_reasons.btf_path = str(tmp_path / "missing")
+    assert cause_text(event, "timeout") == "3 SYNs dropped here"
 
 
 @pytest.mark.host_only

@@ -7,26 +7,23 @@ BTF: its values differ between kernels, and kernels before 5.17 give none).
 
 from __future__ import annotations
 
-import errno
-
-from .events import DROP_REASON, DROPS, ERROR, OUTCOME, OUTCOME_NO_SYN, SYN_RETRIES
+from .events import DROP_REASON, DROPS, OUTCOME, OUTCOME_NO_SYN, SYN_RETRIES
 from .libbpf import BpfError, enum_values
 
-TCP_ESTABLISHED = 1
-TCP_CLOSE = 7
 CAUSE_WIDTH = 24
 REASON_PREFIX = "SKB_DROP_REASON_"
 
-# How each error that ended an attempt after its SYNs came about.
+# How an attempt that sent SYNs came to each result (outcome.result_name);
+# any other result (an errno's name) is "NAME after N SYNs".
 _AFTER_SYNS = {
-    errno.ECONNREFUSED: "RST after",
-    errno.ECONNRESET: "RST after",
-    errno.ETIMEDOUT: "no answer to",
-    errno.EHOSTUNREACH: "ICMP error after",
-    errno.ENETUNREACH: "ICMP error after",
-    errno.EACCES: "ICMP error after",
-    0: "closed after",
+    "refused": "RST after",
+    "reset": "RST after",
+    "timeout": "no answer to",
+    "unreachable": "ICMP error after",
+    "aborted": "closed after",
 }
+# Results of attempts that ended before their first SYN.
+_NO_SYN = frozenset(("no-route", "denied", "no-local-port"))
 
 
 class DropReasons:
@@ -58,29 +55,26 @@ def _syns(count: int) -> str:
     return "1 SYN" if count == 1 else f"{count} SYNs"
 
 
-def cause_text(event: tuple) -> str:
-    """The CAUSE of an attempt that has ended."""
-    outcome, error = event[OUTCOME], event[ERROR]
-    # No local port was found before the SYN (see resolve_pending).
-    if outcome == OUTCOME_NO_SYN or (outcome == TCP_CLOSE and error == errno.EADDRNOTAVAIL):
+def cause_text(event: tuple, result: str) -> str:
+    """The CAUSE of an attempt that has ended with `result`."""
+    if event[OUTCOME] == OUTCOME_NO_SYN or result in _NO_SYN:
         return "no SYN sent"
     if event[DROPS]:
         reason = drop_reasons.name(event[DROP_REASON])
         dropped = f"{_syns(event[DROPS])} dropped here"
         return f"{dropped}: {reason}" if reason else dropped
     syns = _syns(event[SYN_RETRIES] + 1)
-    if outcome == TCP_ESTABLISHED:
+    if result == "ok":
         return syns
-    how = _AFTER_SYNS.get(error) or errno.errorcode.get(error, f"errno {error}") + " after"
-    return f"{how} {syns}"
+    return f"{_AFTER_SYNS.get(result, result + ' after')} {syns}"
 
 
-def json_fields(event: tuple) -> str:
+def json_fields(event: tuple, result: str) -> str:
     """`syn_retries`, `drop_reason` (null when nothing was dropped here,
     "unknown" where the kernel gives no reason) and `cause`, for an attempt
-    that has ended."""
+    that has ended with `result`."""
     no_syn = event[OUTCOME] == OUTCOME_NO_SYN
     reason = drop_reasons.name(event[DROP_REASON]) or "unknown" if event[DROPS] else None
     return ', "syn_retries": %s, "drop_reason": %s, "cause": "%s"' % (
         "null" if no_syn else event[SYN_RETRIES],
-        "null" if reason is None else '"%s"' % reason, cause_text(event))
+        "null" if reason is None else '"%s"' % reason, cause_text(event, result))

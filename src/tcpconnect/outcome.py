@@ -104,10 +104,9 @@ def latency_text(event: tuple) -> str:
 
 def text_columns(event: tuple) -> str:
     """RESULT, LAT(ms) and CAUSE, each followed by a space, as DPORT is."""
-    done = ended(event[OUTCOME])
-    return "%-*s %-8s %-*s " % (RESULT_WIDTH, result_name(event[OUTCOME], event[ERROR]),
-                                latency_text(event), CAUSE_WIDTH,
-                                cause_text(event) if done else "-")
+    result = result_name(event[OUTCOME], event[ERROR])
+    return "%-*s %-8s %-*s " % (RESULT_WIDTH, result, latency_text(event), CAUSE_WIDTH,
+                                cause_text(event, result) if ended(event[OUTCOME]) else "-")
 
 
 def json_fields(event: tuple) -> str:
@@ -121,9 +120,10 @@ def json_fields(event: tuple) -> str:
                 '"syn_retries": null, "drop_reason": null, "cause": null'
                 % result_name(outcome, 0))
     error = event[ERROR]
+    result = result_name(outcome, error)
     return ', "result": "%s", "errno": %s, "errno_code": %d, "latency_ms": %r%s' % (
-        result_name(outcome, error), '"%s"' % errno_name(error) if error else "null", error,
-        round(event[LATENCY_NS] / 1e6, 3), cause_json(event))
+        result, '"%s"' % errno_name(error) if error else "null", error,
+        round(event[LATENCY_NS] / 1e6, 3), cause_json(event, result))
 
 
 def count_key_result(key: CountKey) -> str:
