@@ -85,7 +85,7 @@ def test_routes_that_refuse_in_json(trace, workload, lonely):
         sh("ip", "-n", lonely, "route", "add", kind, prefix)
     w = workload(netns=lonely)
     port = free_port()
-    t = trace("--outcome", "-j", "-P", str(port))
+    t = trace("--outcome", "-j", "-L", "-P", str(port))
     expected = [("198.51.100.1", errno.EHOSTUNREACH, "no-route"),
                 ("198.51.100.65", errno.EINVAL, "no-route"),
                 ("198.51.100.129", errno.EACCES, "denied"),
@@ -96,7 +96,7 @@ def test_routes_that_refuse_in_json(trace, workload, lonely):
     events = t.json_rows()
     assert [(e["daddr"], e["errno_code"], e["result"]) for e in events] == expected
     for event, (_, error, _) in zip(events, expected):
-        assert (event["pid"], event["saddr"], event["lport"] if "lport" in event else 0,
+        assert (event["pid"], event["saddr"], event["lport"],
                 event["errno"]) == (w.pid, ANY[4], 0, errno.errorcode[error])
         assert 0 <= event["latency_ms"] < 1000
 

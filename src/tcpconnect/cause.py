@@ -8,6 +8,7 @@ BTF: its values differ between kernels, and kernels before 5.17 give none).
 from __future__ import annotations
 
 from .events import DROP_REASON, DROPS, OUTCOME, OUTCOME_NO_SYN, SYN_RETRIES
+from .kernel import VMLINUX_BTF
 from .libbpf import BpfError, enum_values
 
 CAUSE_WIDTH = 24
@@ -31,7 +32,7 @@ class DropReasons:
     first time a drop is shown (the read costs ~10 ms)."""
 
     def __init__(self) -> None:
-        self.btf_path = "/sys/kernel/btf/vmlinux"
+        self.btf_path = VMLINUX_BTF
         self._names: dict[int, str] | None = None
 
     def name(self, reason: int) -> str | None:

@@ -393,15 +393,21 @@ class GlobalVariables:
         return ctype.from_address(self._address(name, ctype))
 
 
-def check_btf_file(path: str) -> None:
-    """Raises BpfError unless path holds BTF that libbpf can read (raw BTF,
-    as BTFHub ships it, or an ELF file with a .BTF section)."""
-    _log.mark()
+def _parse_btf(path: str) -> int:
+    """libbpf's parsed BTF of a file (free it with btf__free); BpfError
+    unless the file holds BTF libbpf can read."""
     btf = _lib.btf__parse(os.fsencode(path), None)
     if not btf:
         err = ctypes.get_errno() or errno.EINVAL
         raise BpfError(f"{path}: not a readable BTF file ({os.strerror(err)})")
-    _lib.btf__free(btf)
+    return btf
+
+
+def check_btf_file(path: str) -> None:
+    """Raises BpfError unless path holds BTF that libbpf can read (raw BTF,
+    as BTFHub ships it, or an ELF file with a .BTF section)."""
+    _log.mark()
+    _lib.btf__free(_parse_btf(path))
 
 
 class _BtfEnum(Structure):
@@ -411,10 +417,7 @@ class _BtfEnum(Structure):
 def enum_values(btf_path: str, name: str) -> dict[int, str]:
     """The values of enum `name` in a BTF file, by number; empty when the
     file has no such enum. Raises BpfError when the file cannot be read."""
-    btf = _lib.btf__parse(os.fsencode(btf_path), None)
-    if not btf:
-        err = ctypes.get_errno() or errno.EINVAL
-        raise BpfError(f"{btf_path}: not a readable BTF file ({os.strerror(err)})")
+    btf = _parse_btf(btf_path)
     try:
         type_id = _lib.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_ENUM)
         if type_id < 0:
