@@ -7,10 +7,10 @@ PREFIX ?= /usr/local
 # tcpconnect.bpf.o loads without the kernel's own BTF (see dns_dynptr.bpf.c).
 BPF_OBJS := src/tcpconnect/tcpconnect.bpf.o src/tcpconnect/dns_dynptr.bpf.o
 BPF_HEADERS := $(wildcard src/tcpconnect/bpf/*.h)
-# Running needs only libbpf1 and Python (man-db for `man tcpconnect`); building the
+# Running needs only libbpf1, libatomic1 (the ring reader's memory ordering) and Python (man-db for `man tcpconnect`); building the
 # objects adds clang, libbpf's headers and bpftool. The tests' own needs are separate,
 # so `make run` and `make install` leave them out.
-RUN_PACKAGES := libbpf1 python3 python3-venv man-db
+RUN_PACKAGES := libbpf1 libatomic1 python3 python3-venv man-db
 BUILD_PACKAGES := clang libbpf-dev bpftool make
 TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables prometheus
 APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)

@@ -21,7 +21,9 @@ import dnslib
 import pytest
 from conftest import (
     ROOT,
+    WITHOUT_KERNEL_BTF_MODE,
     VethPair,
+    btf_file_copy,
     comm_of,
     dns_capture_reads_whole_packets,
     free_port,
@@ -30,6 +32,7 @@ from conftest import (
 )
 
 from tcpconnect.events import DNS_PAYLOAD_MAX
+from tcpconnect.tracer import DNS_DYNPTR_PROGRAM, Tracer, TracerConfig
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 ME = os.getpid()
@@ -426,6 +429,18 @@ UNREAD_ANSWER = (r"^(\d+) DNS responses could not be read: their payload was in 
                  r"fragments, which tracing programs on this kernel cannot read")
 UNCHECKED_PACKET = (r"^(\d+) received packets were not checked for DNS responses: their "
                     r"headers were in page fragments")
+
+
+def test_whole_packet_capture_exactly_where_the_kernel_allows_it():
+    """The tool's probe (loading dns_dynptr.bpf.o) against the kernel's
+    release: a verifier regression that refuses the capture on 6.12+, or a
+    probe that takes a broken load for support, fails here."""
+    config = TracerConfig(dns=True, btf_path=str(btf_file_copy()) if WITHOUT_KERNEL_BTF_MODE
+                          else None)
+    with Tracer(config) as tracer:
+        whole = DNS_DYNPTR_PROGRAM in tracer.programs
+        refused = tracer.dns_dynptr_refused
+    assert whole == dns_capture_reads_whole_packets(), refused
 
 
 @pytest.mark.parametrize("gro,split,unread", [

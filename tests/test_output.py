@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from datetime import datetime
 
 import pytest
 
@@ -188,3 +190,28 @@ def test_json_rows_equal_json_dumps(comm):
     formatter = JsonFormatter(Columns(timestamp=True, lport=True),
                               query=lambda e: ('evil"\x1b.example', 1))
     assert row(formatter, e) == json.dumps(json.loads(row(formatter, e)), ensure_ascii=True)
+
+
+@pytest.mark.parametrize("ts_ns,stamp", [
+    (5_000_123_999, "2026-11-29T01:23:45.000123Z"),
+    (5_999_999_999, "2026-11-29T01:23:45.999999Z"),
+    (6_000_000_000, "2026-11-29T01:23:46.000000Z"),
+])
+def test_json_timestamp_across_a_second(ts_ns, stamp):
+    formatter = JsonFormatter(Columns(), wall=WALL)
+    assert json.loads(row(formatter, event(ts_ns=ts_ns)))["timestamp"] == stamp
+
+
+def test_time_column_is_the_local_second():
+    formatter = TextFormatter(Columns(time_of_day=True), wall=WALL)
+    local = time.strftime("%H:%M:%S", time.localtime(1_795_915_425))
+    assert row(formatter, event(ts_ns=5_000_000_000)).startswith(local + " 4242 ")
+    assert row(formatter, event(ts_ns=5_999_999_999)).startswith(local + " 4242 ")
+    following = time.strftime("%H:%M:%S", time.localtime(1_795_915_426))
+    assert row(formatter, event(ts_ns=6_000_000_000)).startswith(following + " 4242 ")
+
+
+def test_json_timestamp_is_wall_time_of_a_monotonic_stamp():
+    stamp = json.loads(row(JsonFormatter(Columns()), event(ts_ns=time.monotonic_ns())))
+    parsed = datetime.fromisoformat(stamp["timestamp"].replace("Z", "+00:00"))
+    assert abs(parsed.timestamp() - time.time()) < 0.5

@@ -20,6 +20,8 @@ import re
 import struct
 from typing import Callable, NamedTuple
 
+from .cache import BoundedCache
+
 # Distinct cgroup ids whose attribution is kept. A cgroup id is never reused
 # (it is a 64-bit kernfs node id), so an entry never goes stale; the bound is
 # only for hosts that create cgroups without end (a CI runner, a job system).
@@ -143,8 +145,8 @@ class CgroupResolver:
         found = mount or cgroup2_mount()
         self._mount_point, self._mount_root = found if found else (None, "/")
         self._pod_log_root = pod_log_root
-        self._cache: dict[int, Attribution] = {}
-        self._cache_size = cache_size
+        self._cache = BoundedCache(lambda cgroup_id: self._attribute(self.path(cgroup_id)),
+                                   cache_size)
         self._mount_fd: int | None = None
         # Filled by tree walks once open_by_handle_at turned out to be unusable.
         self._walked: dict[int, str] | None = None
@@ -156,12 +158,7 @@ class CgroupResolver:
             self._mount_fd = None
 
     def lookup(self, cgroup_id: int) -> Attribution:
-        found = self._cache.get(cgroup_id)
-        if found is None:
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            found = self._cache[cgroup_id] = self._attribute(self.path(cgroup_id))
-        return found
+        return self._cache[cgroup_id]
 
     def path(self, cgroup_id: int) -> str | None:
         """The cgroup's path relative to the cgroup2 mount, None if it is gone

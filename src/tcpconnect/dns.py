@@ -16,7 +16,7 @@ from types import ModuleType
 
 import cachetools
 
-from .events import BoundedCache
+from .cache import BoundedCache
 
 # Bounded so hostile or merely busy DNS traffic cannot grow memory without
 # limit; the long TTL ignores record TTLs on purpose, because applications

@@ -11,7 +11,8 @@ import socket
 import struct
 from collections import namedtuple
 from ctypes import Structure, c_char, c_uint8, c_uint16, c_uint32, c_uint64
-from typing import Any, Callable
+
+from .cache import BoundedCache
 
 TASK_COMM_LEN = 16
 DNS_PAYLOAD_MAX = 1232
@@ -144,24 +145,6 @@ DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
 
 
-class BoundedCache(dict):
-    """value = cache[key], made by `make` on a miss; cleared when it holds
-    CACHE_SIZE entries, which is cheaper than LRU bookkeeping on every hit.
-    A traced host repeats few processes, peers and cgroups, so a hit is the
-    common case and costs one dict lookup."""
-
-    def __init__(self, make: Callable[[Any], Any]) -> None:
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, key: Any) -> Any:
-        if len(self) >= CACHE_SIZE:
-            self.clear()
-        value = self[key] = self._make(key)
-        return value
-
-
-CACHE_SIZE = 4096
 # identities[record[IDENTITY_BYTES]][PID] and so on.
 identities = BoundedCache(IDENTITY_FORMAT.unpack)
 

@@ -167,7 +167,10 @@ class _LibbpfLog:
     def _print(self, level: int, fmt: bytes, args: int) -> int:
         if level == LIBBPF_WARN:
             buf = ctypes.create_string_buffer(512)
-            # va_list is an array type on x86-64/arm64, so it arrives as a pointer.
+            # va_list arrives as one pointer-sized value, passed on as it came:
+            # on x86-64 it is an array type and decays to a pointer; on arm64 it
+            # is a 32-byte struct, which AAPCS64 passes by reference (a pointer
+            # to a copy) because it is a composite larger than 16 bytes.
             _libc.vsnprintf(buf, len(buf), fmt, args)
             self.lines.append(buf.value.decode(errors="replace").rstrip())
             del self.lines[:-20]

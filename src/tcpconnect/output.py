@@ -41,11 +41,11 @@ from .events import (
     TID,
     TS_NS,
     UID,
-    BoundedCache,
     CountKey,
     format_address,
     identities,
 )
+from .cache import BoundedCache
 from .outcome import TEXT_HEADER as OUTCOME_HEADER
 from .outcome import (
     COUNT_RESULT_HEADER,

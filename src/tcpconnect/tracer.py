@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import struct
 from typing import NamedTuple
 
 from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event, decode_event
@@ -17,7 +18,7 @@ from .libbpf import (
     Link,
     Map,
 )
-from .ringbuf import RingReader, RingWaiter
+from .ringbuf import LibatomicError, MappedRing, RingReader, RingWaiter
 from .tracefs import connect_tracepoints
 
 # os.path, not pathlib: importing pathlib adds ~4 ms to start-up.
@@ -177,6 +178,9 @@ class Tracer:
         # Why connect() calls that fail before SYN_SENT are not seen, if
         # they are not (no tracefs, no syscall tracepoints).
         self.connect_calls_unseen: str | None = None
+        # Why -d reads only packets' linear area, if it does: the kernel's
+        # refusal of the whole-packet capture.
+        self.dns_dynptr_refused: str | None = None
 
     @property
     def _wants_events(self) -> bool:
@@ -233,12 +237,21 @@ class Tracer:
             self.programs.append(DNS_DYNPTR_PROGRAM)
         rings = []
         if self._wants_events:
-            self._events = RingReader(obj.map("events"), RECORD_FORMAT)
+            self._events = self._reader(obj.map("events"), RECORD_FORMAT)
             rings.append(self._events)
         if config.dns:
-            self._answers = RingReader(obj.map("dns_events"), DNS_EVENT_FORMAT)
+            self._answers = self._reader(obj.map("dns_events"), DNS_EVENT_FORMAT)
             rings.append(self._answers)
         self._waiter = RingWaiter(rings)
+
+    @staticmethod
+    def _reader(ring: Map, record: struct.Struct) -> RingReader:
+        memory = MappedRing(ring)
+        try:
+            return RingReader(memory, [record])
+        except LibatomicError as exc:
+            memory.close()
+            raise BpfError(str(exc)) from None
 
     def _main_programs(self, support: KernelSupport) -> list[str]:
         suffix = "" if support.own_btf else "_raw"
@@ -279,8 +292,9 @@ class Tracer:
             obj.initial_variables(".rodata").set("wakeup_bytes", ctypes.c_uint64,
                                                  DNS_RING_BYTES // WAKEUP_FRACTION)
             obj.load()
-        except BpfError:
+        except BpfError as exc:
             obj.close()
+            self.dns_dynptr_refused = str(exc)
             return None
         return obj
 
@@ -338,8 +352,8 @@ class Tracer:
 
     def _read(self) -> Batch:
         # Events first: see Batch.
-        return Batch(self._events.read() if self._events is not None else [],
-                     self._answers.read() if self._answers is not None else [])
+        return Batch(self._events.read()[0] if self._events is not None else [],
+                     self._answers.read()[0] if self._answers is not None else [])
 
     def finish(self) -> Batch:
         """Stops tracing and returns everything still in the kernel, including,

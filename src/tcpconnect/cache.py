@@ -1,0 +1,28 @@
+"""The one cache of the reader's hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+# Entries a cache keeps by default: a traced host repeats few processes,
+# peers and cgroups, so this many rarely fill.
+CACHE_SIZE = 4096
+
+
+class BoundedCache(dict):
+    """value = cache[key], made by `make` on a miss; emptied when it holds
+    `size` entries, which is cheaper than LRU bookkeeping on every hit
+    (cachetools' LRUCache costs a hit several dict operations; here a hit
+    is one dict lookup, and the rows of a busy host are nearly all hits)."""
+
+    def __init__(self, make: Callable[[Any], Any], size: int = CACHE_SIZE) -> None:
+        super().__init__()
+        self._make = make
+        self._size = size
+
+    def __missing__(self, key: Any) -> Any:
+        if len(self) >= self._size:
+            self.clear()
+        value = self[key] = self._make(key)
+        return value
