@@ -3,10 +3,12 @@ never by its version string, which distributions backport features under."""
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 from typing import NamedTuple
 
-from .libbpf import BPF_MAP_TYPE_RINGBUF, BpfError, kernel_has_map_type
+from .libbpf import BPF_MAP_TYPE_RINGBUF, BpfError, map_creation_error
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -25,10 +27,9 @@ class KernelSupport(NamedTuple):
 def probe_kernel(btf_path: str | None) -> KernelSupport:
     """Raises UnsupportedKernel, naming what is missing and the minimum
     kernel, when no mode can run here."""
-    if not kernel_has_map_type(BPF_MAP_TYPE_RINGBUF):
-        raise UnsupportedKernel(
-            "this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF): "
-            "tcpconnect needs Linux 5.8 or later")
+    failure = map_creation_error(BPF_MAP_TYPE_RINGBUF, mmap.PAGESIZE)
+    if failure:
+        raise UnsupportedKernel(ring_buffer_refusal(failure, seccomp_mode()))
     own_btf = os.path.exists(VMLINUX_BTF)
     if not own_btf and btf_path is None:
         raise UnsupportedKernel(
@@ -36,3 +37,32 @@ def probe_kernel(btf_path: str | None) -> KernelSupport:
             "with --btf FILE (BTFHub has them for many distribution kernels), or use a "
             "kernel built with CONFIG_DEBUG_INFO_BTF=y")
     return KernelSupport(own_btf=own_btf)
+
+
+def seccomp_mode() -> int:
+    """This process's seccomp mode (2: a filter), 0 if unknown."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("Seccomp:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def ring_buffer_refusal(err: int, seccomp: int) -> str:
+    """Why the probe's ring buffer could not be made. The capabilities were
+    checked before (cli.check_environment), so EPERM here is a filter's."""
+    if err in (errno.EPERM, errno.EACCES, errno.ENOSYS) and seccomp == 2:
+        return (f"bpf() was refused ({errno.errorcode[err]}) by this process's seccomp "
+                "filter, not by the kernel: runtimes' default filters allow bpf() only with "
+                "CAP_SYS_ADMIN; run with a profile that allows bpf (Kubernetes: seccompProfile "
+                "Unconfined) or with CAP_SYS_ADMIN")
+    if err in (errno.EPERM, errno.EACCES):
+        return (f"bpf() was refused ({errno.errorcode[err]}) although this process has the "
+                "capabilities it needs: a Linux security module (lockdown, SELinux, AppArmor) "
+                "refuses BPF here")
+    if err == errno.ENOSYS:
+        return "this kernel has no bpf() system call (built without CONFIG_BPF_SYSCALL)"
+    if err == errno.EINVAL:
+        return ("this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF): "
+                "tcpconnect needs Linux 5.8 or later")
+    return f"cannot create a BPF ring buffer: {os.strerror(err)}"

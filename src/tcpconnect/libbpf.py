@@ -130,7 +130,7 @@ for _name, _res, _args in [
     ("btf__find_by_name_kind", c_int, [c_void_p, c_char_p, c_uint32]),
     ("btf__parse", c_void_p, [c_char_p, c_void_p]),
     ("btf__free", None, [c_void_p]),
-    ("libbpf_probe_bpf_map_type", c_int, [c_uint32, c_void_p]),
+    ("bpf_map_create", c_int, [c_uint32, c_char_p, c_uint32, c_uint32, c_uint32, c_void_p]),
     ("btf__type_by_id", POINTER(_BtfType), [c_void_p, c_uint32]),
     ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
 ]:
@@ -434,13 +434,17 @@ def enum_values(btf_path: str, name: str) -> dict[int, str]:
         _lib.btf__free(btf)
 
 
-def kernel_has_map_type(map_type: int) -> bool:
-    """Whether the running kernel can create maps of this type, asked the
-    way libbpf asks: by creating a small one."""
-    result = _lib.libbpf_probe_bpf_map_type(map_type, None)
-    if result < 0:
-        raise _failure(f"cannot probe the kernel for BPF map type {map_type}", result)
-    return result == 1
+def map_creation_error(map_type: int, max_entries: int) -> int:
+    """0 if the kernel creates a map of this type (keyless, valueless, as
+    ring buffers are) for this process, else the errno bpf() gave: unlike
+    libbpf_probe_bpf_map_type, which answers "unsupported" for every
+    failure, this tells EPERM (a seccomp filter, an LSM) from EINVAL (a
+    kernel without the type)."""
+    fd = _lib.bpf_map_create(map_type, None, 0, 0, max_entries, None)
+    if fd < 0:
+        return -fd
+    os.close(fd)
+    return 0
 
 
 class BpfObject:
