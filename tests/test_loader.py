@@ -168,11 +168,13 @@ def test_everything_is_released_on_sigterm(trace):
     assert_released(held)
 
 
-def test_cli_reports_lost_events(trace):
+@pytest.mark.parametrize("json_rows", [False, True], ids=["text", "json"])
+def test_cli_reports_lost_events(trace, json_rows):
     # A stopped reader lets the ring overflow; every connect must then be
-    # either a row or part of the reported loss.
+    # either a row or part of the reported loss. With -j the stream says
+    # so too, after the rows read before the loss was noticed.
     port = free_port()
-    t = trace("-P", str(port))
+    t = trace("-P", str(port), *(["-j"] if json_rows else []))
     t.proc.send_signal(signal.SIGSTOP)
     try:
         made = overflowing_burst(port)
@@ -183,7 +185,19 @@ def test_cli_reports_lost_events(trace):
     [total] = [int(n) for n in re.findall(r"^Lost (\d+) events in total$", t.stderr, re.M)]
     assert total > 0
     assert sum(live) == total
-    assert len(t.rows) + total == made
+    rows = t.rows
+    if json_rows:
+        records = [json.loads(line) for line in rows]
+        lost = [r for r in records if r.get("type") == "lost"]
+        rows = [r for r in records if "type" not in r]
+        assert [set(r) for r in lost] == [{"type", "timestamp", "ring", "events"}] * len(live)
+        assert [r["events"] for r in lost] == live
+        assert all(r["ring"] == "events" for r in lost)
+        assert all(r["dport"] == port for r in rows)
+        # Each record follows the rows read before it: the last one comes
+        # after the first row at least, as the reader read rows first.
+        assert records.index(lost[0]) > 0
+    assert len(rows) + total == made
 
 
 # Rows a pipe holds (64 KiB, rows of 65 characters and a newline).

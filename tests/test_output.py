@@ -215,3 +215,23 @@ def test_json_timestamp_is_wall_time_of_a_monotonic_stamp():
     stamp = json.loads(row(JsonFormatter(Columns()), event(ts_ns=time.monotonic_ns())))
     parsed = datetime.fromisoformat(stamp["timestamp"].replace("Z", "+00:00"))
     assert abs(parsed.timestamp() - time.time()) < 0.5
+
+
+def test_loss_records_say_what_was_lost_since_the_last_report():
+    from tcpconnect.loss_records import loss_records
+    from tcpconnect.tracer import LossCounters
+
+    before = LossCounters(events=5, dns_events=1, count_failures=0, pending_failures=0,
+                          skipped_runs=2)
+    now = before._replace(events=12, dns_events=1, skipped_runs=3, count_failures=9)
+    clock = lambda: 1_795_915_425_000_123_999  # noqa: E731
+    assert [json.loads(r) for r in loss_records(before, now, clock)] == [
+        {"type": "lost", "timestamp": "2026-11-29T01:23:45.000123Z", "ring": "events",
+         "events": 7},
+        {"type": "lost", "timestamp": "2026-11-29T01:23:45.000123Z", "skipped_runs": 1},
+    ]
+    assert loss_records(now, now, clock) == []
+    dns = loss_records(now, now._replace(dns_events=4), clock)
+    assert [json.loads(r) for r in dns] == [
+        {"type": "lost", "timestamp": "2026-11-29T01:23:45.000123Z", "ring": "dns_events",
+         "dns_responses": 3}]

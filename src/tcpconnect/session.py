@@ -11,6 +11,7 @@ from .attribution import CgroupResolver
 from .cause import drop_reasons
 from .events import DNS_TS_NS, TS_NS, destination, dns_message
 from .heap import keep_batch_buffers
+from .loss_records import loss_records
 from .outcome import counts_with_pending
 from .output import (
     BANNER,
@@ -243,6 +244,8 @@ class Session:
 
     def _report_losses(self, now: LossCounters) -> None:
         before = self._reported
+        if self.args.json:
+            self._write(loss_records(before, now))
         if now.events > before.events:
             self._warn(f"Possibly lost {now.events - before.events} events")
         if now.dns_events > before.dns_events:
