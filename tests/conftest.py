@@ -82,12 +82,19 @@ def kernel_release() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def kernel_allows_whole_packets() -> bool:
+    """Whether this kernel lets -d read answers in page fragments. Known from
+    its release, not from what the tool chose: the tool probes by loading
+    (tracer.py), and a test that asked the tool would pass whatever the probe
+    decided."""
+    return kernel_release() >= WHOLE_PACKET_KERNEL
+
+
 def dns_capture_reads_whole_packets() -> bool:
-    """Whether -d must read answers in page fragments here. Known from the
-    kernel's release, not from what the tool chose: the tool probes by
-    loading (tracer.py), and a test that asked the tool would pass whatever
-    the probe decided."""
-    return kernel_release() >= WHOLE_PACKET_KERNEL and not WITHOUT_KERNEL_BTF_MODE
+    """Whether -d, as the suite runs the tool, reads whole packets: not
+    with the kernel's BTF hidden, which only tp_btf programs (and the
+    whole-packet capture is one) need."""
+    return kernel_allows_whole_packets() and not WITHOUT_KERNEL_BTF_MODE
 
 
 class Trace:

@@ -111,6 +111,8 @@ for _name, _res, _args in [
     ("bpf_object__btf", c_void_p, [c_void_p]),
     ("bpf_object__find_map_by_name", c_void_p, [c_void_p, c_char_p]),
     ("bpf_object__find_program_by_name", c_void_p, [c_void_p, c_char_p]),
+    ("bpf_object__next_program", c_void_p, [c_void_p, c_void_p]),
+    ("bpf_program__name", c_char_p, [c_void_p]),
     ("bpf_program__set_autoload", c_int, [c_void_p, c_bool]),
     ("bpf_program__attach", c_void_p, [c_void_p]),
     ("bpf_program__fd", c_int, [c_void_p]),
@@ -476,6 +478,15 @@ class BpfObject:
         if not ptr:
             raise BpfError(f"{self.path} has no program {name}")
         return Program(name, ptr)
+
+    def program_names(self) -> list[str]:
+        """Every program of the object, in its order."""
+        names = []
+        ptr = _lib.bpf_object__next_program(self._ptr, None)
+        while ptr:
+            names.append(_lib.bpf_program__name(ptr).decode())
+            ptr = _lib.bpf_object__next_program(self._ptr, ptr)
+        return names
 
     def set_max_entries(self, name: str, entries: int) -> None:
         _check(_lib.bpf_map__set_max_entries(self._find_map(name), entries),

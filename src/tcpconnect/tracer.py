@@ -59,14 +59,6 @@ PENDING_CAPACITY = 65536
 # count_<name> flag); -c keys on the addresses and the port.
 COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup")
 ADDRESS_COUNT_FIELDS = frozenset(("saddr", "daddr", "dport"))
-# Every program of the main object: each hook as tp_btf and as raw_tp.
-MAIN_PROGRAMS = (
-    "handle_set_state", "handle_set_state_raw",
-    "handle_xmit", "handle_xmit_raw",
-    "handle_drop", "handle_drop_raw",
-    "handle_receive_linear", "handle_receive_raw",
-    "handle_connect_enter", "handle_connect_exit",
-)
 # connect() from entry to return: attempts that fail before SYN_SENT. Classic
 # tracepoints, one program for kernels with and without BTF of their own.
 CONNECT_CALL_PROGRAMS = ("handle_connect_enter", "handle_connect_exit")
@@ -219,7 +211,7 @@ class Tracer:
         self.connect_calls_unseen = connect_tracepoints()
         self._configure(obj)
         wanted = self._main_programs(support)
-        for name in MAIN_PROGRAMS:
+        for name in obj.program_names():
             obj.program(name).set_autoload(name in wanted)
         if self._dns_obj is not None:
             obj.reuse_map("dns_events", self._dns_obj.map("dns_events"))
@@ -263,7 +255,7 @@ class Tracer:
         elif self._wants_lport:
             wanted += ["handle_xmit" + suffix, "handle_drop" + suffix]
         if self.config.dns and self._dns_obj is None:
-            wanted.append("handle_receive_linear" if support.own_btf else "handle_receive_raw")
+            wanted.append("handle_receive_linear" + suffix)
         if self.connect_calls_unseen is None:
             wanted += CONNECT_CALL_PROGRAMS
         return wanted

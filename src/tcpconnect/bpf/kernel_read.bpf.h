@@ -21,4 +21,24 @@
 
 #define READ_FIELD(typed, ptr, field) ((typed) ? (ptr)->field : BPF_CORE_READ(ptr, field))
 
+/* Both programs of a hook from one call: NAME as tp_btf, NAME_raw as raw_tp.
+ * `call` reads the tracepoint's arguments from ctx[] (the verifier types a
+ * tp_btf program's ctx loads by the tracepoint's prototype, whatever the
+ * cast) and sees `typed`. User space autoloads one of the two. */
+#define TYPED_AND_RAW(hook, name, call)                                                       \
+	SEC("tp_btf/" #hook)                                                                    \
+	int name(__u64 *ctx)                                                                    \
+	{                                                                                       \
+		const bool typed = true;                                                        \
+		call;                                                                           \
+		return 0;                                                                       \
+	}                                                                                       \
+	SEC("raw_tp/" #hook)                                                                    \
+	int name##_raw(__u64 *ctx)                                                              \
+	{                                                                                       \
+		const bool typed = false;                                                       \
+		call;                                                                           \
+		return 0;                                                                       \
+	}
+
 #endif

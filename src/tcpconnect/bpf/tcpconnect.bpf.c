@@ -503,19 +503,8 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, int 
 		resolve_pending(sk, typed, newstate);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_set_state, const struct sock *sk, int oldstate, int newstate)
-{
-	on_set_state(sk, true, oldstate, newstate);
-	return 0;
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(handle_set_state_raw, const struct sock *sk, int oldstate, int newstate)
-{
-	on_set_state(sk, false, oldstate, newstate);
-	return 0;
-}
+TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
+	      on_set_state((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
 
 /* ---- connect() calls that fail before SYN_SENT ----------------------------
  * The route lookup, a cgroup connect4/connect6 program and the LSM hooks can
@@ -680,19 +669,8 @@ static __always_inline void resolve_packet_owner(const struct sk_buff *skb, bool
 		resolve_pending(sk, typed, 0);
 }
 
-SEC("tp_btf/net_dev_queue")
-int BPF_PROG(handle_xmit, struct sk_buff *skb)
-{
-	resolve_packet_owner(skb, true);
-	return 0;
-}
-
-SEC("raw_tp/net_dev_queue")
-int BPF_PROG(handle_xmit_raw, struct sk_buff *skb)
-{
-	resolve_packet_owner(skb, false);
-	return 0;
-}
+TYPED_AND_RAW(net_dev_queue, handle_xmit,
+	      resolve_packet_owner((const struct sk_buff *)ctx[0], typed))
 
 /* With --outcome: a packet of a parked attempt (its SYN) dropped on this
  * host is noted on the attempt, with the kernel's reason where it gives one
@@ -734,19 +712,8 @@ static __always_inline void on_drop(const struct sk_buff *skb, bool typed, __u32
 	(bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED) ?     \
 		 (__u32)(ctx)[2] : 0)
 
-SEC("tp_btf/kfree_skb")
-int handle_drop(__u64 *ctx)
-{
-	on_drop((const struct sk_buff *)ctx[0], true, DROP_REASON(ctx));
-	return 0;
-}
-
-SEC("raw_tp/kfree_skb")
-int handle_drop_raw(__u64 *ctx)
-{
-	on_drop((const struct sk_buff *)ctx[0], false, DROP_REASON(ctx));
-	return 0;
-}
+TYPED_AND_RAW(kfree_skb, handle_drop,
+	      on_drop((const struct sk_buff *)ctx[0], typed, DROP_REASON(ctx)))
 
 /* -d where the whole packet cannot be read (see dns_dynptr.bpf.c for where
  * it can): the headers and the answer are read from the linear area, which
@@ -794,19 +761,8 @@ static __always_inline void capture_linear_answer(const struct sk_buff *skb, boo
 
 /* Every received packet of every network namespace passes here, loopback
  * included, which is what lets -d see answers from local stub resolvers. */
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(handle_receive_linear, struct sk_buff *skb)
-{
-	capture_linear_answer(skb, true);
-	return 0;
-}
-
-SEC("raw_tp/netif_receive_skb")
-int BPF_PROG(handle_receive_raw, struct sk_buff *skb)
-{
-	capture_linear_answer(skb, false);
-	return 0;
-}
+TYPED_AND_RAW(netif_receive_skb, handle_receive_linear,
+	      capture_linear_answer((const struct sk_buff *)ctx[0], typed))
 
 /* Only the ring buffer carries dns_event, and ring buffers have no value
  * type: this pointer puts the struct into BTF, where tests check its mirror;
