@@ -25,7 +25,8 @@ from tcpconnect.events import (
 )
 from tcpconnect import libbpf
 from tcpconnect.libbpf import BpfError, BpfObject
-from tcpconnect.tracer import Tracer, TracerConfig, events_ring_bytes
+from tcpconnect.plan import events_ring_bytes
+from tcpconnect.tracer import Tracer, TracerConfig
 
 MISSING_TRACEPOINT_PROGRAM = """
 #include "vmlinux.h"

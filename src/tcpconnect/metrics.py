@@ -1,7 +1,7 @@
 """--metrics: the in-kernel connect counts as a Prometheus exporter.
 
 The kernel counts connects in the -c tables, keyed on just the fields the
-chosen labels need (see tracer.COUNT_FIELDS). Here the tables are drained
+chosen labels need (see plan.COUNT_FIELDS). Here the tables are drained
 once a second and at every scrape, never per connect, into cumulative
 counters by label values. Their number is capped: a connect whose label
 values would make a new series past the cap is counted in the one series
@@ -24,7 +24,7 @@ from .attribution import CgroupResolver
 from .events import CountKey, format_address
 from .outcome import result_name
 from .output import Attribute, comm_text
-from .tracer import ADDRESS_COUNT_FIELDS
+from .plan import ADDRESS_COUNT_FIELDS
 
 if TYPE_CHECKING:
     from .dns import DnsCache

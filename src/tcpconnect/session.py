@@ -24,7 +24,8 @@ from .output import (
     tolerate_unencodable,
     whole_writes,
 )
-from .tracer import Batch, LossCounters, Tracer, TracerConfig
+from .plan import TracerConfig
+from .tracer import Batch, LossCounters, Tracer
 
 if TYPE_CHECKING:  # dns needs dnslib, imported only for -d; metrics prometheus_client
     from .dns import DnsCache
@@ -183,7 +184,10 @@ class Session:
     def _print_counts(self, tracer: Tracer, final: bool = False) -> None:
         outcome = self.args.outcome
         # The attempts still under way count as `pending` in the last table.
-        pending = tracer.take_pending() if outcome and final else []
+        pending = []
+        if outcome and final:
+            tracer.stop()
+            pending = tracer.take_pending()
         counts = counts_with_pending(self._take_counts(tracer), pending)
         self._write(["", count_header(outcome), *count_rows(counts, outcome)])
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import struct
 from typing import NamedTuple
 
 from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event, decode_event
-from .kernel import KernelSupport, probe_kernel
+from .kernel import probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
     BpfError,
@@ -18,8 +17,19 @@ from .libbpf import (
     Link,
     Map,
 )
+from .plan import (
+    CONNECT_CALL_PROGRAMS,
+    COUNT_TABLES,
+    DNS_RING_BYTES,
+    WAKEUP_FRACTION,
+    Environment,
+    LoadPlan,
+    TracerConfig,
+    plan_load,
+)
 from .ringbuf import LibatomicError, MappedRing, RingReader, RingWaiter
 from .tracefs import connect_tracepoints
+
 
 # os.path, not pathlib: importing pathlib adds ~4 ms to start-up.
 OBJECT_PATH = os.path.join(os.path.dirname(__file__), "tcpconnect.bpf.o")
@@ -27,76 +37,9 @@ OBJECT_PATH = os.path.join(os.path.dirname(__file__), "tcpconnect.bpf.o")
 DNS_DYNPTR_PATH = os.path.join(os.path.dirname(__file__), "dns_dynptr.bpf.o")
 
 
-def events_ring_bytes(cpus: int | None = None) -> int:
-    """Size of the events ring: 4 MiB (about 40,000 events, a quarter second
-    of one CPU connecting flat out) per CPU that could be connecting at
-    once, so the reader may be kept off a CPU for as long however many of
-    them are busy. A power of two, as the kernel requires; capped because
-    the kernel pins the whole ring and the reader maps it."""
-    cpus = cpus or os.cpu_count() or 1
-    return min(4 << 20 << (cpus - 1).bit_length(), 32 << 20)
-
-
-# Wake the reader early only once a quarter of the ring is queued; below it
-# the reader's poll timeout picks records up. A wakeup from the traced task
-# costs it far more than the wakeup itself (the reader may be scheduled onto
-# its CPU), so it is kept for bursts the timeout alone could not absorb: a
-# quarter of a 1 MiB ring holds 10 ms of ~250,000 connects/s.
-WAKEUP_FRACTION = 4
-# The DNS ring keeps its fixed size: answers arrive far more slowly.
-DNS_RING_BYTES = 1 << 20
-# Pinned filter maps use bcc's layouts: (key size, value size).
-CGROUP_MAP_LAYOUT = (8, 8)
-MNTNS_MAP_LAYOUT = (8, 4)
-# Distinct (source, destination, port) keys one count table holds. Entries
-# are allocated on demand, so the size costs nothing until it is used.
-COUNT_CAPACITY = 65536
-COUNT_TABLES = ("counts_0", "counts_1")
-# Attempts waiting at once for their local port (-L) or outcome (--outcome);
-# allocated on demand too.
-PENDING_CAPACITY = 65536
-# Fields of count_key the kernel can fill, each chosen before load (its
-# count_<name> flag); -c keys on the addresses and the port.
-COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup")
-ADDRESS_COUNT_FIELDS = frozenset(("saddr", "daddr", "dport"))
-# connect() from entry to return: attempts that fail before SYN_SENT. Classic
-# tracepoints, one program for kernels with and without BTF of their own.
-CONNECT_CALL_PROGRAMS = ("handle_connect_enter", "handle_connect_exit")
 DNS_DYNPTR_PROGRAM = "handle_receive"
 # One bit per destination port, for -P.
 PORT_BITMAP = ctypes.c_uint64 * (65536 // 64)
-
-
-class TracerConfig(NamedTuple):
-    pid: int | None = None
-    uid: int | None = None
-    family: int | None = None
-    ports: tuple[int, ...] = ()
-    count: bool = False
-    count_capacity: int = COUNT_CAPACITY
-    count_fields: frozenset[str] = ADDRESS_COUNT_FIELDS
-    # With count: send every connect as an event too (--metrics with rows).
-    events_with_counts: bool = False
-    lport: bool = False
-    pending_capacity: int = PENDING_CAPACITY
-    # The events ring's size, a power of two; None: events_ring_bytes().
-    ring_bytes: int | None = None
-    dns: bool = False
-    cgroup_id: int | None = None
-    netns: int | None = None  # network namespace inode
-    cgroup_map: str | None = None
-    mntns_map: str | None = None
-    # BTF of the running kernel for CO-RE, for kernels that do not expose
-    # their own (libbpf's btf_custom_path).
-    btf_path: str | None = None
-    # Event fields filled only when asked for: each costs the traced connect
-    # tens of nanoseconds in the kernel. Unfilled ones are 0.
-    timestamps: bool = False
-    task_ids: bool = False  # cgroup_id, mntns_id and netns
-    # --outcome: each attempt reported (or counted) when it leaves SYN_SENT;
-    # failed_only (--failed) drops those that succeed in the kernel.
-    outcome: bool = False
-    failed_only: bool = False
 
 
 class Batch(NamedTuple):
@@ -173,20 +116,7 @@ class Tracer:
         # Why -d reads only packets' linear area, if it does: the kernel's
         # refusal of the whole-packet capture.
         self.dns_dynptr_refused: str | None = None
-
-    @property
-    def _wants_events(self) -> bool:
-        return not self.config.count or self.config.events_with_counts
-
-    @property
-    def _wants_lport(self) -> bool:
-        # Counting never keys on the local port, so it never waits for one.
-        return self.config.lport and self._wants_events
-
-    @property
-    def _parks(self) -> bool:
-        """Whether attempts wait in the kernel's `pending` table."""
-        return self._wants_lport or self.config.outcome
+        self.plan: LoadPlan | None = None
 
     def __enter__(self) -> Tracer:
         try:
@@ -200,6 +130,8 @@ class Tracer:
         self.close()
 
     def _open(self) -> None:
+        """Probe, plan, then the phases in order: open, configure, load,
+        attach, and the rings mapped for reading."""
         for path in (OBJECT_PATH, DNS_DYNPTR_PATH):
             if not os.path.exists(path):
                 raise BpfError(f"BPF object {path} is missing: build it with `make install`")
@@ -207,34 +139,56 @@ class Tracer:
         support = probe_kernel(config.btf_path)
         if config.dns and support.own_btf:
             self._dns_obj = self._load_dns_dynptr()
-        self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
         self.connect_calls_unseen = connect_tracepoints()
-        self._configure(obj)
-        wanted = self._main_programs(support)
-        for name in obj.program_names():
-            obj.program(name).set_autoload(name in wanted)
-        if self._dns_obj is not None:
-            obj.reuse_map("dns_events", self._dns_obj.map("dns_events"))
+        self.plan = plan = plan_load(config, Environment(
+            own_btf=support.own_btf,
+            connect_tracepoints=self.connect_calls_unseen is None,
+            whole_packet_dns=self._dns_obj is not None,
+            cpus=os.cpu_count() or 1))
+        self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
+        self._configure(obj, plan)
         obj.load()
+        self._attach(obj, plan)
         self._bss = obj.live_variables(".bss")
-        for name in wanted:
-            if name not in CONNECT_CALL_PROGRAMS:
-                self._links.append(obj.program(name).attach())
-                self.programs.append(name)
-        if self.connect_calls_unseen is None:
-            self._attach_connect_calls(obj)
         if self._dns_obj is not None:
             self._dns_bss = self._dns_obj.live_variables(".bss")
-            self._links.append(self._dns_obj.program(DNS_DYNPTR_PROGRAM).attach())
-            self.programs.append(DNS_DYNPTR_PROGRAM)
         rings = []
-        if self._wants_events:
+        if plan.events_ring:
             self._events = self._reader(obj.map("events"), RECORD_FORMAT)
             rings.append(self._events)
-        if config.dns:
+        if plan.dns_ring:
             self._answers = self._reader(obj.map("dns_events"), DNS_EVENT_FORMAT)
             rings.append(self._answers)
         self._waiter = RingWaiter(rings)
+
+    def _configure(self, obj: BpfObject, plan: LoadPlan) -> None:
+        for name in obj.program_names():
+            obj.program(name).set_autoload(name in plan.programs)
+        rodata = obj.initial_variables(".rodata")
+        for name, ctype, value in plan.rodata:
+            rodata.set(name, ctype, value)
+        port_bitmap = rodata.view("port_bitmap", PORT_BITMAP)
+        for port in plan.ports:
+            port_bitmap[port // 64] |= 1 << port % 64
+        for name, entries in plan.max_entries:
+            obj.set_max_entries(name, entries)
+        for filter_map in plan.filter_maps:
+            pinned = open_filter_map(filter_map.path, filter_map.option, filter_map.layout)
+            self._pinned.append(pinned)
+            obj.reuse_map(filter_map.map_name, pinned)
+        if self._dns_obj is not None:
+            obj.reuse_map("dns_events", self._dns_obj.map("dns_events"))
+
+    def _attach(self, obj: BpfObject, plan: LoadPlan) -> None:
+        for name in plan.programs:
+            if name not in CONNECT_CALL_PROGRAMS:
+                self._links.append(obj.program(name).attach())
+                self.programs.append(name)
+        if CONNECT_CALL_PROGRAMS[0] in plan.programs:
+            self._attach_connect_calls(obj)
+        if self._dns_obj is not None:
+            self._links.append(self._dns_obj.program(DNS_DYNPTR_PROGRAM).attach())
+            self.programs.append(DNS_DYNPTR_PROGRAM)
 
     @staticmethod
     def _reader(ring: Map, record: struct.Struct) -> RingReader:
@@ -244,21 +198,6 @@ class Tracer:
         except LibatomicError as exc:
             memory.close()
             raise BpfError(str(exc)) from None
-
-    def _main_programs(self, support: KernelSupport) -> list[str]:
-        suffix = "" if support.own_btf else "_raw"
-        wanted = ["handle_set_state" + suffix]
-        # With --outcome the port is read when the attempt ends instead, and
-        # a SYN dropped on this host is noted on its attempt (its CAUSE).
-        if self.config.outcome:
-            wanted.append("handle_drop" + suffix)
-        elif self._wants_lport:
-            wanted += ["handle_xmit" + suffix, "handle_drop" + suffix]
-        if self.config.dns and self._dns_obj is None:
-            wanted.append("handle_receive_linear" + suffix)
-        if self.connect_calls_unseen is None:
-            wanted += CONNECT_CALL_PROGRAMS
-        return wanted
 
     def _attach_connect_calls(self, obj: BpfObject) -> None:
         """Both or neither: an entry program without the exit one would
@@ -290,52 +229,6 @@ class Tracer:
             return None
         return obj
 
-    def _configure(self, obj: BpfObject) -> None:
-        config = self.config
-        rodata = obj.initial_variables(".rodata")
-        rodata.set("filter_pid", ctypes.c_uint32, config.pid or 0)
-        rodata.set("filter_by_uid", ctypes.c_bool, config.uid is not None)
-        rodata.set("filter_uid", ctypes.c_uint32, config.uid or 0)
-        rodata.set("filter_family", ctypes.c_uint16, config.family or 0)
-        rodata.set("filter_by_port", ctypes.c_bool, bool(config.ports))
-        rodata.set("filter_cgroup_id", ctypes.c_uint64, config.cgroup_id or 0)
-        rodata.set("filter_netns", ctypes.c_uint32, config.netns or 0)
-        rodata.set("count_mode", ctypes.c_bool, config.count)
-        rodata.set("want_events", ctypes.c_bool, self._wants_events)
-        for name in COUNT_FIELDS:
-            rodata.set("count_" + name, ctypes.c_bool, name in config.count_fields)
-        rodata.set("want_lport", ctypes.c_bool, self._wants_lport)
-        # One threshold for both rings of this object: a quarter of the
-        # smaller still wakes the reader before either fills.
-        ring_bytes = config.ring_bytes or events_ring_bytes()
-        rodata.set("wakeup_bytes", ctypes.c_uint64,
-                   min(ring_bytes, DNS_RING_BYTES) // WAKEUP_FRACTION)
-        rodata.set("want_ts", ctypes.c_bool, config.timestamps)
-        rodata.set("want_ids", ctypes.c_bool, config.task_ids)
-        rodata.set("want_outcome", ctypes.c_bool, config.outcome)
-        rodata.set("failed_only", ctypes.c_bool, config.failed_only)
-        rodata.set("follow_connect_calls", ctypes.c_bool, self.connect_calls_unseen is None)
-        port_bitmap = rodata.view("port_bitmap", PORT_BITMAP)
-        for port in config.ports:
-            port_bitmap[port // 64] |= 1 << port % 64
-        for table in COUNT_TABLES:
-            obj.set_max_entries(table, config.count_capacity)
-        obj.set_max_entries("pending", config.pending_capacity)
-        # A ring nobody reads would still pin its memory in the kernel.
-        obj.set_max_entries("events", ring_bytes if self._wants_events else mmap.PAGESIZE)
-        obj.set_max_entries("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE)
-        for option, path, map_name, layout, flag in (
-            ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT,
-             "filter_by_cgroup_map"),
-            ("--mntnsmap", config.mntns_map, "mntns_map", MNTNS_MAP_LAYOUT,
-             "filter_by_mntns_map"),
-        ):
-            rodata.set(flag, ctypes.c_bool, path is not None)
-            if path is not None:
-                pinned = open_filter_map(path, option, layout)
-                self._pinned.append(pinned)
-                obj.reuse_map(map_name, pinned)
-
     def poll(self, timeout_ms: int) -> Batch:
         """What arrived, waiting up to timeout_ms for it."""
         assert self._waiter is not None
@@ -354,20 +247,26 @@ class Tracer:
         with --outcome, every attempt not yet ended): they happened, so they
         are reported when tracing ends. Detaching first means nothing can be
         submitted after the last read."""
-        self._detach()
+        self.stop()
         batch = self._read()
         if self._events is not None:
             batch.events.extend(self.take_pending())
         return batch
 
-    def take_pending(self) -> list[tuple]:
-        """Empties the table of parked attempts once tracing has stopped; the
-        kernel never reports these. With --outcome their outcome is still
-        SYN_SENT."""
-        assert self._obj is not None
+    def stop(self) -> None:
+        """Detaches every program: from here nothing is submitted, counted
+        or parked."""
         self._detach()
+
+    def take_pending(self) -> list[tuple]:
+        """Empties the table of parked attempts, which the kernel never
+        reports; after stop() only, as attempts would go on arriving. With
+        --outcome their outcome is still SYN_SENT."""
+        assert self._obj is not None and self.plan is not None
+        if self._links:
+            raise RuntimeError("take_pending() while the programs are attached: stop() first")
         taken: list[tuple] = []
-        if self._parks:
+        if self.plan.parks:
             pending = self._obj.map("pending")
             for key in pending.keys(ctypes.c_uint64):
                 event = Event()

@@ -1,0 +1,189 @@
+"""What the kernel side must do for a run, decided in one place.
+
+plan_load() is a pure function of the options (TracerConfig) and what the
+machine offers (Environment): which programs of tcpconnect.bpf.o to load and
+attach, every .rodata flag, the size of every map, and which rings are
+read. The loader (tracer.py) carries the plan out and re-derives nothing;
+the relations between modes live here and in the C code's use of the flags,
+not in either's guesses about the other.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from typing import NamedTuple
+
+# Wake the reader early only once a quarter of the ring is queued; below it
+# the reader's poll timeout picks records up. A wakeup from the traced task
+# costs it far more than the wakeup itself (the reader may be scheduled onto
+# its CPU), so it is kept for bursts the timeout alone could not absorb: a
+# quarter of a 1 MiB ring holds 10 ms of ~250,000 connects/s.
+WAKEUP_FRACTION = 4
+# The DNS ring keeps its fixed size: answers arrive far more slowly.
+DNS_RING_BYTES = 1 << 20
+# Pinned filter maps use bcc's layouts: (key size, value size).
+CGROUP_MAP_LAYOUT = (8, 8)
+MNTNS_MAP_LAYOUT = (8, 4)
+# Distinct (source, destination, port) keys one count table holds. Entries
+# are allocated on demand, so the size costs nothing until it is used.
+COUNT_CAPACITY = 65536
+COUNT_TABLES = ("counts_0", "counts_1")
+# Attempts waiting at once for their local port (-L) or outcome (--outcome);
+# allocated on demand too.
+PENDING_CAPACITY = 65536
+# Fields of count_key the kernel can fill, each chosen before load (its
+# count_<name> flag); -c keys on the addresses and the port.
+COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup")
+ADDRESS_COUNT_FIELDS = frozenset(("saddr", "daddr", "dport"))
+# connect() from entry to return: attempts that fail before SYN_SENT. Classic
+# tracepoints, one program for kernels with and without BTF of their own.
+CONNECT_CALL_PROGRAMS = ("handle_connect_enter", "handle_connect_exit")
+
+
+def events_ring_bytes(cpus: int | None = None) -> int:
+    """Size of the events ring: 4 MiB (about 40,000 events, a quarter second
+    of one CPU connecting flat out) per CPU that could be connecting at
+    once, so the reader may be kept off a CPU for as long however many of
+    them are busy. A power of two, as the kernel requires; capped because
+    the kernel pins the whole ring and the reader maps it."""
+    cpus = cpus or os.cpu_count() or 1
+    return min(4 << 20 << (cpus - 1).bit_length(), 32 << 20)
+
+
+class TracerConfig(NamedTuple):
+    pid: int | None = None
+    uid: int | None = None
+    family: int | None = None
+    ports: tuple[int, ...] = ()
+    count: bool = False
+    count_capacity: int = COUNT_CAPACITY
+    count_fields: frozenset[str] = ADDRESS_COUNT_FIELDS
+    # With count: send every connect as an event too (--metrics with rows).
+    events_with_counts: bool = False
+    lport: bool = False
+    pending_capacity: int = PENDING_CAPACITY
+    # The events ring's size, a power of two; None: events_ring_bytes().
+    ring_bytes: int | None = None
+    dns: bool = False
+    cgroup_id: int | None = None
+    netns: int | None = None  # network namespace inode
+    cgroup_map: str | None = None
+    mntns_map: str | None = None
+    # BTF of the running kernel for CO-RE, for kernels that do not expose
+    # their own (libbpf's btf_custom_path).
+    btf_path: str | None = None
+    # Event fields filled only when asked for: each costs the traced connect
+    # tens of nanoseconds in the kernel. Unfilled ones are 0.
+    timestamps: bool = False
+    task_ids: bool = False  # cgroup_id, mntns_id and netns
+    # --outcome: each attempt reported (or counted) when it leaves SYN_SENT;
+    # failed_only (--failed) drops those that succeed in the kernel.
+    outcome: bool = False
+    failed_only: bool = False
+
+
+class Environment(NamedTuple):
+    """What the machine offers, each found by probing it (tracer.py)."""
+
+    # The kernel's own BTF: tp_btf programs; without it raw_tp ones, relocated
+    # against --btf.
+    own_btf: bool
+    # The connect() syscall tracepoints can be attached (tracefs, perf events).
+    connect_tracepoints: bool
+    # dns_dynptr.bpf.o loaded: -d reads whole packets, not the linear area.
+    whole_packet_dns: bool
+    cpus: int
+
+
+class FilterMap(NamedTuple):
+    """A user's pinned map that replaces one of the object's before load."""
+
+    option: str
+    path: str
+    map_name: str
+    layout: tuple[int, int]
+
+
+class LoadPlan(NamedTuple):
+    # Programs of tcpconnect.bpf.o to load, in attach order; every other one
+    # is not loaded.
+    programs: tuple[str, ...]
+    # .rodata: (name, ctypes type, value), set before load.
+    rodata: tuple[tuple[str, type, int], ...]
+    # -P: ports whose bit is set in .rodata's port_bitmap.
+    ports: tuple[int, ...]
+    max_entries: tuple[tuple[str, int], ...]
+    filter_maps: tuple[FilterMap, ...]
+    # Rings user space reads.
+    events_ring: bool
+    dns_ring: bool
+    # Attempts wait in `pending` (for a local port or an outcome).
+    parks: bool
+
+
+def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
+    events = not config.count or config.events_with_counts
+    # Counting never keys on the local port, so it never waits for one.
+    lport = config.lport and events
+    suffix = "" if env.own_btf else "_raw"
+    programs = ["handle_set_state" + suffix]
+    # With --outcome the port is read when the attempt ends instead, and a SYN
+    # dropped on this host is noted on its attempt (its CAUSE).
+    if config.outcome:
+        programs.append("handle_drop" + suffix)
+    elif lport:
+        programs += ["handle_xmit" + suffix, "handle_drop" + suffix]
+    if config.dns and not env.whole_packet_dns:
+        programs.append("handle_receive_linear" + suffix)
+    if env.connect_tracepoints:
+        programs += CONNECT_CALL_PROGRAMS
+    ring_bytes = config.ring_bytes or events_ring_bytes(env.cpus)
+    flag = ctypes.c_bool
+    rodata: list[tuple[str, type, int]] = [
+        ("filter_pid", ctypes.c_uint32, config.pid or 0),
+        ("filter_by_uid", flag, config.uid is not None),
+        ("filter_uid", ctypes.c_uint32, config.uid or 0),
+        ("filter_family", ctypes.c_uint16, config.family or 0),
+        ("filter_by_port", flag, bool(config.ports)),
+        ("filter_cgroup_id", ctypes.c_uint64, config.cgroup_id or 0),
+        ("filter_netns", ctypes.c_uint32, config.netns or 0),
+        ("filter_by_cgroup_map", flag, config.cgroup_map is not None),
+        ("filter_by_mntns_map", flag, config.mntns_map is not None),
+        ("count_mode", flag, config.count),
+        ("want_events", flag, events),
+        *(("count_" + name, flag, name in config.count_fields) for name in COUNT_FIELDS),
+        ("want_lport", flag, lport),
+        # One threshold for both rings of this object: a quarter of the
+        # smaller still wakes the reader before either fills.
+        ("wakeup_bytes", ctypes.c_uint64, min(ring_bytes, DNS_RING_BYTES) // WAKEUP_FRACTION),
+        ("want_ts", flag, config.timestamps),
+        ("want_ids", flag, config.task_ids),
+        ("want_outcome", flag, config.outcome),
+        ("failed_only", flag, config.failed_only),
+        ("follow_connect_calls", flag, env.connect_tracepoints),
+    ]
+    max_entries = [
+        *((table, config.count_capacity) for table in COUNT_TABLES),
+        ("pending", config.pending_capacity),
+        # A ring nobody reads would still pin its memory in the kernel.
+        ("events", ring_bytes if events else mmap.PAGESIZE),
+        ("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE),
+    ]
+    filter_maps = tuple(
+        FilterMap(option, path, map_name, layout)
+        for option, path, map_name, layout in (
+            ("--cgroupmap", config.cgroup_map, "cgroup_map", CGROUP_MAP_LAYOUT),
+            ("--mntnsmap", config.mntns_map, "mntns_map", MNTNS_MAP_LAYOUT),
+        ) if path is not None)
+    return LoadPlan(
+        programs=tuple(programs),
+        rodata=tuple(rodata),
+        ports=tuple(config.ports),
+        max_entries=tuple(max_entries),
+        filter_maps=filter_maps,
+        events_ring=events,
+        dns_ring=config.dns,
+        parks=lport or config.outcome,
+    )

@@ -1,0 +1,117 @@
+"""The load plan: which programs, flags and map sizes each mode asks of the
+kernel side (a pure function; the tracing tests check that what it asks
+works), and that everything it names exists in the compiled object."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+
+import pytest
+
+from tcpconnect.libbpf import BpfObject
+from tcpconnect.plan import (
+    CONNECT_CALL_PROGRAMS,
+    DNS_RING_BYTES,
+    Environment,
+    FilterMap,
+    TracerConfig,
+    plan_load,
+)
+from tcpconnect.tracer import OBJECT_PATH
+
+pytestmark = pytest.mark.host_only
+
+ENV = Environment(own_btf=True, connect_tracepoints=True, whole_packet_dns=False, cpus=2)
+RING = 8 << 20
+
+
+def flags(plan) -> dict[str, int]:
+    return {name: value for name, _, value in plan.rodata}
+
+
+def test_default_traces_connects_and_calls_into_the_events_ring():
+    plan = plan_load(TracerConfig(), ENV)
+    assert plan.programs == ("handle_set_state", *CONNECT_CALL_PROGRAMS)
+    assert (plan.events_ring, plan.dns_ring, plan.parks) == (True, False, False)
+    assert dict(plan.max_entries)["events"] == RING
+    assert dict(plan.max_entries)["dns_events"] == mmap.PAGESIZE
+    assert flags(plan)["wakeup_bytes"] == DNS_RING_BYTES // 4
+    assert flags(plan)["follow_connect_calls"] is True
+
+
+def test_count_mode_reads_no_ring_unless_rows_are_wanted_too():
+    plan = plan_load(TracerConfig(count=True), ENV)
+    assert not plan.events_ring and flags(plan)["want_events"] is False
+    assert dict(plan.max_entries)["events"] == mmap.PAGESIZE
+    with_rows = plan_load(TracerConfig(count=True, events_with_counts=True), ENV)
+    assert with_rows.events_ring and flags(with_rows)["want_events"] is True
+
+
+def test_local_port_parks_until_the_syn_leaves_but_never_when_only_counting():
+    plan = plan_load(TracerConfig(lport=True), ENV)
+    assert plan.programs[:3] == ("handle_set_state", "handle_xmit", "handle_drop")
+    assert plan.parks and flags(plan)["want_lport"] is True
+    counting = plan_load(TracerConfig(lport=True, count=True), ENV)
+    assert not counting.parks and flags(counting)["want_lport"] is False
+    assert "handle_xmit" not in counting.programs
+
+
+def test_outcome_parks_and_watches_drops_not_transmits():
+    plan = plan_load(TracerConfig(outcome=True, lport=True), ENV)
+    assert plan.programs[:2] == ("handle_set_state", "handle_drop")
+    assert "handle_xmit" not in plan.programs
+    assert plan.parks and flags(plan)["want_outcome"] is True
+
+
+def test_kernels_without_btf_get_the_raw_programs():
+    env = ENV._replace(own_btf=False)
+    plan = plan_load(TracerConfig(lport=True, dns=True), env)
+    assert plan.programs == ("handle_set_state_raw", "handle_xmit_raw", "handle_drop_raw",
+                             "handle_receive_linear_raw", *CONNECT_CALL_PROGRAMS)
+
+
+def test_dns_linear_capture_only_where_whole_packets_cannot_be_read():
+    assert "handle_receive_linear" in plan_load(TracerConfig(dns=True), ENV).programs
+    whole = plan_load(TracerConfig(dns=True), ENV._replace(whole_packet_dns=True))
+    assert "handle_receive_linear" not in whole.programs and whole.dns_ring
+
+
+def test_without_connect_tracepoints_calls_are_not_followed():
+    plan = plan_load(TracerConfig(), ENV._replace(connect_tracepoints=False))
+    assert plan.programs == ("handle_set_state",)
+    assert flags(plan)["follow_connect_calls"] is False
+
+
+def test_ring_grows_with_cpus_and_filters_are_carried():
+    plan = plan_load(TracerConfig(ports=(80, 443), uid=0, cgroup_map="/sys/fs/bpf/x"),
+                     ENV._replace(cpus=64))
+    assert dict(plan.max_entries)["events"] == 32 << 20
+    assert plan.ports == (80, 443)
+    assert flags(plan)["filter_by_port"] is True
+    assert (flags(plan)["filter_by_uid"], flags(plan)["filter_uid"]) == (True, 0)
+    assert plan.filter_maps == (FilterMap("--cgroupmap", "/sys/fs/bpf/x", "cgroup_map", (8, 8)),)
+    assert flags(plan)["filter_by_cgroup_map"] is True
+
+
+@pytest.mark.parametrize("config,env", [
+    (TracerConfig(), ENV),
+    (TracerConfig(lport=True, dns=True, outcome=True, count=True, events_with_counts=True),
+     ENV._replace(own_btf=False)),
+    (TracerConfig(lport=True, dns=True), ENV),
+])
+def test_everything_a_plan_names_is_in_the_object(config, env):
+    plan = plan_load(config, env)
+    obj = BpfObject(OBJECT_PATH)
+    try:
+        names = obj.program_names()
+        assert set(plan.programs) <= set(names)
+        rodata = obj.initial_variables(".rodata")
+        for name, ctype, value in plan.rodata:
+            rodata.set(name, ctype, value)
+            assert rodata.get(name, ctype) == value
+        for name, entries in plan.max_entries:
+            obj.set_max_entries(name, entries)
+        rodata.view("port_bitmap", ctypes.c_uint64 * 1024)
+    finally:
+        obj.close()
