@@ -57,15 +57,10 @@ int BPF_PROG(handle_receive, struct sk_buff *skb)
 	if (len > skb->len - offset)
 		len = skb->len - offset;
 
-	e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
-	if (!e) {
-		__sync_fetch_and_add(&lost_dns_events, 1);
-		return 0;
-	}
-	e->ts_ns = bpf_ktime_get_ns();
-	e->orig_len = payload_len;
 	len = capture_length(len);
-	e->len = len;
+	e = reserve_answer(&dns_events, &lost_dns_events, payload_len, len);
+	if (!e)
+		return 0;
 	if (bpf_dynptr_read(e->payload, len, &packet, offset, 0))
 		e->len = 0;
 	bpf_ringbuf_submit(e, ringbuf_flags(&dns_events));

@@ -84,4 +84,22 @@ static __always_inline __u32 capture_length(__u32 len)
 	return len;
 }
 
+/* An answer's record, reserved in `ring` and filled but for its payload,
+ * which the caller copies (len bytes, from capture_length()) and submits;
+ * NULL when the ring is full, counted in *lost. */
+static __always_inline struct dns_event *reserve_answer(void *ring, __u64 *lost,
+							 __u16 payload_len, __u32 len)
+{
+	struct dns_event *e = bpf_ringbuf_reserve(ring, sizeof(*e), 0);
+
+	if (!e) {
+		__sync_fetch_and_add(lost, 1);
+		return NULL;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->orig_len = payload_len;
+	e->len = len;
+	return e;
+}
+
 #endif

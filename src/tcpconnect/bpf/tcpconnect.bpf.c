@@ -745,15 +745,10 @@ static __always_inline void capture_linear_answer(const struct sk_buff *skb, boo
 		__sync_fetch_and_add(&dns_unreadable, 1);
 		return;
 	}
-	e = bpf_ringbuf_reserve(&dns_events, sizeof(*e), 0);
-	if (!e) {
-		__sync_fetch_and_add(&lost_dns_events, 1);
-		return;
-	}
-	e->ts_ns = bpf_ktime_get_ns();
-	e->orig_len = payload_len;
 	len = capture_length(len);
-	e->len = len;
+	e = reserve_answer(&dns_events, &lost_dns_events, payload_len, len);
+	if (!e)
+		return;
 	if (bpf_probe_read_kernel(e->payload, len, READ_FIELD(typed, skb, data) + offset))
 		e->len = 0;
 	bpf_ringbuf_submit(e, ringbuf_flags(&dns_events));
