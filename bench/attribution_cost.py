@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from tcpconnect.attribution import CgroupResolver, cgroup2_mount  # noqa: E402
-from tcpconnect.events import EventRecord, decoded  # noqa: E402
 from tcpconnect.output import Columns, JsonFormatter, TextFormatter  # noqa: E402
+from tcpconnect.records import EventRecord, decoded  # noqa: E402
 
 BATCH = 1000
 

@@ -14,18 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpconnect.dns import DnsCache, query_column, query_of
-from tcpconnect.events import (
-    DNS_EVENT_FORMAT,
-    DNS_PAYLOAD_MAX,
-    DNS_TS_NS,
-    TS_NS,
-    DnsEvent,
-    EventRecord,
-    decoded,
-    destination,
-    dns_message,
-)
+from tcpconnect.events import DNS_EVENT_FORMAT, DNS_PAYLOAD_MAX, DNS_TS_NS, TS_NS, DnsEvent
 from tcpconnect.output import Columns, TextFormatter
+from tcpconnect.records import EventRecord, decoded, destination, dns_message
 
 # Never loads BPF: the kernel matrix leaves it to the host run.
 pytestmark = pytest.mark.host_only

@@ -20,10 +20,8 @@ from tcpconnect.events import (
     RECORD_FORMAT,
     DnsEvent,
     Event,
-    EventRecord,
-    decode_event,
-    identities,
 )
+from tcpconnect.records import EventRecord, decode_event, identities
 
 # Never loads BPF: the kernel matrix leaves it to the host run.
 pytestmark = pytest.mark.host_only

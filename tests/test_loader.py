@@ -13,19 +13,11 @@ from pathlib import Path
 import pytest
 from conftest import BANNER, BUILD, ROOT, TOOL, connect_burst, free_port, wait_for
 
-from tcpconnect.events import (
-    COMM,
-    DPORT,
-    EVENT_FORMAT,
-    FAMILY,
-    IDENTITY_BYTES,
-    PID,
-    TS_NS,
-    identities,
-)
+from tcpconnect.events import COMM, DPORT, EVENT_FORMAT, FAMILY, IDENTITY_BYTES, PID, TS_NS
 from tcpconnect import libbpf
 from tcpconnect.libbpf import BpfError, BpfObject
 from tcpconnect.plan import events_ring_bytes
+from tcpconnect.records import identities
 from tcpconnect.tracer import Tracer, TracerConfig
 
 MISSING_TRACEPOINT_PROGRAM = """

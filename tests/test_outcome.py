@@ -44,7 +44,8 @@ from tcpconnect import cause, session
 from tcpconnect.cause import DropReasons, cause_text
 from tcpconnect.cli import parse_args
 from tcpconnect.libbpf import enum_values
-from tcpconnect.events import OUTCOME_NO_SYN, CountKey, EventRecord, decoded
+from tcpconnect.events import OUTCOME_NO_SYN, CountKey
+from tcpconnect.records import EventRecord, decoded
 from tcpconnect.outcome import (
     TCP_CLOSE,
     TCP_ESTABLISHED,

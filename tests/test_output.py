@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 from tcpconnect.attribution import Attribution
-from tcpconnect.events import EventRecord, decoded
+from tcpconnect.records import EventRecord, decoded
 from tcpconnect.output import Columns, JsonFormatter, TextFormatter, escape
 from tcpconnect.wallclock import WallClock
 

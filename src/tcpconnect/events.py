@@ -1,18 +1,17 @@
-"""Python mirrors of the records declared in bpf/tcpconnect.h, and their decoding.
+"""Python mirrors of the records declared in bpf/tcpconnect.h: the kernel ABI.
 
-Each C struct is mirrored exactly once here; tests/test_events.py checks sizes
-and offsets against the BTF of the compiled object.
+Each C struct is mirrored exactly once here, with the struct-module layouts
+derived from it and the positions of fields in a decoded record;
+tests/test_events.py checks sizes and offsets against the BTF of the compiled
+object. What is made of decoded records (identities, address text) is in
+records.py.
 """
 
 from __future__ import annotations
 
 import ctypes
-import socket
 import struct
-from collections import namedtuple
 from ctypes import Structure, c_char, c_uint8, c_uint16, c_uint32, c_uint64
-
-from .cache import BoundedCache
 
 TASK_COMM_LEN = 16
 DNS_PAYLOAD_MAX = 1232
@@ -126,10 +125,6 @@ IDENTITY_FORMAT = struct_format(Event, only=IDENTITY)
 DNS_EVENT_FORMAT = struct_format(DnsEvent)
 
 
-# An event with every field by name, for code that builds or inspects one;
-# the reader hands out plain tuples in RECORD_FORMAT's order (building a
-# named tuple per event would cost more than printing it).
-EventRecord = namedtuple("EventRecord", [name for name, _ in Event._fields_])  # type: ignore[misc]
 # Positions of fields in a decoded record, then in a decoded identity.
 _NAMES = [name for name, _ in Event._fields_]
 _SPLIT = _NAMES.index(IDENTITY[0])
@@ -143,54 +138,3 @@ CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, DPORT, FAMILY, COMM = (
         "family", "comm"))
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
-
-
-# identities[record[IDENTITY_BYTES]][PID] and so on.
-identities = BoundedCache(IDENTITY_FORMAT.unpack)
-
-
-def decode_event(event: Event) -> tuple:
-    """The decoded form of one ctypes Event (as read from a map)."""
-    return RECORD_FORMAT.unpack(bytes(event))
-
-
-def decoded(record: EventRecord) -> tuple:
-    """The form the reader hands out of an event given field by field."""
-    return RECORD_FORMAT.unpack(EVENT_FORMAT.pack(*record))
-
-
-def dns_message(answer: tuple) -> bytes:
-    """The captured part of a decoded dns_event's DNS message (all of it
-    unless len < orig_len; never more than the payload, whatever len says)."""
-    return answer[DNS_PAYLOAD][:answer[DNS_LEN]]
-
-
-def packed_address(family: int, raw: bytes) -> bytes:
-    """The address bytes of a 16-byte kernel field: 4 for IPv4, 16 for IPv6."""
-    return raw[:4] if family == 4 else raw
-
-
-def _destination_of(raw_identity: bytes) -> tuple[int, bytes]:
-    identity = identities[raw_identity]
-    return identity[FAMILY], packed_address(identity[FAMILY], identity[DADDR])
-
-
-_destinations = BoundedCache(_destination_of)
-
-
-def destination(record: tuple) -> tuple[int, bytes]:
-    """The family and address bytes a decoded record's connect went to."""
-    return _destinations[record[IDENTITY_BYTES]]
-
-
-# Text of recently seen addresses by family, keyed by the 16-byte kernel
-# field: inet_ntop costs the reader more per event than the rest of a row.
-# Anything but 4 is IPv6, as the kernel side reports only those.
-ADDRESS_TEXT = {
-    4: BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET, packed_address(4, raw))),
-    6: BoundedCache(lambda raw: socket.inet_ntop(socket.AF_INET6, packed_address(6, raw))),
-}
-
-
-def format_address(family: int, raw: bytes) -> str:
-    return ADDRESS_TEXT[4 if family == 4 else 6][raw]

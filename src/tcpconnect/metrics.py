@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 from .attribution import CgroupResolver
-from .events import CountKey, format_address
+from .events import CountKey
+from .records import format_address
 from .outcome import result_name
 from .output import Attribute, comm_text
 from .plan import ADDRESS_COUNT_FIELDS

@@ -28,8 +28,8 @@ from .events import (
     OUTCOME_NO_SYN,
     SADDR,
     CountKey,
-    identities,
 )
+from .records import identities
 
 # include/net/tcp_states.h
 TCP_ESTABLISHED = 1

@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterable, NamedTuple, TextIO
 
 from .attribution import Attribution
 from .events import (
-    ADDRESS_TEXT,
     CGROUP_ID,
     COMM,
     DADDR,
@@ -42,8 +41,6 @@ from .events import (
     TS_NS,
     UID,
     CountKey,
-    format_address,
-    identities,
 )
 from .cache import BoundedCache
 from .outcome import TEXT_HEADER as OUTCOME_HEADER
@@ -54,6 +51,7 @@ from .outcome import (
     json_fields,
     text_columns,
 )
+from .records import ADDRESS_TEXT, format_address, identities
 from .wallclock import NS_PER_MS, NS_PER_SECOND, THREE_DIGITS, WallClock
 
 BANNER = "Tracing connect ... Hit Ctrl-C to end"

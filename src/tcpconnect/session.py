@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .attribution import CgroupResolver
 from .cause import drop_reasons
-from .events import DNS_TS_NS, TS_NS, destination, dns_message
+from .events import DNS_TS_NS, TS_NS
+from .records import destination, dns_message
 from .heap import keep_batch_buffers
 from .loss_records import loss_records
 from .outcome import counts_with_pending

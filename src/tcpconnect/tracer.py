@@ -7,7 +7,8 @@ import os
 import struct
 from typing import NamedTuple
 
-from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event, decode_event
+from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event
+from .records import decode_event
 from .kernel import probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
