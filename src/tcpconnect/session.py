@@ -46,6 +46,28 @@ BUSY_BATCH = 64
 COUNT_CHECK_SECONDS = 0.1
 
 
+# What each loss counter's total says at exit; {missing} is what a connect
+# reported without waiting lacks.
+TOTAL_MESSAGES = (
+    ("events", "Lost {} events in total"),
+    ("dns_events", "Lost {} DNS responses in total"),
+    ("skipped_runs", "The kernel skipped {} runs of the tracing programs in total (a program "
+                     "already running on that CPU): the connects, packets or answers they "
+                     "would have seen are missing"),
+    ("count_failures", "{} connects could not be counted (count table full)"),
+    ("pending_failures", "{} connects were reported without their {missing} (pending table "
+                         "full)"),
+    ("connect_call_failures", "{} connect() calls were not followed (table of calls full): any "
+                              "of them that failed before sending a SYN is missing"),
+    ("dns_unreadable", "{} DNS responses could not be read: their payload was in page "
+                       "fragments, which tracing programs on this kernel cannot read (Linux "
+                       "6.12 can)"),
+    ("dns_uncheckable", "{} received packets were not checked for DNS responses: their headers "
+                        "were in page fragments, which tracing programs on this kernel cannot "
+                        "read (Linux 6.12 can)"),
+)
+
+
 class Stop(Protocol):
     requested: bool
 
@@ -262,33 +284,11 @@ class Session:
 
     def _report_totals(self, totals: LossCounters) -> None:
         self._report_losses(totals)
-        if totals.events:
-            self._warn(f"Lost {totals.events} events in total")
-        if totals.dns_events:
-            self._warn(f"Lost {totals.dns_events} DNS responses in total")
-        if totals.skipped_runs:
-            self._warn(f"The kernel skipped {totals.skipped_runs} runs of the tracing programs "
-                       "in total (a program already running on that CPU): the connects, "
-                       "packets or answers they would have seen are missing")
-        if totals.count_failures:
-            self._warn(f"{totals.count_failures} connects could not be counted "
-                       "(count table full)")
-        if totals.pending_failures:
-            missing = "outcome (result unknown)" if self.args.outcome else "local port"
-            self._warn(f"{totals.pending_failures} connects were reported without their "
-                       f"{missing} (pending table full)")
-        if totals.connect_call_failures:
-            self._warn(f"{totals.connect_call_failures} connect() calls were not followed "
-                       "(table of calls full): any of them that failed before sending a SYN "
-                       "is missing")
-        if totals.dns_unreadable:
-            self._warn(f"{totals.dns_unreadable} DNS responses could not be read: their payload "
-                       "was in page fragments, which tracing programs on this kernel cannot "
-                       "read (Linux 6.12 can)")
-        if totals.dns_uncheckable:
-            self._warn(f"{totals.dns_uncheckable} received packets were not checked for DNS "
-                       "responses: their headers were in page fragments, which tracing "
-                       "programs on this kernel cannot read (Linux 6.12 can)")
+        missing = "outcome (result unknown)" if self.args.outcome else "local port"
+        for field, message in TOTAL_MESSAGES:
+            total = getattr(totals, field)
+            if total:
+                self._warn(message.format(total, missing=missing))
         if self._dns_cache is not None and self._dns_cache.malformed:
             self._warn(f"Skipped {self._dns_cache.malformed} malformed DNS responses")
         if self._dns_cache is not None and self._dns_cache.refused:
