@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import socket
 import time
 from datetime import datetime
@@ -235,3 +237,27 @@ def test_loss_records_say_what_was_lost_since_the_last_report():
     assert [json.loads(r) for r in dns] == [
         {"type": "lost", "timestamp": "2026-11-29T01:23:45.000123Z", "ring": "dns_events",
          "dns_responses": 3}]
+
+
+ALL_COLUMNS = [Columns(*flags) for flags in itertools.product((False, True),
+                                                               repeat=len(Columns._fields))]
+
+
+def starts(line: str) -> list[int]:
+    return [m.start() for m in re.finditer(r"\S+", line)]
+
+
+@pytest.mark.parametrize("columns", ALL_COLUMNS, ids=lambda c: "".join(
+    name[0] if on else "-" for name, on in zip(Columns._fields, c)))
+def test_every_column_combination_lines_up_under_its_header(columns):
+    # Every text column comes from TEXT_COLUMNS: a header label that does not
+    # start where its field starts, in any combination, fails here rather than
+    # on someone's terminal. TIME(s) of the first row is 0.000.
+    formatter = TextFormatter(columns, query=lambda e: "example.com", wall=WALL,
+                              attribute=lambda cgroup_id: Attribution(unit="ssh.service"))
+    header = formatter.header()
+    line = row(formatter, event(outcome=2, error=111, latency_ns=1_500_000))
+    assert set(starts(header)) <= set(starts(line)), (header, line)
+    json_line = row(JsonFormatter(columns, query=(lambda e: ("example.com", 3))
+                                  if columns.dns else None, wall=WALL), event())
+    assert json.loads(json_line)["dport"] == 443

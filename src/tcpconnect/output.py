@@ -68,6 +68,10 @@ def _unknown(_cgroup_id: int) -> Attribution:
     return Attribution()
 
 
+def _no_query(_event: tuple) -> str:
+    return ""
+
+
 def _escape_char(c: str) -> str:
     if c == "\\":
         return "\\\\"
@@ -233,6 +237,40 @@ class _CompiledFormatter:
         return self._rows(events, self._clock.start_ns(events) if self.columns.timestamp else 0)
 
 
+class TextColumn(NamedTuple):
+    """A text column: the Columns field that turns it on (None: always on),
+    its header and its row pieces (see RowPieces), whose expressions see the
+    names TextFormatter passes."""
+
+    option: str | None
+    header: str
+    pieces: RowPieces
+
+
+# bcc's columns in bcc's order; header and row widths side by side. bcc ends
+# every row with a space and the QUERY column, empty without -d; parsers that
+# split on single spaces expect it; its header has " QUERY" after the padded
+# DPORT: two spaces in all.
+TEXT_COLUMNS = (
+    TextColumn("time_of_day", "%-8s " % "TIME",
+               [("%s ", "local[(e[TS_NS] + offset) // NS_PER_SECOND]", VARIES)]),
+    TextColumn("timestamp", "%-9s" % "TIME(s)",
+               [("%s", "seconds[(e[TS_NS] - start + 500_000) // 1_000_000]", VARIES)]),
+    TextColumn("uid", "%-6s" % "UID", [("%-6d", "i[UID]", not VARIES)]),
+    TextColumn(None, "%-7s %-12s " % ("PID", "COMM"),
+               [("%-7d %s ", "i[PID], comm[i[COMM]]", not VARIES)]),
+    TextColumn("container", "%-16s " % "CONTAINER",
+               [("%s", "container[i[CGROUP_ID]]", not VARIES)]),
+    TextColumn(None, "%-2s %-16s " % ("IP", "SADDR"),
+               [("%-2d %-16s ", "i[FAMILY], addr[i[FAMILY]][i[SADDR]]", not VARIES)]),
+    TextColumn("lport", "%-6s " % "LPORT", [("%s ", "ports[e[LPORT]]", VARIES)]),
+    TextColumn(None, "%-16s %-6s" % ("DADDR", "DPORT"),
+               [("%-16s %-6d ", "addr[i[FAMILY]][i[DADDR]], i[DPORT]", not VARIES)]),
+    TextColumn("outcome", " " + OUTCOME_HEADER, [("%s", "text_columns(e)", VARIES)]),
+    TextColumn("dns", " QUERY", [("%s", "escape_query(query(e))", VARIES)]),
+)
+
+
 class TextFormatter(_CompiledFormatter):
     """bcc's layout, column for column, so existing parsers keep working."""
 
@@ -255,46 +293,17 @@ class TextFormatter(_CompiledFormatter):
         ports = [str(port).ljust(6) for port in range(1 << 16)] if columns.lport else []
         known = attribute or _unknown
         container = BoundedCache(lambda cgroup_id: container_text(known(cgroup_id)) + " ")
-        # bcc ends every row with a space and the QUERY column, empty
-        # without -d; parsers that split on single spaces expect it.
-        self._rows = _compile_rows([
-            *_when(columns.time_of_day,
-                   ("%s ", "local[(e[TS_NS] + offset) // NS_PER_SECOND]", VARIES)),
-            *_when(columns.timestamp,
-                   ("%s", "seconds[(e[TS_NS] - start + 500_000) // 1_000_000]", VARIES)),
-            *_when(columns.uid, ("%-6d", "i[UID]", not VARIES)),
-            ("%-7d %s ", "i[PID], comm[i[COMM]]", not VARIES),
-            *_when(columns.container, ("%s", "container[i[CGROUP_ID]]", not VARIES)),
-            ("%-2d %-16s ", "i[FAMILY], addr[i[FAMILY]][i[SADDR]]", not VARIES),
-            *_when(columns.lport, ("%s ", "ports[e[LPORT]]", VARIES)),
-            ("%-16s %-6d ", "addr[i[FAMILY]][i[DADDR]], i[DPORT]", not VARIES),
-            *_when(columns.outcome, ("%s", "text_columns(e)", VARIES)),
-            *_when(query is not None, ("%s", "escape_query(query(e))", VARIES)),
-        ], dict(local=self._wall.local_seconds, offset=self._wall.offset_ns, comm=comm,
-                seconds=seconds, ports=ports,
-                container=container, addr=ADDRESS_TEXT, text_columns=text_columns,
-                escape_query=escape_query, query=query))
+        query = query or _no_query
+        on = [column for column in TEXT_COLUMNS if column.option is None
+              or getattr(columns, column.option)]
+        self._header = "".join(column.header for column in on)
+        self._rows = _compile_rows([piece for column in on for piece in column.pieces], dict(
+            local=self._wall.local_seconds, offset=self._wall.offset_ns, comm=comm,
+            seconds=seconds, ports=ports, container=container, addr=ADDRESS_TEXT,
+            text_columns=text_columns, escape_query=escape_query, query=query))
 
     def header(self) -> str:
-        cols = self.columns
-        line = "%-8s " % "TIME" if cols.time_of_day else ""
-        if cols.timestamp:
-            line += "%-9s" % "TIME(s)"
-        if cols.uid:
-            line += "%-6s" % "UID"
-        line += "%-7s %-12s " % ("PID", "COMM")
-        if cols.container:
-            line += "%-16s " % "CONTAINER"
-        if cols.lport:
-            line += "%-2s %-16s %-6s %-16s %-6s" % ("IP", "SADDR", "LPORT", "DADDR", "DPORT")
-        else:
-            line += "%-2s %-16s %-16s %-6s" % ("IP", "SADDR", "DADDR", "DPORT")
-        if cols.outcome:
-            line += " " + OUTCOME_HEADER
-        if cols.dns:
-            # bcc prints " QUERY" after the padded DPORT: two spaces in all.
-            line += " QUERY"
-        return line
+        return self._header
 
 
 class JsonFormatter(_CompiledFormatter):
