@@ -60,8 +60,14 @@ static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
 	return BPF_CORE_READ(serr, ee.ee_errno);
 }
 
+/* resolve_pending()'s newstate when the socket has not changed state: a
+ * packet of the attempt (its SYN) left or was dropped, so its local port is
+ * set. No TCP state is 0. */
+#define PACKET_SEEN 0
+
 /* Resolves a parked attempt of sk, if any, now that its local port is set
- * or (with --outcome) it has left SYN_SENT for newstate. */
+ * (newstate PACKET_SEEN) or (with --outcome) it has left SYN_SENT for
+ * newstate. */
 static __always_inline void resolve_pending(const struct sock *sk, bool typed, int newstate)
 {
 	__u64 key = (__u64)sk;
@@ -112,7 +118,7 @@ static __always_inline void resolve_packet_owner(const struct sk_buff *skb, bool
 		return;
 	sk = READ_FIELD(typed, skb, sk);
 	if (sk)
-		resolve_pending(sk, typed, 0);
+		resolve_pending(sk, typed, PACKET_SEEN);
 }
 
 /* With --outcome: a packet of a parked attempt (its SYN) dropped on this
