@@ -19,7 +19,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup install uninstall run wheel test test-kernels bench bench-syscalls bench-paths clean apt apt-test
+.PHONY: setup install uninstall run wheel test test-kernels bench bench-syscalls bench-ring bench-paths clean apt apt-test
 
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
 setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
@@ -140,6 +140,10 @@ bench: setup apt-test $(BUILD)/connect_loop
 # What the connect() syscall tracepoints cost every other syscall (bench/syscall_cost.py).
 bench-syscalls: setup $(BUILD)/syscall_loop
 	$(VENV)/bin/python bench/syscall_cost.py $(ARGS)
+
+# The ring reader's CPU per record, with and without its memory ordering (bench/ring_reader.py).
+bench-ring: setup
+	$(VENV)/bin/python bench/ring_reader.py $(ARGS)
 
 # BPF run time per program run on each kernel path (see bench/kernel_paths.py).
 bench-paths: setup apt-test $(BUILD)/connect_loop
