@@ -17,7 +17,13 @@ NS_INUM_MAX = 2**32 - 1  # namespace inode numbers are unsigned int in the kerne
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 CGROUP2_SUPER_MAGIC = 0x63677270
 
-EXAMPLES = """examples:
+EXAMPLES = """privileges:
+    CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load and attach; CAP_SYS_ADMIN to mount
+    tracefs if it is not; CAP_SYS_RESOURCE before Linux 5.11; CAP_DAC_READ_SEARCH for the
+    cgroup paths of -j, --container and --metrics. Once attached, only CAP_BPF (or
+    CAP_SYS_ADMIN) and, for those options, CAP_DAC_READ_SEARCH are kept.
+
+examples:
     tcpconnect                  # trace every active TCP connect
     tcpconnect -t               # with a timestamp column
     tcpconnect -T               # with a wall-clock time column (HH:MM:SS)

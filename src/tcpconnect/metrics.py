@@ -15,10 +15,12 @@ tool, option parsing included, does not need it.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .attribution import CgroupResolver
 from .events import CountKey
@@ -106,13 +108,33 @@ class ExporterError(Exception):
     """The exporter cannot serve (address in use, not local, unknown host)."""
 
 
+def _bind(host: str, port: int, app: Callable) -> WSGIServer:
+    """prometheus-client's threaded WSGI server, bound but not yet serving:
+    start_http_server would also start its thread, which would then keep
+    the capabilities the tracer drops once attached (they are per thread,
+    and each request's thread inherits the server thread's)."""
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    return make_server(host, port, app, server_class, handler_class=_QuietHandler)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr per scrape."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 class Exporter:
     """The HTTP server and the collector behind it. The server is bound when
-    this is made, before anything is loaded, so a port in use fails at once."""
+    this is made, before anything is loaded, so a port in use fails at once;
+    it serves from then on, or with serving=False from serve() on."""
 
     def __init__(self, host: str, port: int, labels: tuple[str, ...], max_series: int,
-                 table_capacity: int | None = None) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+                 table_capacity: int | None = None, serving: bool = True) -> None:
+        from prometheus_client import CollectorRegistry, make_wsgi_app
         from prometheus_client.gc_collector import GCCollector
         from prometheus_client.platform_collector import PlatformCollector
         from prometheus_client.process_collector import ProcessCollector
@@ -133,16 +155,25 @@ class Exporter:
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=registry)
         registry.register(self)
+        self._thread: threading.Thread | None = None
         try:
-            self._server, self._thread = start_http_server(port, host, registry)
+            self._server = _bind(host, port, make_wsgi_app(registry))
         except OSError as exc:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ExporterError(f"--metrics {where}: {exc.strerror or exc}") from None
+        if serving:
+            self.serve()
+
+    def serve(self) -> None:
+        """Starts answering scrapes, on a thread of its own."""
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
         self._server.server_close()
-        self._thread.join()
         self._resolver.close()
 
     @contextmanager

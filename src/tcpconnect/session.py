@@ -26,6 +26,7 @@ from .output import (
     whole_writes,
 )
 from .plan import TracerConfig
+from .privileges import PrivilegeError, drop_after_attach
 from .tracer import Batch, LossCounters, Tracer
 
 if TYPE_CHECKING:  # dns needs dnslib, imported only for -d; metrics prometheus_client
@@ -148,15 +149,18 @@ class Session:
                 host, port = self.args.metrics
                 self._exporter = Exporter(host, port, self.args.metrics_labels,
                                           self.args.metrics_max_series,
-                                          config.count_capacity if self.args.count else None)
+                                          config.count_capacity if self.args.count else None,
+                                          serving=False)
                 stack.callback(self._exporter.close)
             tracer = stack.enter_context(Tracer(config))
             if tracer.connect_calls_unseen:
                 self._warn("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
                            "refused by a cgroup BPF program or an LSM) are not traced: "
                            + tracer.connect_calls_unseen)
+            self._drop_capabilities()
             if self._exporter is not None:
                 stack.enter_context(self._exporter.watching(tracer, self._dns_cache))
+                self._exporter.serve()
             if self.args.json:
                 # Keeps stdout pure JSON Lines.
                 self._warn(BANNER)
@@ -181,6 +185,17 @@ class Session:
                 self._emit(tracer.finish(), tracer)
             self._report_totals(self._with_table_missing(tracer.losses()))
         return 0
+
+    def _drop_capabilities(self) -> None:
+        """Everything is attached and open: keep only what reading needs (see
+        privileges.py). Before the exporter's thread exists, so that it and
+        the threads of its requests hold no more."""
+        attribution = self._resolver is not None or bool(self.args.metrics)
+        try:
+            drop_after_attach(attribution)
+        except PrivilegeError as exc:
+            self._warn(f"tcpconnect: could not drop capabilities after attaching "
+                       f"({exc.strerror}); running with those it started with")
 
     def _count_loop(self, tracer: Tracer, stop: Stop) -> None:
         interval = self.args.interval
