@@ -391,6 +391,36 @@ def test_container_and_unit_labels_name_the_cgroup(trace, workload, cgroups):
     assert (t.returncode, t.stderr) == (0, "")
 
 
+def test_hostile_and_long_label_values_are_escaped_and_cut(trace, workload, cgroups):
+    # Anyone who can make a cgroup (or a systemd scope) names it: control
+    # characters reach /metrics only escaped, a long name only cut (and
+    # counted).
+    hostile = cgroups.make("system.slice/evil\x1b]0;pwned\x07\\x1b.service")
+    long_unit = "u" * 200 + ".service"
+    long = cgroups.make(f"system.slice/{long_unit}")
+    in_hostile, in_long = workload(), workload()
+    cgroups.move(in_hostile.pid, hostile)
+    cgroups.move(in_long.pid, long)
+    port, metrics = free_port(), free_port()
+    t = trace("--metrics", f"127.0.0.1:{metrics}", "-q", "-P", str(port),
+              "--metrics-labels", "unit")
+    in_hostile.connect(4, "127.0.0.1", port)
+    in_long.connect(4, "127.0.0.1", port)
+    text = HTTP.open(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+    samples = scrape(metrics)
+    t.stop()
+    assert not any(c in text for c in "\x1b\x07"), "a control character reached /metrics"
+    assert connects_by(samples, "unit") == {
+        # The backslash the name itself holds is doubled, so it cannot pass
+        # for an escape.
+        ("evil\\x1b]0;pwned\\x07\\\\x1b.service",): 1,
+        (long_unit[:128],): 1,
+    }
+    # The long name's count key was drained once (it came once).
+    assert samples["tcpconnect_label_values_cut_total"][()] == 1
+    assert (t.returncode, t.stderr) == (0, "")
+
+
 def test_result_label_counts_each_attempt_when_it_ends(trace):
     refused, metrics = free_port(), free_port()
     with socket.create_server(("127.0.0.1", 0)) as listener:

@@ -26,7 +26,7 @@ from .attribution import CgroupResolver
 from .events import CountKey
 from .records import format_address
 from .outcome import result_name
-from .output import Attribute, comm_text
+from .output import Attribute, escape
 from .plan import ADDRESS_COUNT_FIELDS
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ DEFAULT_MAX_SERIES = 10_000
 # holds COUNT_CAPACITY keys, so it fills only past that many new keys a second.
 DRAIN_SECONDS = 1.0
 OTHER = "other"
+# Label values longer than this (after escaping) are cut: a cgroup, and so a
+# unit, may be named with up to 255 bytes by anyone who can make one.
+LABEL_VALUE_MAX = 128
 
 
 class Label(NamedTuple):
@@ -53,7 +56,9 @@ class Label(NamedTuple):
 
 
 LABELS: dict[str, Label] = {
-    "comm": Label(frozenset({"comm"}), lambda _: lambda key: comm_text(key.comm)),
+    # Raw text: every value is escaped once, as it is drained (_label_value).
+    "comm": Label(frozenset({"comm"}), lambda _: lambda key: bytes(key.comm).split(
+        b"\0", 1)[0].decode("utf-8", "surrogateescape")),
     "saddr": Label(frozenset({"saddr"}),
                    lambda _: lambda key: format_address(key.family, bytes(key.saddr))),
     "daddr": Label(frozenset({"daddr"}),
@@ -151,6 +156,7 @@ class Exporter:
         self._tracer: Tracer | None = None
         self._dns_cache: DnsCache | None = None
         self._next_drain = 0.0
+        self._cut_values = 0
         registry = CollectorRegistry(auto_describe=False)
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=registry)
@@ -201,9 +207,19 @@ class Exporter:
             return
         values, series, table = self._values, self._series, self._table
         for key, n in self._tracer.take_counts():
-            series.add(tuple(value(key) for value in values), n)
+            series.add(tuple(self._label_value(value(key)) for value in values), n)
             if table is not None:
                 table.add(_table_key(key), n)
+
+    def _label_value(self, text: str) -> str:
+        """A label value as the scraper may see it: escaped like the text
+        output (no control characters; prometheus-client escapes only \\,
+        newline and "), and cut at LABEL_VALUE_MAX, which is counted."""
+        text = escape(text)
+        if len(text) > LABEL_VALUE_MAX:
+            self._cut_values += 1
+            text = text[:LABEL_VALUE_MAX]
+        return text
 
     def take_table(self) -> tuple[list[tuple[CountKey, int]], int]:
         """-c's table since the last call, and how many connects did not fit
@@ -222,6 +238,7 @@ class Exporter:
             self._drain()
             series = dict(self._series.counts)
             dropped = self._series.overflow
+            cut = self._cut_values
             losses = self._tracer.losses() if self._tracer is not None else None
             dns_cache = self._dns_cache
         if dropped:
@@ -238,6 +255,10 @@ class Exporter:
             "tcpconnect_series_dropped",
             "Connects counted in the 'other' series: their label values would have made "
             "a series past --metrics-max-series.", value=dropped)
+        yield CounterMetricFamily(
+            "tcpconnect_label_values_cut",
+            f"Label values cut to {LABEL_VALUE_MAX} characters (once per count key drained "
+            "with one).", value=cut)
         if losses is None:
             return
         lost = CounterMetricFamily(
