@@ -97,7 +97,7 @@ def test_unit_runs_the_installed_tool_with_the_daemonsets_capabilities(daemonset
     assert command[0] == "/usr/local/sbin/tcpconnect"
     assert "$(PREFIX)/sbin/tcpconnect" in (ROOT / "Makefile").read_text()
     args = parse_args(command[1:])
-    assert args.json and args.metrics == ("0.0.0.0", 9100)
+    assert args.json and args.metrics == ("127.0.0.1", 19150)
     caps = ["CAP_" + c for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
     assert settings["CapabilityBoundingSet"].split() == caps
     assert settings["AmbientCapabilities"].split() == caps

@@ -285,13 +285,15 @@ class Prometheus:
     every 5 s (a fixed throttle of its discovery), so the first scrape comes
     ~6 s after the start: that is most of this test's time."""
 
-    def __init__(self, workdir: Path, target: str) -> None:
+    def __init__(self, workdir: Path, target: str, **scrape: object) -> None:
+        """`scrape`: more of the job's scrape_config (scheme, tls_config,
+        basic_auth)."""
         self.port = free_port()
         config = workdir / "prometheus.yml"
         config.write_text(json.dumps({  # JSON is YAML
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
             "scrape_configs": [{"job_name": "tcpconnect",
-                                "static_configs": [{"targets": [target]}]}],
+                                "static_configs": [{"targets": [target]}], **scrape}],
         }))
         self.proc = subprocess.Popen(
             [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
@@ -325,8 +327,8 @@ class Prometheus:
 def prometheus(tmp_path) -> Iterator[type[Prometheus]]:
     started: list[Prometheus] = []
 
-    def start(target: str) -> Prometheus:
-        server = Prometheus(tmp_path, target)
+    def start(target: str, **scrape: object) -> Prometheus:
+        server = Prometheus(tmp_path, target, **scrape)
         started.append(server)
         return server
 

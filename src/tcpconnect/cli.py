@@ -44,8 +44,9 @@ examples:
     tcpconnect -j               # one JSON object per connect
     tcpconnect --container      # with the container id or systemd unit of each connect
     tcpconnect --netns /run/netns/blue  # only sockets of this network namespace
-    tcpconnect --metrics 127.0.0.1:9100 -q  # Prometheus metrics on :9100/metrics, no rows
-    tcpconnect --metrics [::1]:9100 --metrics-labels comm,uid  # with rows, counts by comm, uid
+    tcpconnect --metrics 127.0.0.1:19150 -q  # Prometheus metrics on :19150/metrics, no rows
+    tcpconnect --metrics [::1]:19150 --metrics-labels comm,uid  # with rows, counts by comm, uid
+    tcpconnect --metrics 0.0.0.0:19150 --web-config web.yml  # over TLS, with a password
     tcpconnect --cgroupmap /sys/fs/bpf/test01     # only cgroups listed in this pinned map
     tcpconnect --mntnsmap /sys/fs/bpf/mnt_ns_set  # only mount namespaces in this pinned map
     tcpconnect --cgroup /sys/fs/cgroup/unified/app  # only this cgroup v2
@@ -165,7 +166,7 @@ def parse_interval(text: str) -> int:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT, an IPv6 address in brackets ([::1]:9100)."""
+    """HOST:PORT, an IPv6 address in brackets ([::1]:19150)."""
     host, sep, port_text = text.rpartition(":")
     port = bounded_number(port_text, 65535)
     if host.startswith("[") and host.endswith("]"):
@@ -263,6 +264,10 @@ def build_parser() -> Parser:
     parser.add_argument("--metrics-max-series", type=parse_max_series, metavar="N",
                         help="at most N label sets; connects past them count as 'other' "
                              "(default: 10000)")
+    parser.add_argument("--web-config", metavar="FILE",
+                        help="with --metrics: TLS and basic authentication from this file, in "
+                             "the Prometheus exporter-toolkit's format (node_exporter's "
+                             "--web.config.file)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="with --metrics: print no rows")
     return parser
@@ -302,6 +307,7 @@ def check_metrics(parser: Parser, args: argparse.Namespace) -> None:
     if args.metrics is None:
         for option, value in (("--metrics-labels", args.metrics_labels),
                               ("--metrics-max-series", args.metrics_max_series),
+                              ("--web-config", args.web_config),
                               ("-q/--quiet", args.quiet or None)):
             if value is not None:
                 parser.error(f"{option} needs --metrics")
@@ -323,6 +329,13 @@ def check_metrics(parser: Parser, args: argparse.Namespace) -> None:
         parser.error("--metrics-labels result needs --outcome (or --failed)")
     if args.metrics_max_series is None:
         args.metrics_max_series = DEFAULT_MAX_SERIES
+    if args.web_config is not None:
+        from .web_config import WebConfigError, load_web_config
+
+        try:
+            args.web_config = load_web_config(args.web_config)
+        except WebConfigError as exc:
+            parser.error(f"--web-config {args.web_config}: {exc}")
 
 
 def check_btf(parser: Parser, path: str) -> None:

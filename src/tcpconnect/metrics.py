@@ -32,6 +32,7 @@ from .plan import ADDRESS_COUNT_FIELDS
 if TYPE_CHECKING:
     from .dns import DnsCache
     from .tracer import Tracer
+    from .web_config import WebConfig
 
 DEFAULT_LABELS = ("comm", "daddr", "dport")
 DEFAULT_MAX_SERIES = 10_000
@@ -113,20 +114,39 @@ class ExporterError(Exception):
     """The exporter cannot serve (address in use, not local, unknown host)."""
 
 
-def _bind(host: str, port: int, app: Callable) -> WSGIServer:
+def _bind(host: str, port: int, app: Callable, web: WebConfig | None) -> WSGIServer:
     """prometheus-client's threaded WSGI server, bound but not yet serving:
     start_http_server would also start its thread, which would then keep
     the capabilities the tracer drops once attached (they are per thread,
-    and each request's thread inherits the server thread's)."""
+    and each request's thread inherits the server thread's). With
+    --web-config, behind basic authentication and TLS (web_config.py)."""
     from prometheus_client.exposition import ThreadingWSGIServer
 
+    if web is not None and web.users:
+        from .web_config import BasicAuth, guarded
+
+        app = guarded(app, BasicAuth(web.users))
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
-    return make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {
+        "address_family": family, "handle_error": _ignore_error})
+    server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    if web is not None and web.tls is not None:
+        # The handshake happens on the request's own thread, at its first
+        # read: a client that never finishes one holds only that thread.
+        server.socket = web.tls.wrap_socket(server.socket, server_side=True,
+                                            do_handshake_on_connect=False)
+    return server
+
+
+def _ignore_error(self: object, request: object, client_address: object) -> None:
+    """A client that goes away, or fails the TLS handshake, is its own
+    business: no traceback on the tracer's stderr."""
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """No line on stderr per scrape."""
+    """No line on stderr per scrape; a client silent for 10 s is dropped."""
+
+    timeout = 10
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -138,7 +158,8 @@ class Exporter:
     it serves from then on, or with serving=False from serve() on."""
 
     def __init__(self, host: str, port: int, labels: tuple[str, ...], max_series: int,
-                 table_capacity: int | None = None, serving: bool = True) -> None:
+                 table_capacity: int | None = None, serving: bool = True,
+                 web: WebConfig | None = None) -> None:
         from prometheus_client import CollectorRegistry, make_wsgi_app
         from prometheus_client.gc_collector import GCCollector
         from prometheus_client.platform_collector import PlatformCollector
@@ -163,7 +184,7 @@ class Exporter:
         registry.register(self)
         self._thread: threading.Thread | None = None
         try:
-            self._server = _bind(host, port, make_wsgi_app(registry))
+            self._server = _bind(host, port, make_wsgi_app(registry), web)
         except OSError as exc:
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             raise ExporterError(f"--metrics {where}: {exc.strerror or exc}") from None

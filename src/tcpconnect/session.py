@@ -150,7 +150,7 @@ class Session:
                 self._exporter = Exporter(host, port, self.args.metrics_labels,
                                           self.args.metrics_max_series,
                                           config.count_capacity if self.args.count else None,
-                                          serving=False)
+                                          serving=False, web=self.args.web_config)
                 stack.callback(self._exporter.close)
             tracer = stack.enter_context(Tracer(config))
             if tracer.connect_calls_unseen:
