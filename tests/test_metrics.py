@@ -423,6 +423,23 @@ def test_hostile_and_long_label_values_are_escaped_and_cut(trace, workload, cgro
     assert (t.returncode, t.stderr) == (0, "")
 
 
+def test_hostile_process_name_reaches_metrics_escaped(trace, tmp_path):
+    # A process names itself: here through the name it is run by.
+    hostile = tmp_path / "\x1b[2Jev\\il\x07"
+    hostile.symlink_to("/usr/bin/python3")
+    port, metrics = free_port(), free_port()
+    t = trace("--metrics", f"127.0.0.1:{metrics}", "-q", "--metrics-labels", "comm",
+              "-P", str(port))
+    connect = f"import socket; socket.socket().connect_ex(('127.0.0.1', {port}))"
+    subprocess.run([hostile, "-c", connect], check=True)
+    text = HTTP.open(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+    t.stop()
+    assert not any(c in text for c in "\x1b\x07"), "a control character reached /metrics"
+    # Escaped as in the rows, then in Prometheus' text format (\\ for \).
+    assert 'tcpconnect_connects_total{comm="\\\\x1b[2Jev\\\\\\\\il\\\\x07"} 1.0' in text.splitlines(), text
+    assert (t.returncode, t.stderr) == (0, "")
+
+
 def test_result_label_counts_each_attempt_when_it_ends(trace):
     refused, metrics = free_port(), free_port()
     with socket.create_server(("127.0.0.1", 0)) as listener:
