@@ -50,8 +50,11 @@ def test_wheel_holds_the_objects_and_the_extras(wheel):
     requires = [line for line in metadata.decode().splitlines()
                 if line.startswith("Requires-Dist:") and "extra == \"test\"" not in line]
     # Nothing for plain tracing; -d's parsers with the dns extra, --metrics's
-    # HTTP exporter with the metrics extra.
-    assert sorted(requires) == ['Requires-Dist: cachetools>=5; extra == "dns"',
+    # HTTP exporter and --web-config's file and password hashes with the
+    # metrics extra.
+    assert sorted(requires) == ['Requires-Dist: PyYAML>=6; extra == "metrics"',
+                                'Requires-Dist: bcrypt>=3.2; extra == "metrics"',
+                                'Requires-Dist: cachetools>=5; extra == "dns"',
                                 'Requires-Dist: dnslib>=0.9.26; extra == "dns"',
                                 'Requires-Dist: prometheus-client>=0.17; extra == "metrics"']
 

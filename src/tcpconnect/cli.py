@@ -501,7 +501,7 @@ def _main(argv: list[str] | None, stop: StopFlag) -> int:
     from .session import Session
 
     try:
-        return Session(args, sys.stdout, sys.stderr).run(stop)
+        return Session(args, sys.stdout, sys.stderr, least_privilege=True).run(stop)
     except (BpfError, ExporterError) as exc:
         report(str(exc))
         return 1

@@ -102,8 +102,13 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
 
 
 class Session:
-    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO,
+                 least_privilege: bool = False) -> None:
+        """least_privilege: drop the capabilities reading does not need once
+        attached (the tool's own process; a test running a session inside
+        its own process keeps them for what it does next)."""
         self.args = args
+        self._least_privilege = least_privilege
         self.out = tolerate_unencodable(whole_writes(out))
         self.err = tolerate_unencodable(whole_writes(err))
         self._reported = LossCounters(0, 0, 0, 0)
@@ -157,7 +162,8 @@ class Session:
                 self._warn("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
                            "refused by a cgroup BPF program or an LSM) are not traced: "
                            + tracer.connect_calls_unseen)
-            self._drop_capabilities()
+            if self._least_privilege:
+                self._drop_capabilities()
             if self._exporter is not None:
                 stack.enter_context(self._exporter.watching(tracer, self._dns_cache))
                 self._exporter.serve()
