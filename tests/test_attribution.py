@@ -55,6 +55,11 @@ NO_ATTRIBUTION = {"cgroup": None, "unit": None, "container_id": None, "pod_uid":
     (f"/kubepods/burstable/pod{UID}/{ID}", PathNames(None, ID, UID)),
     (f"/kubepods/pod{UID}/{ID}", PathNames(None, ID, UID)),
     (f"/docker/{ID}", PathNames(None, ID)),
+    # podman's cgroupfs manager; a pod's id is not its containers'.
+    (f"/libpod_parent/libpod-{ID}", PathNames(None, ID)),
+    (f"/libpod_parent/{'e' * 64}/libpod-{ID}", PathNames(None, ID)),
+    (f"/libpod_parent/{'e' * 64}", PathNames()),
+    (f"/libpod_parent/conmon", PathNames()),
     # Static pods have 32 hex digits for a uid.
     ("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod"
      "0123456789abcdef0123456789abcdef.slice",
@@ -70,6 +75,8 @@ NO_ATTRIBUTION = {"cgroup": None, "unit": None, "container_id": None, "pod_uid":
      PathNames(f"cri-containerd-{ID}.scope", ID, UID)),
     # Look-alikes that are not.
     (f"/{ID}", PathNames()),
+    (f"/libpod-{ID}", PathNames()),
+    (f"/system.slice/libpod-{ID}", PathNames()),
     (f"/pod{UID}/{ID}", PathNames()),
     (f"/system.slice/docker-{ID[:63]}.scope", PathNames(f"docker-{ID[:63]}.scope")),
     (f"/system.slice/docker-{ID.upper()}.scope", PathNames(f"docker-{ID.upper()}.scope")),

@@ -51,6 +51,11 @@ _BARE_ID = re.compile(_HEX64)
 # The cgroupfs driver puts containers at /docker/<id> and /kubepods/.../<id>
 # (deeper when nested, or seen through a cgroup namespace).
 _CGROUPFS_PARENTS = {"docker", "kubepods"}
+# podman's cgroupfs manager (any host without systemd): /libpod_parent/libpod-<id>,
+# a pod's containers at /libpod_parent/<pod id>/libpod-<id> (the pod id is no
+# container's).
+_PODMAN_CGROUPFS = re.compile(rf"libpod-({_HEX64})")
+_PODMAN_PARENT = "libpod_parent"
 # A pod's uid is a UUID, or 32 hex digits for a static pod; the systemd
 # driver writes its dashes as underscores (a dash means nesting in a slice
 # name).
@@ -98,7 +103,8 @@ def parse_cgroup_path(path: str) -> PathNames:
         if unit is None and part.endswith(_UNIT_SUFFIXES):
             unit = part
         if container_id is None:
-            match = _RUNTIME_SCOPE.fullmatch(part)
+            match = _RUNTIME_SCOPE.fullmatch(part) or (
+                _PODMAN_CGROUPFS.fullmatch(part) if _PODMAN_PARENT in parts[:depth] else None)
             if match:
                 container_id = match.group(1)
             elif _BARE_ID.fullmatch(part) and not _CGROUPFS_PARENTS.isdisjoint(parts[:depth]):
