@@ -12,7 +12,8 @@ BPF_HEADERS := $(wildcard src/tcpconnect/bpf/*.h)
 # so `make run` and `make install` leave them out.
 RUN_PACKAGES := libbpf1 libatomic1 python3 python3-venv man-db
 BUILD_PACKAGES := clang libbpf-dev bpftool make
-TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables prometheus
+TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables prometheus \
+	podman runc catatonit mmdebstrap openssl
 APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)
 HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop $(BUILD)/deny_connect.bpf.o
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
