@@ -29,6 +29,8 @@ from tcpconnect.cli import parse_args
 
 DEPLOY = ROOT / "deploy"
 MOUNTS = ("/sys/kernel/btf", "/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel/tracing")
+# Only on a Kubernetes node: not bound in the capability test below.
+KUBELET_MOUNTS = ("/var/log/pods",)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_daemonset_mounts_the_host_paths_read_only(daemonset):
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     mounts = {m["mountPath"]: (volumes[m["name"]], m.get("readOnly"))
               for m in only_container(daemonset)["volumeMounts"]}
-    assert mounts == {path: (path, True) for path in MOUNTS}
+    assert mounts == {path: (path, True) for path in MOUNTS + KUBELET_MOUNTS}
 
 
 @pytest.mark.host_only
