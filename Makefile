@@ -13,7 +13,7 @@ BPF_HEADERS := $(wildcard src/tcpconnect/bpf/*.h)
 RUN_PACKAGES := libbpf1 libatomic1 python3 python3-venv man-db
 BUILD_PACKAGES := clang libbpf-dev bpftool make
 TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables prometheus \
-	podman runc catatonit mmdebstrap openssl
+	podman runc catatonit mmdebstrap openssl docker.io containerd
 APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)
 HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop $(BUILD)/deny_connect.bpf.o
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')

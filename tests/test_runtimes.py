@@ -1,23 +1,29 @@
-"""Attribution against a real container runtime: Debian's podman (runc, the
-cgroupfs manager a host without systemd gets), running an image made from
-Debian's archive with mmdebstrap (no registry). Each container connects to a
-closed loopback port of the host's network; its row must carry the id podman
-gave it.
+"""Attribution against real container runtimes, Debian 12's own: podman
+(runc, the cgroupfs manager a host without systemd gets), docker (a private
+dockerd, cgroupfs driver) and containerd (a private instance driven by ctr,
+with the cgroup paths and labels a kubelet gives). Each runs a root made from
+Debian's archive with mmdebstrap (no registry) and connects to a closed
+loopback port; the row must carry the id the runtime gave the container.
 
-The base image is built once (mmdebstrap, ~20 s) and cached in build/; it is
-imported for the session and removed after, with every container and pod the
-tests made. See shared notes on runtimes in docs/containers.md."""
+The root is built once (mmdebstrap, ~20 s) and cached in build/. Every
+daemon, image, container, pod and cgroup a test made is removed after it."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
+import tarfile
+import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from conftest import BUILD, free_port
+from test_attribution import fake_pod_logs
 
 pytestmark = pytest.mark.host_only
 
@@ -42,50 +48,98 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory) -> Iterator[list[str]]:
-    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
-    conf.write_text(CONTAINERS_CONF)
-    os.environ["CONTAINERS_CONF"] = str(conf)
+def base_tar() -> Path:
     if not BASE_TAR.exists():
         BUILD.mkdir(exist_ok=True)
         partial = BASE_TAR.with_suffix(".partial.tar")
         subprocess.run(["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(partial),
                         debian_mirror()], check=True, capture_output=True, timeout=600)
         partial.rename(BASE_TAR)
-    subprocess.run(["podman", "import", "-q", str(BASE_TAR), IMAGE], check=True,
+    return BASE_TAR
+
+
+def connects_refused(port: int) -> list[str]:
+    """A container's command: one refused connect, then it waits to be
+    stopped. It must outlive the row: a cgroup that is gone when the tool
+    first looks its id up is attributed to nothing (by design, see
+    attribution.py), and runtimes remove a container's cgroup as it exits."""
+    return ["/usr/bin/bash", "-c",
+            f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; exec sleep 120"]
+
+
+def traced_row(t, run: list[str], stop: Callable[[], list[str]]) -> dict:
+    """Starts a container with `run`, waits for its connect's row, then
+    stops it with the command `stop()` gives."""
+    container = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True)
+    try:
+        line = t.next_line(timeout=60)
+    finally:
+        subprocess.run(stop(), capture_output=True, timeout=120)
+        _, err = container.communicate(timeout=120)
+    assert line, err
+    return json.loads(line)
+
+
+def wait_for_socket(path: Path, daemon: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.is_socket():
+        assert daemon.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+
+
+def stop_daemon(daemon: subprocess.Popen, state: Path) -> None:
+    """Stops a daemon and removes its state, mounts it left included."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+    with open("/proc/self/mounts") as mounts:
+        left = [line.split()[1] for line in mounts if line.split()[1].startswith(str(state))]
+    for mount_point in reversed(left):
+        subprocess.run(["umount", "-l", mount_point], capture_output=True)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory) -> Iterator[list[str]]:
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    os.environ["CONTAINERS_CONF"] = str(conf)
+    subprocess.run(["podman", "import", "-q", str(base_tar()), IMAGE], check=True,
                    capture_output=True, timeout=120)
     try:
         yield ["podman"]
     finally:
         subprocess.run(["podman", "rmi", "-f", IMAGE, PAUSE_IMAGE], capture_output=True,
                        timeout=120)
+        # Where podman puts its monitors (conmon), then the parent itself.
+        remove_cgroup_tree("/libpod_parent/conmon")
         del os.environ["CONTAINERS_CONF"]
 
 
-def connect_from_container(podman: list[str], port: int, tmp_path: Path,
-                           *options: str) -> str:
-    """Runs a container that connects to 127.0.0.1:port (refused) and is
-    removed; returns its id as podman gave it. `options` default to the
-    host's network."""
+def connect_from_container(t, podman: list[str], port: int, tmp_path: Path,
+                           *options: str) -> tuple[dict, str]:
+    """The row of a container's refused connect to 127.0.0.1:port, and the
+    container's id as podman gave it. `options` default to the host's
+    network."""
     cidfile = tmp_path / f"cid-{uuid.uuid4().hex}"
-    done = subprocess.run(
-        [*podman, "run", "--rm", "--cidfile", str(cidfile), *(options or ("--network", "host")),
-         IMAGE, "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
-        capture_output=True, text=True, timeout=120)
-    assert "Connection refused" in done.stderr, done
-    return cidfile.read_text().strip()
+    row = traced_row(t, [*podman, "run", "--rm", "--cidfile", str(cidfile),
+                         *(options or ("--network", "host")), IMAGE, *connects_refused(port)],
+                     lambda: [*podman, "rm", "-f", "-t", "0", cidfile.read_text().strip()])
+    return row, cidfile.read_text().strip()
 
 
 def test_a_podman_container_is_attributed_to_its_id(trace, podman, tmp_path):
     port = free_port()
     t = trace("-j", "-P", str(port))
-    container = connect_from_container(podman, port, tmp_path)
+    row, container = connect_from_container(t, podman, port, tmp_path)
     t.stop()
-    [row] = t.json_rows()
     assert (row["container_id"], row["cgroup"]) == (container, f"/libpod_parent/libpod-{container}")
     assert (row["dport"], row["pod_uid"], row["unit"]) == (port, None, None)
-    assert (t.returncode, t.stderr) == (0, "")
+    assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
 
 
 def test_a_podman_pods_container_is_not_taken_for_its_pod(trace, podman, tmp_path):
@@ -98,11 +152,119 @@ def test_a_podman_pods_container_is_not_taken_for_its_pod(trace, podman, tmp_pat
     try:
         port = free_port()
         t = trace("-j", "-P", str(port))
-        container = connect_from_container(podman, port, tmp_path, "--pod", pod)
+        row, container = connect_from_container(t, podman, port, tmp_path, "--pod", pod)
         t.stop()
     finally:
         subprocess.run([*podman, "pod", "rm", "-f", pod], capture_output=True, timeout=120)
-    [row] = t.json_rows()
+        remove_cgroup_tree(f"/libpod_parent/{pod}")
     assert row["cgroup"] == f"/libpod_parent/{pod}/libpod-{container}"
     assert row["container_id"] == container != pod
-    assert (t.returncode, t.stderr) == (0, "")
+    assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
+
+
+@pytest.fixture(scope="module")
+def docker(tmp_path_factory) -> Iterator[list[str]]:
+    """A private dockerd: its own data root, exec root and socket; no
+    iptables, no bridge (containers use the host's network)."""
+    state = Path(tmp_path_factory.mktemp("docker"))
+    sock = state / "docker.sock"
+    log = state / "dockerd.log"
+    daemon = subprocess.Popen(
+        ["/usr/sbin/dockerd", "--data-root", str(state / "data"), "--exec-root",
+         str(state / "exec"), "-H", f"unix://{sock}", "--pidfile", str(state / "pid"),
+         "--exec-opt", "native.cgroupdriver=cgroupfs", "--iptables=false", "--ip-masq=false",
+         "--bridge=none"], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        wait_for_socket(sock, daemon, log)
+        cli = ["/usr/bin/docker", "-H", f"unix://{sock}"]
+        subprocess.run([*cli, "import", str(base_tar()), "tcpconnect-test-base:12"],
+                       check=True, capture_output=True, timeout=120)
+        yield cli
+    finally:
+        stop_daemon(daemon, state)
+        remove_cgroup_tree("/docker")
+
+
+def test_a_docker_container_is_attributed_to_its_id(trace, docker, tmp_path):
+    port = free_port()
+    cidfile = tmp_path / "cid"
+    t = trace("-j", "-P", str(port))
+    row = traced_row(t, [*docker, "run", "--rm", "--network", "host", "--cidfile", str(cidfile),
+                         "tcpconnect-test-base:12", *connects_refused(port)],
+                     lambda: [*docker, "rm", "-f", cidfile.read_text().strip()])
+    t.stop()
+    container = cidfile.read_text().strip()
+    assert (row["container_id"], row["cgroup"]) == (container, f"/docker/{container}")
+    assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory) -> Iterator[tuple[list[str], Path]]:
+    """A private containerd (its own root, state and socket, no CRI plugin)
+    and ctr for it; and a root file system for `ctr run --rootfs`."""
+    state = Path(tmp_path_factory.mktemp("containerd"))
+    sock = state / "containerd.sock"
+    log = state / "containerd.log"
+    (state / "config.toml").write_text(
+        f'version = 2\nroot = "{state}/root"\nstate = "{state}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{sock}"\n[ttrpc]\n  address = "{sock}.ttrpc"\n')
+    rootfs = state / "rootfs"
+    with tarfile.open(base_tar()) as tar:
+        tar.extractall(rootfs, filter="fully_trusted")
+    daemon = subprocess.Popen(["containerd", "--config", str(state / "config.toml")],
+                              stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    try:
+        wait_for_socket(sock, daemon, log)
+        yield ["ctr", "-a", str(sock)], rootfs
+    finally:
+        stop_daemon(daemon, state)
+
+
+def remove_cgroup_tree(relative: str) -> None:
+    """rmdir of a cgroup path and its parents, deepest first, in every
+    hierarchy runc made it in (v1 controllers and cgroup2); a directory
+    something else still uses stays."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        parts = Path(relative.strip("/")).parts
+        for depth in range(len(parts), 0, -1):
+            try:
+                (hierarchy / Path(*parts[:depth])).rmdir()
+            except OSError:
+                pass
+    try:
+        Path("/sys/fs/cgroup", relative.strip("/")).rmdir()
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("layout", ["cgroupfs", "systemd"])
+def test_a_kubernetes_container_under_containerd_is_attributed_to_its_pod(
+        trace, containerd, layout):
+    # The cgroup paths a kubelet gives containerd with either driver, and the
+    # kubelet's pod log tree (in a private mount namespace): container id,
+    # pod uid, pod and namespace.
+    ctr, rootfs = containerd
+    pod_uid = str(uuid.uuid4())
+    container = uuid.uuid4().hex + uuid.uuid4().hex
+    if layout == "cgroupfs":
+        cgroup = f"/kubepods/besteffort/pod{pod_uid}/{container}"
+    else:
+        pod_slice = f"kubepods-besteffort-pod{pod_uid.replace('-', '_')}.slice"
+        cgroup = (f"/kubepods.slice/kubepods-besteffort.slice/{pod_slice}/"
+                  f"cri-containerd-{container}.scope")
+    port = free_port()
+    t = trace("-j", "-P", str(port), prefix=fake_pod_logs(f"shop_web-5d8c7b9f4-abcde_{pod_uid}"))
+    try:
+        row = traced_row(t, [*ctr, "run", "--rm", "--net-host", "--cgroup", cgroup,
+                             "--label", "io.kubernetes.pod.name=web-5d8c7b9f4-abcde",
+                             "--label", "io.kubernetes.pod.namespace=shop",
+                             "--rootfs", str(rootfs), container, *connects_refused(port)],
+                         lambda: [*ctr, "task", "kill", "-s", "SIGKILL", container])
+        t.stop()
+    finally:
+        remove_cgroup_tree(cgroup)
+    assert {k: row[k] for k in ("cgroup", "container_id", "pod_uid", "pod", "namespace")} == {
+        "cgroup": cgroup, "container_id": container, "pod_uid": pod_uid,
+        "pod": "web-5d8c7b9f4-abcde", "namespace": "shop"}
+    assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
