@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from conftest import BUILD, free_port
+import yaml
+from conftest import BUILD, ROOT, comm_of, free_port, refused_connect
 from test_attribution import fake_pod_logs
 
 pytestmark = pytest.mark.host_only
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.host_only
 IMAGE = "localhost/tcpconnect-test-base:12"
 # What `podman pod create` builds for a pod's infra container (podman 4.3.1).
 PAUSE_IMAGE = "localhost/podman-pause:4.3.1-0"
-BASE_TAR = BUILD / "podman-base-bookworm.tar"
+BASE_TAR = BUILD / "debian-bookworm-minbase.tar"
 # podman 4.3 on these hosts: runc (crun refuses hybrid cgroup hierarchies),
 # the cgroupfs manager (no systemd), and rlimits root may not raise here.
 CONTAINERS_CONF = """[containers]
@@ -49,11 +50,22 @@ def debian_mirror() -> str:
 
 
 def base_tar() -> Path:
+    """Debian 12 minbase as a tar. It carries the host's extra CA
+    certificates and pip configuration, where there are any: a build in it
+    (deploy/Containerfile) reaches PyPI the way the host does, through
+    whatever re-signs TLS on the way."""
     if not BASE_TAR.exists():
         BUILD.mkdir(exist_ok=True)
         partial = BASE_TAR.with_suffix(".partial.tar")
-        subprocess.run(["mmdebstrap", "--variant=minbase", "--quiet", "bookworm", str(partial),
-                        debian_mirror()], check=True, capture_output=True, timeout=600)
+        hooks = []
+        if list(Path("/usr/local/share/ca-certificates").glob("*.crt")):
+            hooks.append("--customize-hook=copy-in /usr/local/share/ca-certificates "
+                         "/usr/local/share")
+        if Path("/etc/pip.conf").exists():
+            hooks.append("--customize-hook=copy-in /etc/pip.conf /etc")
+        subprocess.run(["mmdebstrap", "--variant=minbase", "--quiet", *hooks, "bookworm",
+                        str(partial), debian_mirror()], check=True, capture_output=True,
+                       timeout=600)
         partial.rename(BASE_TAR)
     return BASE_TAR
 
@@ -268,3 +280,97 @@ def test_a_kubernetes_container_under_containerd_is_attributed_to_its_pod(
         "cgroup": cgroup, "container_id": container, "pod_uid": pod_uid,
         "pod": "web-5d8c7b9f4-abcde", "namespace": "shop"}
     assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
+
+
+# --- The image, run as the DaemonSet says ---------------------------------------------
+
+DEPLOY_IMAGE = "localhost/tcpconnect-test:image"
+DEBIAN_TAGS = ("docker.io/library/debian:12", "docker.io/library/debian:12-slim")
+# Root on these hosts lacks CAP_SYS_RESOURCE in its bounding set, so no runtime
+# can grant it here; kernels from 5.11 on do not need it (maps are not charged
+# to RLIMIT_MEMLOCK).
+NOT_GRANTABLE_HERE = {"SYS_RESOURCE"}
+
+
+@pytest.fixture(scope="module")
+def image(podman) -> Iterator[list[str]]:
+    """deploy/Containerfile built with podman (~100 s), FROM the local
+    Debian root tagged as debian:12 and debian:12-slim (no registry)."""
+    for tag in DEBIAN_TAGS:
+        subprocess.run([*podman, "tag", IMAGE, tag], check=True, capture_output=True)
+    try:
+        built = subprocess.run(
+            [*podman, "build", "--pull=never", "--network", "host", "-f",
+             str(ROOT / "deploy" / "Containerfile"), "-t", DEPLOY_IMAGE, str(ROOT)],
+            capture_output=True, text=True, timeout=900)
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+        yield podman
+    finally:
+        subprocess.run([*podman, "rmi", "-f", DEPLOY_IMAGE, *DEBIAN_TAGS], capture_output=True,
+                       timeout=120)
+        subprocess.run([*podman, "image", "prune", "-f"], capture_output=True, timeout=120)
+
+
+def as_the_daemonset_says(tmp_path: Path, seccomp: str | None) -> list[str]:
+    """podman run options for deploy/daemonset.yaml's pod: the host's PID
+    namespace, its own network namespace, every capability dropped but the
+    manifest's, its host paths mounted read-only where it says, and the
+    runtime's default seccomp filter unless one is named."""
+    daemonset = yaml.safe_load((ROOT / "deploy" / "daemonset.yaml").read_text())
+    pod = daemonset["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert pod["hostPID"] and not pod["hostNetwork"]
+    caps = [c for c in container["securityContext"]["capabilities"]["add"]
+            if c not in NOT_GRANTABLE_HERE]
+    hosts = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    options = ["--pid", "host", "--network", "none", "--cap-drop", "ALL",
+               "--cap-add", ",".join(caps)]
+    for mount in container["volumeMounts"]:
+        source = Path(hosts[mount["name"]])
+        if not source.exists():  # /var/log/pods off Kubernetes
+            source = tmp_path / mount["name"]
+            source.mkdir()
+        options += ["-v", f"{source}:{mount['mountPath']}" + (":ro" if mount["readOnly"] else "")]
+    if seccomp:
+        options += ["--security-opt", f"seccomp={seccomp}"]
+    return options
+
+
+def test_the_runtimes_default_seccomp_filter_is_named_as_the_cause(image, tmp_path):
+    # podman's default filter (containers-common's, also CRI-O's) allows bpf()
+    # only with CAP_SYS_ADMIN, which the DaemonSet does not grant.
+    done = subprocess.run([*image, "run", "--rm", *as_the_daemonset_says(tmp_path, None),
+                           DEPLOY_IMAGE, "-j"], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (1, ""), done
+    assert done.stderr == (
+        "tcpconnect: bpf() was refused (EPERM) by this process's seccomp filter, not by the "
+        "kernel: runtimes' default filters allow bpf() only with CAP_SYS_ADMIN; run with a "
+        "profile that allows bpf (Kubernetes: seccompProfile Unconfined) or with "
+        "CAP_SYS_ADMIN\n")
+
+
+def test_the_image_traces_the_host_as_the_daemonset_runs_it(image, tmp_path):
+    # With the profile the manifest recommends for such runtimes (Unconfined)
+    # and otherwise its exact settings and arguments, a connect this test
+    # makes on the host is a row with the host's PID.
+    daemonset = yaml.safe_load((ROOT / "deploy" / "daemonset.yaml").read_text())
+    [container] = daemonset["spec"]["template"]["spec"]["containers"]
+    port = free_port()
+    name = f"tcpconnect-test-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(
+        [*image, "run", "--rm", "--name", name, *as_the_daemonset_says(tmp_path, "unconfined"),
+         DEPLOY_IMAGE, *container["args"], "-P", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        assert banner == "Tracing connect ... Hit Ctrl-C to end\n", banner
+        refused_connect(4, port)
+        row = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+    finally:
+        subprocess.run([*image, "stop", "-t", "10", name], capture_output=True, timeout=120)
+        out, err = proc.communicate(timeout=120)
+    assert (row["pid"], row["comm"], row["daddr"], row["dport"]) == (
+        os.getpid(), comm_of(os.getpid()), "127.0.0.1", port)
+    # SIGTERM from the runtime: an orderly stop, nothing more on stdout.
+    assert (proc.returncode, out, err) == (0, "", "")
