@@ -55,7 +55,6 @@ from tcpconnect.outcome import (
     result_name,
 )
 from tcpconnect.output import count_header, count_rows
-from tcpconnect.wallclock import WallClock
 
 ME = os.getpid()
 # RESULT then LAT(ms) (CAUSE, which follows, has spaces of its own).

@@ -6,7 +6,6 @@ bad file refused in one line."""
 from __future__ import annotations
 
 import base64
-import json
 import ssl
 import subprocess
 import urllib.error
@@ -16,7 +15,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 from conftest import free_port, refused_connect, run_tool, wait_for
-from test_metrics import Prometheus, prometheus  # noqa: F401 (a fixture)
+from test_metrics import prometheus  # noqa: F401 (a fixture)
 
 from prometheus_client.parser import text_string_to_metric_families
 
