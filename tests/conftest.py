@@ -392,7 +392,8 @@ def perf_event_paranoid(level: int) -> Iterator[None]:
 
 
 # The names -j adds to every row from the connecting task's cgroup path.
-ATTRIBUTION_FIELDS = ("cgroup", "unit", "container_id", "pod_uid", "pod", "namespace")
+ATTRIBUTION_FIELDS = ("cgroup", "unit", "container_id", "container_name", "pod_uid", "pod",
+                      "namespace")
 
 
 def sh(*cmd: str) -> None:

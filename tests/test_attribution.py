@@ -35,8 +35,8 @@ ME = os.getpid()
 ID = "4f8a" + "0123456789abcdef" * 3 + "cafe0123abcd"
 UID = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
 UNDERSCORED = UID.replace("-", "_")
-NO_ATTRIBUTION = {"cgroup": None, "unit": None, "container_id": None, "pod_uid": None,
-                  "pod": None, "namespace": None}
+NO_ATTRIBUTION = {"cgroup": None, "unit": None, "container_id": None, "container_name": None,
+                  "pod_uid": None, "pod": None, "namespace": None}
 
 
 # --- the parser ---------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_connect_is_attributed_to_its_cgroup(trace, workload, cgroups, relative,
     assert record["cgroup_id"] == leaf.stat().st_ino
     assert attribution_of(record) == {
         "cgroup": cgroups.relative(leaf), "unit": unit, "container_id": container_id,
-        "pod_uid": pod_uid, "pod": None, "namespace": None}
+        "container_name": None, "pod_uid": pod_uid, "pod": None, "namespace": None}
 
 
 def fake_pod_logs(*directories: str) -> tuple[str, ...]:
@@ -254,7 +254,8 @@ def test_pod_and_namespace_come_from_the_kubelet_log_tree(trace, workload, cgrou
     assert rows == [container_row(w.pid, w.comm, ID[:12], port)]
     assert [attribution_of(r) for r in records] == [{
         "cgroup": cgroups.relative(leaf), "unit": f"cri-containerd-{ID}.scope",
-        "container_id": ID, "pod_uid": UID, "pod": "web-5d8c7b9f4-abcde", "namespace": "shop"}]
+        "container_id": ID, "container_name": None, "pod_uid": UID, "pod": "web-5d8c7b9f4-abcde",
+        "namespace": "shop"}]
 
 
 def test_cgroup_removed_before_its_row_is_printed(trace, workload, cgroups):

@@ -90,6 +90,17 @@ def test_container_column():
         "93.184.216.34    443    "]
 
 
+def test_container_column_shows_the_name_when_the_node_keeps_one():
+    # A name is chosen by whoever starts the container: escaped like the rest.
+    known = {7: Attribution("/docker/" + "ab" * 32, None, "ab" * 32, container_name="web"),
+             8: Attribution("/docker/" + "cd" * 32, None, "cd" * 32,
+                            container_name="evil\x1b[2J")}
+    formatter = TextFormatter(Columns(container=True), attribute=known.__getitem__)
+    assert formatter.rows([event(cgroup_id=i) for i in (7, 8)]) == [
+        "4242    curl         web              4  10.0.0.1         93.184.216.34    443    ",
+        "4242    curl         evil\\x1b[2J      4  10.0.0.1         93.184.216.34    443    "]
+
+
 def test_ipv6_row_and_long_comm_truncated():
     e = event(family=6, comm=b"a-very-long-pro",
               saddr=socket.inet_pton(socket.AF_INET6, "fd00::1"),
@@ -162,8 +173,8 @@ def test_json_row():
         "timestamp": "2026-11-29T01:23:45.000123Z", "time": 0.0, "uid": 1000, "pid": 4242, "tid": 4243, "comm": "cu\x1brl", "ip": 4,
         "saddr": "10.0.0.1", "lport": 51234, "daddr": "93.184.216.34", "dport": 443,
         "cgroup_id": 7, "mntns_id": 4026531841, "netns": 4026531840, "cgroup": None,
-        "unit": None, "container_id": None, "pod_uid": None, "pod": None, "namespace": None,
-        "query": "x.test", "query_age_ms": 512.004,
+        "unit": None, "container_id": None, "container_name": None, "pod_uid": None, "pod": None,
+        "namespace": None, "query": "x.test", "query_age_ms": 512.004,
     }
     assert "\x1b" not in row(formatter, event(comm=b"cu\x1brl"))
 

@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 import pytest
 import yaml
 from conftest import BUILD, ROOT, comm_of, free_port, refused_connect
-from test_attribution import fake_pod_logs
 
 pytestmark = pytest.mark.host_only
 
@@ -137,8 +136,9 @@ def connect_from_container(t, podman: list[str], port: int, tmp_path: Path,
     container's id as podman gave it. `options` default to the host's
     network."""
     cidfile = tmp_path / f"cid-{uuid.uuid4().hex}"
-    row = traced_row(t, [*podman, "run", "--rm", "--cidfile", str(cidfile),
-                         *(options or ("--network", "host")), IMAGE, *connects_refused(port)],
+    row = traced_row(t, [*podman, "run", "--rm", "--cidfile", str(cidfile), "--name",
+                         cidfile.name, *(options or ("--network", "host")), IMAGE,
+                         *connects_refused(port)],
                      lambda: [*podman, "rm", "-f", "-t", "0", cidfile.read_text().strip()])
     return row, cidfile.read_text().strip()
 
@@ -149,6 +149,8 @@ def test_a_podman_container_is_attributed_to_its_id(trace, podman, tmp_path):
     row, container = connect_from_container(t, podman, port, tmp_path)
     t.stop()
     assert (row["container_id"], row["cgroup"]) == (container, f"/libpod_parent/libpod-{container}")
+    # The name podman keeps in containers-storage's list (--name cid-...).
+    assert row["container_name"].startswith("cid-")
     assert (row["dport"], row["pod_uid"], row["unit"]) == (port, None, None)
     assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
 
@@ -170,11 +172,12 @@ def test_a_podman_pods_container_is_not_taken_for_its_pod(trace, podman, tmp_pat
         remove_cgroup_tree(f"/libpod_parent/{pod}")
     assert row["cgroup"] == f"/libpod_parent/{pod}/libpod-{container}"
     assert row["container_id"] == container != pod
+    assert row["container_name"].startswith("cid-")
     assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
 
 
 @pytest.fixture(scope="module")
-def docker(tmp_path_factory) -> Iterator[list[str]]:
+def docker(tmp_path_factory) -> Iterator[tuple[list[str], Path]]:
     """A private dockerd: its own data root, exec root and socket; no
     iptables, no bridge (containers use the host's network)."""
     state = Path(tmp_path_factory.mktemp("docker"))
@@ -190,22 +193,29 @@ def docker(tmp_path_factory) -> Iterator[list[str]]:
         cli = ["/usr/bin/docker", "-H", f"unix://{sock}"]
         subprocess.run([*cli, "import", str(base_tar()), "tcpconnect-test-base:12"],
                        check=True, capture_output=True, timeout=120)
-        yield cli
+        yield cli, state / "data"
     finally:
         stop_daemon(daemon, state)
         remove_cgroup_tree("/docker")
 
 
-def test_a_docker_container_is_attributed_to_its_id(trace, docker, tmp_path):
+def test_a_docker_container_is_attributed_to_its_id_and_name(trace, docker, tmp_path):
+    # The tool reads names from /var/lib/docker: there, in its own mount
+    # namespace, is this private dockerd's data root.
+    cli, data_root = docker
     port = free_port()
     cidfile = tmp_path / "cid"
-    t = trace("-j", "-P", str(port))
-    row = traced_row(t, [*docker, "run", "--rm", "--network", "host", "--cidfile", str(cidfile),
-                         "tcpconnect-test-base:12", *connects_refused(port)],
-                     lambda: [*docker, "rm", "-f", cidfile.read_text().strip()])
+    name = f"tcpconnect-test-{uuid.uuid4().hex[:8]}"
+    t = trace("-j", "-P", str(port), prefix=(
+        "unshare", "-m", "sh", "-c", "mount -t tmpfs none /var/lib && mkdir /var/lib/docker && "
+        f"mount --bind {data_root} /var/lib/docker && exec \"$@\"", "sh"))
+    row = traced_row(t, [*cli, "run", "--rm", "--network", "host", "--cidfile", str(cidfile),
+                         "--name", name, "tcpconnect-test-base:12", *connects_refused(port)],
+                     lambda: [*cli, "rm", "-f", cidfile.read_text().strip()])
     t.stop()
     container = cidfile.read_text().strip()
     assert (row["container_id"], row["cgroup"]) == (container, f"/docker/{container}")
+    assert row["container_name"] == name
     assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
 
 
@@ -266,7 +276,13 @@ def test_a_kubernetes_container_under_containerd_is_attributed_to_its_pod(
         cgroup = (f"/kubepods.slice/kubepods-besteffort.slice/{pod_slice}/"
                   f"cri-containerd-{container}.scope")
     port = free_port()
-    t = trace("-j", "-P", str(port), prefix=fake_pod_logs(f"shop_web-5d8c7b9f4-abcde_{pod_uid}"))
+    # The kubelet's log tree: the pod's directory, and the container's link
+    # <pod>_<namespace>_<container name>-<id>.log.
+    pod_dir = f"/var/log/pods/shop_web-5d8c7b9f4-abcde_{pod_uid}"
+    link = f"/var/log/containers/web-5d8c7b9f4-abcde_shop_app-{container}.log"
+    t = trace("-j", "-P", str(port), prefix=(
+        "unshare", "-m", "sh", "-c", f"mount -t tmpfs none /var/log && mkdir -p {pod_dir} "
+        f"/var/log/containers && ln -s {pod_dir}/app/0.log {link} && exec \"$@\"", "sh"))
     try:
         row = traced_row(t, [*ctr, "run", "--rm", "--net-host", "--cgroup", cgroup,
                              "--label", "io.kubernetes.pod.name=web-5d8c7b9f4-abcde",
@@ -276,8 +292,9 @@ def test_a_kubernetes_container_under_containerd_is_attributed_to_its_pod(
         t.stop()
     finally:
         remove_cgroup_tree(cgroup)
-    assert {k: row[k] for k in ("cgroup", "container_id", "pod_uid", "pod", "namespace")} == {
-        "cgroup": cgroup, "container_id": container, "pod_uid": pod_uid,
+    assert {k: row[k] for k in ("cgroup", "container_id", "container_name", "pod_uid", "pod",
+                                "namespace")} == {
+        "cgroup": cgroup, "container_id": container, "container_name": "app", "pod_uid": pod_uid,
         "pod": "web-5d8c7b9f4-abcde", "namespace": "shop"}
     assert (t.rows, t.returncode, t.stderr) == ([], 0, "")
 

@@ -388,8 +388,8 @@ def test_json_rows(trace):
         "comm": my_comm(), "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,
         "cgroup_id": cgroup_id, "mntns_id": os.stat("/proc/self/ns/mnt").st_ino,
         "netns": os.stat("/proc/self/ns/net").st_ino, "cgroup": cgroup, "unit": names.unit,
-        "container_id": names.container_id, "pod_uid": names.pod_uid, "pod": None,
-        "namespace": None,
+        "container_id": names.container_id, "container_name": None, "pod_uid": names.pod_uid,
+        "pod": None, "namespace": None,
     }
 
 

@@ -21,6 +21,7 @@ import struct
 from typing import Callable, NamedTuple
 
 from .cache import BoundedCache
+from .container_names import ContainerNames
 
 # Distinct cgroup ids whose attribution is kept. A cgroup id is never reused
 # (it is a 64-bit kernfs node id), so an entry never goes stale; the bound is
@@ -85,11 +86,15 @@ class Attribution(NamedTuple):
     pod_uid: str | None = None
     pod: str | None = None
     namespace: str | None = None
+    container_name: str | None = None  # see container_names.py
 
     @property
     def short(self) -> str | None:
-        """The text column: the short container id, else the unit."""
-        return self.container_id[:12] if self.container_id else self.unit
+        """The text column: the container's name, else its short id, else the
+        unit."""
+        if self.container_id:
+            return self.container_name or self.container_id[:12]
+        return self.unit
 
 
 def parse_cgroup_path(path: str) -> PathNames:
@@ -147,10 +152,11 @@ class CgroupResolver:
     existed keeps its last known path until the cache is next emptied."""
 
     def __init__(self, mount: tuple[str, str] | None = None, pod_log_root: str = POD_LOG_ROOT,
-                 cache_size: int = CACHE_SIZE) -> None:
+                 cache_size: int = CACHE_SIZE, names: ContainerNames | None = None) -> None:
         found = mount or cgroup2_mount()
         self._mount_point, self._mount_root = found if found else (None, "/")
         self._pod_log_root = pod_log_root
+        self._names = names or ContainerNames()
         self._cache = BoundedCache(lambda cgroup_id: self._attribute(self.path(cgroup_id)),
                                    cache_size)
         self._mount_fd: int | None = None
@@ -234,7 +240,9 @@ class CgroupResolver:
         pod = namespace = None
         if names.pod_uid:
             namespace, pod = self._pod_of(names.pod_uid)
-        return Attribution(path, names.unit, names.container_id, names.pod_uid, pod, namespace)
+        name = self._names.name(names.container_id) if names.container_id else None
+        return Attribution(path, names.unit, names.container_id, names.pod_uid, pod, namespace,
+                           name)
 
     def _pod_of(self, uid: str) -> tuple[str | None, str | None]:
         """(namespace, pod name) from the kubelet's log directory of the pod.

@@ -126,9 +126,10 @@ def _json_text(text: str | None) -> str:
 
 def attribution_json(attribution: Attribution) -> str:
     a = attribution
-    return (', "cgroup": %s, "unit": %s, "container_id": %s, "pod_uid": %s, "pod": %s, '
-            '"namespace": %s' % tuple(map(_json_text, (
-                a.cgroup, a.unit, a.container_id, a.pod_uid, a.pod, a.namespace))))
+    return (', "cgroup": %s, "unit": %s, "container_id": %s, "container_name": %s, '
+            '"pod_uid": %s, "pod": %s, "namespace": %s' % tuple(map(_json_text, (
+                a.cgroup, a.unit, a.container_id, a.container_name, a.pod_uid, a.pod,
+                a.namespace))))
 
 
 class Columns(NamedTuple):
