@@ -315,6 +315,7 @@ def image(podman) -> Iterator[list[str]]:
     Debian root tagged as debian:12 and debian:12-slim (no registry)."""
     for tag in DEBIAN_TAGS:
         subprocess.run([*podman, "tag", IMAGE, tag], check=True, capture_output=True)
+    before = set(podman_images(podman))
     try:
         built = subprocess.run(
             [*podman, "build", "--pull=never", "--network", "host", "-f",
@@ -323,9 +324,17 @@ def image(podman) -> Iterator[list[str]]:
         assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
         yield podman
     finally:
+        # The tags, the image and the build stage's image: what the build made.
         subprocess.run([*podman, "rmi", "-f", DEPLOY_IMAGE, *DEBIAN_TAGS], capture_output=True,
                        timeout=120)
-        subprocess.run([*podman, "image", "prune", "-f"], capture_output=True, timeout=120)
+        made = [image for image in podman_images(podman) if image not in before]
+        if made:
+            subprocess.run([*podman, "rmi", "-f", *made], capture_output=True, timeout=120)
+
+
+def podman_images(podman: list[str]) -> list[str]:
+    return subprocess.run([*podman, "images", "--all", "--quiet", "--no-trunc"],
+                          capture_output=True, text=True, check=True).stdout.split()
 
 
 def as_the_daemonset_says(tmp_path: Path, seccomp: str | None) -> list[str]:
