@@ -177,7 +177,13 @@ class Trace:
         return [line for line in self.stdout.splitlines() if line]
 
     def json_rows(self) -> list[dict]:
-        return [json.loads(line) for line in self.rows]
+        """The rows of -j's stream, without its loss records (those have a
+        "type"): a run of a tracing program the kernel skipped for traffic
+        of the machine's own, not the test's, is reported there too."""
+        return [record for record in map(json.loads, self.rows) if "type" not in record]
+
+    def loss_records(self) -> list[dict]:
+        return [record for record in map(json.loads, self.rows) if "type" in record]
 
 
 @pytest.fixture
