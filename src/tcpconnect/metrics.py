@@ -24,10 +24,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .attribution import CgroupResolver
 from .events import CountKey
-from .records import format_address
 from .outcome import result_name
 from .output import Attribute, escape
 from .plan import ADDRESS_COUNT_FIELDS
+from .records import format_address
 
 if TYPE_CHECKING:
     from .dns import DnsCache

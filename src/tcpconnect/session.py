@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 from .attribution import CgroupResolver
 from .cause import drop_reasons
 from .events import DNS_TS_NS, TS_NS
-from .records import destination, dns_message
 from .heap import keep_batch_buffers
 from .loss_records import loss_records
 from .outcome import counts_with_pending
@@ -27,6 +26,7 @@ from .output import (
 )
 from .plan import TracerConfig
 from .privileges import PrivilegeError, drop_after_attach
+from .records import destination, dns_message
 from .tracer import Batch, LossCounters, Tracer
 
 if TYPE_CHECKING:  # dns needs dnslib, imported only for -d; metrics prometheus_client

@@ -8,7 +8,6 @@ import struct
 from typing import NamedTuple
 
 from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event
-from .records import decode_event
 from .kernel import probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
@@ -28,6 +27,7 @@ from .plan import (
     TracerConfig,
     plan_load,
 )
+from .records import decode_event
 from .ringbuf import LibatomicError, MappedRing, RingReader, RingWaiter
 from .tracefs import connect_tracepoints
 
