@@ -46,15 +46,14 @@ class PrivilegeError(OSError):
     pass
 
 
-def _get() -> tuple[int, int]:
-    """(effective, permitted) of this thread."""
+def _effective() -> int:
+    """The effective set of this thread."""
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_Data * 2)()
     if _libc.capget(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise PrivilegeError(err, f"capget: {os.strerror(err)}")
-    join = lambda field: getattr(data[0], field) | getattr(data[1], field) << 32  # noqa: E731
-    return join("effective"), join("permitted")
+    return data[0].effective | data[1].effective << 32
 
 
 def kept_after_attach(effective: int, attribution: bool) -> int:
@@ -71,8 +70,7 @@ def kept_after_attach(effective: int, attribution: bool) -> int:
 def drop_after_attach(attribution: bool) -> int:
     """Keeps only kept_after_attach() in the effective and permitted sets
     (the inheritable set emptied); returns what was kept."""
-    effective, _ = _get()
-    keep = kept_after_attach(effective, attribution)
+    keep = kept_after_attach(_effective(), attribution)
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_Data * 2)()
     for i in range(2):
