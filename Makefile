@@ -116,7 +116,7 @@ wheel: setup
 # One file per kernel-side path: attribution's netns read is in test_trace's
 # JSON rows, the metrics' count key in test_count's tables.
 RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
-	tests/test_dns_trace.py tests/test_outcome.py tests/test_failures.py
+	tests/test_dns_trace.py tests/test_outcome.py tests/test_answers.py tests/test_failures.py
 
 test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	$(VENV)/bin/pytest -q

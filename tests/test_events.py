@@ -15,6 +15,9 @@ from tcpconnect.events import (
     IDENTITY,
     IDENTITY_BYTES,
     IDENTITY_FORMAT,
+    ANSWER_ICMP,
+    ANSWER_NONE,
+    ANSWER_RST,
     MIRRORS,
     OUTCOME_NO_SYN,
     RECORD_FORMAT,
@@ -45,9 +48,14 @@ def type_size(types: dict[int, dict], type_id: int) -> int:
     return t["size"]
 
 
-def test_outcome_code_matches_btf(btf_types):
-    [enum] = [t for t in btf_types.values() if t["kind"] == "ENUM" and t["name"] == "outcome_code"]
-    assert {v["name"]: v["val"] for v in enum["values"]} == {"OUTCOME_NO_SYN": OUTCOME_NO_SYN}
+@pytest.mark.parametrize("name,values", [
+    ("outcome_code", {"OUTCOME_NO_SYN": OUTCOME_NO_SYN}),
+    ("answer_kind", {"ANSWER_NONE": ANSWER_NONE, "ANSWER_ICMP": ANSWER_ICMP,
+                     "ANSWER_RST": ANSWER_RST}),
+])
+def test_enum_matches_btf(btf_types, name, values):
+    [enum] = [t for t in btf_types.values() if t["kind"] == "ENUM" and t["name"] == name]
+    assert {v["name"]: v["val"] for v in enum["values"]} == values
 
 
 @pytest.mark.parametrize("name", sorted(MIRRORS))
@@ -66,7 +74,9 @@ def test_batch_format_decodes_like_the_mirror():
     # The struct format the reader decodes batches with is derived from the
     # mirror; both must read the same bytes the same way.
     event = Event(ts_ns=1, cgroup_id=2, mntns_id=3, pid=4, tid=5, uid=6, lport=7, dport=8,
-                  family=6, comm=b"name")
+                  family=6, comm=b"name", answer_kind=1, answer_type=3, answer_code=13,
+                  answer_ttl=63)
+    event.answer_from[:] = bytes(range(32, 48))
     event.saddr[:] = bytes(range(16))
     event.daddr[:] = bytes(range(16, 32))
     decoded = EventRecord._make(EVENT_FORMAT.unpack(bytes(event)))
@@ -76,13 +86,14 @@ def test_batch_format_decodes_like_the_mirror():
         expected = bytes(value) if isinstance(value, ctypes.Array) else value
         assert getattr(decoded, name) == (expected.ljust(16, b"\0") if name == "comm" else expected)
     # The reader's form: the fields before the identity one by one, then the
-    # identity's bytes, which decode to the same fields.
+    # identity's bytes, which decode to the same fields, then those after it.
     record = decode_event(event)
     names = list(EventRecord._fields)
-    split = names.index(IDENTITY[0])
+    split, end = names.index(IDENTITY[0]), names.index(IDENTITY[1]) + 1
     assert record[:IDENTITY_BYTES] == decoded[:split]
-    assert len(record) == split + 1
-    assert identities[record[IDENTITY_BYTES]] == decoded[split:]
+    assert record[IDENTITY_BYTES + 1:] == decoded[end:]
+    assert len(record) == split + 1 + len(names) - end
+    assert identities[record[IDENTITY_BYTES]] == decoded[split:end]
     assert IDENTITY_FORMAT.size == len(record[IDENTITY_BYTES])
 
 

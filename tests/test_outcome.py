@@ -254,7 +254,7 @@ def test_ok_and_refused_rows(trace, family, addr):
                               "ok", "%.2f" % latency_of(ok), "1 SYN")
     assert no == with_outcome(
         row(ME, my_comm(), family, addr, addr, refused, lport=refused_lport),
-        "refused", "%.2f" % latency_of(no), "RST after 1 SYN")
+        "refused", "%.2f" % latency_of(no), "RST from destination")
     assert t.stderr == ""
 
 
@@ -329,7 +329,8 @@ def test_icmp_unreachable_while_in_syn_sent(trace, veth, family):
     assert latency_of(line) < 5000
     assert line == with_outcome(row(ME, my_comm(), family, host, peer, port),
                                 "unreachable", "%.2f" % latency_of(line),
-                                "ICMP error after 2 SYNs")
+                                f"ICMP host-unreachable from {peer}" if family == 4
+                                else f"ICMPv6 addr-unreachable from {peer}")
 
 
 def test_close_before_the_handshake_is_aborted(trace, veth):
@@ -363,7 +364,7 @@ def test_attempt_open_when_tracing_stops_is_pending(trace, veth, family):
     refused_row, pending_row = t.rows
     assert refused_row == with_outcome(row(ME, my_comm(), family, addr, addr, refused),
                                        "refused", "%.2f" % latency_of(refused_row),
-                                       "RST after 1 SYN")
+                                       "RST from destination")
     # Printed at the end, without a latency: it had not ended.
     assert pending_row == with_outcome(row(ME, my_comm(), family, host, peer, port),
                                        "pending", "-", "-")
@@ -381,7 +382,7 @@ def test_failed_hides_successful_connects(trace):
         t.stop()
     [line] = t.rows
     assert line == with_outcome(row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", refused),
-                                "refused", "%.2f" % latency_of(line), "RST after 1 SYN")
+                                "refused", "%.2f" % latency_of(line), "RST from destination")
 
 
 COUNT_HEADER = "%-25s %-25s %-20s %-13s %-10s" % ("LADDR", "RADDR", "RPORT", "RESULT",
@@ -453,11 +454,13 @@ def test_json_fields(trace, veth):
     common = {"uid": 0, "pid": ME, "tid": ME, "comm": my_comm()}
     assert ok == {**common, "ip": 6, "saddr": "::1", "lport": lport, "daddr": "::1",
                   "dport": port, "result": "ok", "errno": None, "errno_code": 0,
-                  "syn_retries": 0, "drop_reason": None, "cause": "1 SYN"}
+                  "syn_retries": 0, "drop_reason": None, "icmp_type": None, "icmp_code": None,
+                  "icmp_from": None, "rst_from": None, "answer_ttl": None, "cause": "1 SYN"}
     assert (no["result"], no["errno"], no["errno_code"], no["syn_retries"], no["drop_reason"],
             no["cause"]) == ("refused", "ECONNREFUSED", errno.ECONNREFUSED, 0, None,
-                             "RST after 1 SYN")
-    assert (unreach["syn_retries"], unreach["cause"]) == (1, "ICMP error after 2 SYNs")
+                             "RST from destination")
+    assert (unreach["syn_retries"], unreach["cause"]) == (
+        1, f"ICMPv6 addr-unreachable from {veth.peer6}")
     assert (unreach["result"], unreach["errno"], unreach["errno_code"]) == (
         "unreachable", "EHOSTUNREACH", errno.EHOSTUNREACH)
     assert (unreach["saddr"], unreach["daddr"]) == (veth.host6, veth.peer6)
@@ -518,7 +521,7 @@ def test_time_of_day_column(trace, extra):
         assert re.fullmatch(r"\d+\.\d{3} +", rest[:9]) and float(rest[:9]) < 60
         assert rest[9:] == with_outcome(
             row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", port, uid=0),
-            "refused", "%.2f" % latency_of(rest), "RST after 1 SYN")
+            "refused", "%.2f" % latency_of(rest), "RST from destination")
 
 
 # ---- latency against a delay the test controls ----------------------------
@@ -636,7 +639,7 @@ def test_latency_follows_the_delay(trace, delay_wire, family):
                               "ok", "%.2f" % latency_of(ok), "1 SYN")
     assert no == with_outcome(row(ME, my_comm(), family, host, peer, refused,
                                   lport=refused_lport),
-                              "refused", "%.2f" % latency_of(no), "RST after 1 SYN")
+                              "refused", "%.2f" % latency_of(no), "RST from destination")
 
 
 def test_json_lines_are_valid_json(trace):
@@ -675,7 +678,7 @@ def test_query_column_follows_the_outcome(trace):
     t.stop()
     [line] = t.rows
     assert line == with_outcome(row(ME, my_comm(), 6, "::1", "::1", port),
-                                "refused", "%.2f" % latency_of(line), "RST after 1 SYN"
+                                "refused", "%.2f" % latency_of(line), "RST from destination"
                                 ) + "localhost"
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tcpconnect.libbpf import BpfObject
 from tcpconnect.plan import (
+    ANSWER_CAPACITY,
     CONNECT_CALL_PROGRAMS,
     DNS_RING_BYTES,
     Environment,
@@ -57,11 +58,22 @@ def test_local_port_parks_until_the_syn_leaves_but_never_when_only_counting():
     assert "handle_xmit" not in counting.programs
 
 
-def test_outcome_parks_and_watches_drops_not_transmits():
+def test_outcome_parks_and_watches_drops_and_answers_not_transmits():
     plan = plan_load(TracerConfig(outcome=True, lport=True), ENV)
-    assert plan.programs[:2] == ("handle_set_state", "handle_drop")
+    assert plan.programs[:3] == ("handle_set_state", "handle_drop", "handle_receive_answer")
     assert "handle_xmit" not in plan.programs
     assert plan.parks and flags(plan)["want_outcome"] is True
+    assert flags(plan)["want_answers"] is True
+    assert dict(plan.max_entries)["answers"] == ANSWER_CAPACITY
+
+
+def test_counted_outcomes_keep_no_answers():
+    # A count table has no place for who answered: the program that notes
+    # answers stays unloaded and its table at one entry.
+    plan = plan_load(TracerConfig(outcome=True, count=True), ENV)
+    assert "handle_receive_answer" not in plan.programs
+    assert flags(plan)["want_answers"] is False
+    assert dict(plan.max_entries)["answers"] == 1
 
 
 def test_kernels_without_btf_get_the_raw_programs():

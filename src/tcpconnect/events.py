@@ -27,6 +27,7 @@ class Event(Structure):
         ("syn_retries", c_uint16),
         ("drops", c_uint16),
         ("drop_reason", c_uint32),
+        ("answer_from", c_uint8 * 16),
         ("cgroup_id", c_uint64),
         ("mntns_id", c_uint64),
         ("saddr", c_uint8 * 16),
@@ -38,6 +39,10 @@ class Event(Structure):
         ("dport", c_uint16),
         ("family", c_uint16),
         ("comm", c_char * TASK_COMM_LEN),
+        ("answer_kind", c_uint8),
+        ("answer_type", c_uint8),
+        ("answer_code", c_uint8),
+        ("answer_ttl", c_uint8),
     ]
 
 
@@ -67,6 +72,9 @@ class DnsEvent(Structure):
 # enum outcome_code: struct event's outcome for a connect() that failed
 # before its socket reached SYN_SENT (no SYN sent; error is its errno).
 OUTCOME_NO_SYN = 256
+# enum answer_kind: the packet that answered a failed attempt (struct
+# event's answer_kind).
+ANSWER_NONE, ANSWER_ICMP, ANSWER_RST = 0, 1, 2
 
 MIRRORS: dict[str, type[Structure]] = {
     "event": Event,
@@ -127,13 +135,16 @@ DNS_EVENT_FORMAT = struct_format(DnsEvent)
 
 # Positions of fields in a decoded record, then in a decoded identity.
 _NAMES = [name for name, _ in Event._fields_]
-_SPLIT = _NAMES.index(IDENTITY[0])
-TS_NS, LATENCY_NS, LPORT, OUTCOME, ERROR, SYN_RETRIES, DROPS, DROP_REASON, IDENTITY_BYTES = (
-    [*_NAMES[:_SPLIT], "identity"].index(name) for name in (
+_SPLIT, _END = _NAMES.index(IDENTITY[0]), _NAMES.index(IDENTITY[1]) + 1
+_RECORD = [*_NAMES[:_SPLIT], "identity", *_NAMES[_END:]]
+(TS_NS, LATENCY_NS, LPORT, OUTCOME, ERROR, SYN_RETRIES, DROPS, DROP_REASON, ANSWER_FROM,
+ IDENTITY_BYTES, ANSWER_KIND, ANSWER_TYPE, ANSWER_CODE, ANSWER_TTL) = (
+    _RECORD.index(name) for name in (
         "ts_ns", "latency_ns", "lport", "outcome", "error", "syn_retries", "drops",
-        "drop_reason", "identity"))
+        "drop_reason", "answer_from", "identity", "answer_kind", "answer_type", "answer_code",
+        "answer_ttl"))
 CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, DPORT, FAMILY, COMM = (
-    _NAMES[_SPLIT:].index(name) for name in (
+    _NAMES[_SPLIT:_END].index(name) for name in (
         "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "netns", "dport",
         "family", "comm"))
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (

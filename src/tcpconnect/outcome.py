@@ -15,7 +15,7 @@ import errno
 import functools
 from typing import Iterable
 
-from .cause import CAUSE_WIDTH, cause_text
+from .cause import CAUSE_WIDTH, NO_ANSWER_JSON, cause_text
 from .cause import json_fields as cause_json
 from .events import (
     DADDR,
@@ -117,8 +117,8 @@ def json_fields(event: tuple) -> str:
     outcome = event[OUTCOME]
     if not ended(outcome):
         return (', "result": "%s", "errno": null, "errno_code": null, "latency_ms": null, '
-                '"syn_retries": null, "drop_reason": null, "cause": null'
-                % result_name(outcome, 0))
+                '"syn_retries": null, "drop_reason": null%s, "cause": null'
+                % (result_name(outcome, 0), NO_ANSWER_JSON))
     error = event[ERROR]
     result = result_name(outcome, error)
     return ', "result": "%s", "errno": %s, "errno_code": %d, "latency_ms": %r%s' % (

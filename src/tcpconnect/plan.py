@@ -33,6 +33,10 @@ COUNT_TABLES = ("counts_0", "counts_1")
 # Attempts waiting at once for their local port (-L) or outcome (--outcome);
 # allocated on demand too.
 PENDING_CAPACITY = 65536
+# ICMP errors and RSTs kept until their attempt ends (answers.bpf.h): an LRU
+# table, preallocated (~100 bytes an entry), so it is made full size only
+# when its program runs.
+ANSWER_CAPACITY = 4096
 # Fields of count_key the kernel can fill, each chosen before load (its
 # count_<name> flag); -c keys on the addresses and the port.
 COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup")
@@ -131,8 +135,13 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     programs = ["handle_set_state" + suffix]
     # With --outcome the port is read when the attempt ends instead, and a SYN
     # dropped on this host is noted on its attempt (its CAUSE).
+    # The ICMP error or RST that ended a failed attempt is noted for its row
+    # (counts have no place for it).
+    answers = config.outcome and events
     if config.outcome:
         programs.append("handle_drop" + suffix)
+        if answers:
+            programs.append("handle_receive_answer" + suffix)
     elif lport:
         programs += ["handle_xmit" + suffix, "handle_drop" + suffix]
     if config.dns and not env.whole_packet_dns:
@@ -162,11 +171,13 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         ("want_ids", flag, config.task_ids),
         ("want_outcome", flag, config.outcome),
         ("failed_only", flag, config.failed_only),
+        ("want_answers", flag, answers),
         ("follow_connect_calls", flag, env.connect_tracepoints),
     ]
     max_entries = [
         *((table, config.count_capacity) for table in COUNT_TABLES),
         ("pending", config.pending_capacity),
+        ("answers", ANSWER_CAPACITY if answers else 1),
         # A ring nobody reads would still pin its memory in the kernel.
         ("events", ring_bytes if events else mmap.PAGESIZE),
         ("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE),

@@ -5,6 +5,7 @@ in bounded caches: the decoded identity, the destination, address text.
 
 from __future__ import annotations
 
+import ctypes
 import socket
 from collections import namedtuple
 
@@ -23,8 +24,12 @@ from .events import (
 
 # An event with every field by name, for code that builds or inspects one;
 # the reader hands out plain tuples in RECORD_FORMAT's order (building a
-# named tuple per event would cost more than printing it).
-EventRecord = namedtuple("EventRecord", [name for name, _ in Event._fields_])  # type: ignore[misc]
+# named tuple per event would cost more than printing it). A field not given
+# is zero, as the kernel side leaves the fields a run does not fill.
+EventRecord = namedtuple(  # type: ignore[misc]
+    "EventRecord", [name for name, _ in Event._fields_],
+    defaults=[bytes(ctypes.sizeof(ctype)) if hasattr(ctype, "_length_") else 0
+              for _, ctype in Event._fields_])
 # identities[record[IDENTITY_BYTES]][PID] and so on.
 identities = BoundedCache(IDENTITY_FORMAT.unpack)
 

@@ -7,12 +7,16 @@
 #ifndef ATTEMPT_STATE_BPF_H
 #define ATTEMPT_STATE_BPF_H
 
+#include "answers.bpf.h"
+
 #define EADDRNOTAVAIL 99
 
 const volatile bool want_lport = false;
 const volatile bool want_outcome = false;
 /* --failed: attempts that end ESTABLISHED are neither sent nor counted. */
 const volatile bool failed_only = false;
+/* handle_receive_answer is attached: attempts that fail get their answer. */
+const volatile bool want_answers = false;
 
 /* Read by user space through the mmapped .bss. */
 __u64 pending_failures = 0;
@@ -98,6 +102,8 @@ static __always_inline void resolve_pending(const struct sock *sk, bool typed, i
 		 * SYN_SENT without a local port. */
 		if (newstate == TCP_CLOSE && !e.error && !e.lport)
 			e.error = EADDRNOTAVAIL;
+		else if (e.error && want_answers)
+			take_answer(&e);
 		e.syn_retries = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
 		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
 		if (count_mode)

@@ -20,9 +20,10 @@
  * This file holds the programs and what each hook does; the concerns they
  * share are headers: counting.bpf.h (-c, --metrics), connect_capture.bpf.h
  * (reading and filtering an attempt, the events ring), attempt_state.bpf.h
- * (the `pending` table), connect_calls.bpf.h (connect() calls that fail
- * before SYN_SENT) and dns_packet.bpf.h (finding a DNS answer in a packet,
- * shared with dns_dynptr.bpf.c).
+ * (the `pending` table), answers.bpf.h (the ICMP errors and RSTs that end
+ * attempts), connect_calls.bpf.h (connect() calls that fail before
+ * SYN_SENT) and dns_packet.bpf.h (finding a DNS answer in a packet, shared
+ * with dns_dynptr.bpf.c).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -242,10 +243,17 @@ static __always_inline void capture_linear_answer(const struct sk_buff *skb, boo
 TYPED_AND_RAW(netif_receive_skb, handle_receive_linear,
 	      capture_linear_answer((const struct sk_buff *)ctx[0], typed))
 
+/* With --outcome: an ICMP error or a RST answering a parked attempt (see
+ * answers.bpf.h). Every received packet passes here, so while nothing is
+ * parked it costs one load. */
+TYPED_AND_RAW(netif_receive_skb, handle_receive_answer,
+	      if (pending_count) note_answer((const struct sk_buff *)ctx[0], typed))
+
 /* Only the ring buffer carries dns_event, and ring buffers have no value
  * type: this pointer puts the struct into BTF, where tests check its mirror;
  * likewise the enum of outcome codes. */
 const struct dns_event *btf_anchor_dns_event __attribute__((unused));
 const enum outcome_code btf_anchor_outcome_code __attribute__((unused));
+const enum answer_kind btf_anchor_answer_kind __attribute__((unused));
 
 char LICENSE[] SEC("license") = "GPL";

@@ -22,6 +22,15 @@ enum outcome_code {
 	OUTCOME_NO_SYN = 256,
 };
 
+/* struct event's answer_kind: the packet that answered an attempt with an
+ * error, as this host received it (see answers.bpf.h). An ICMP error is
+ * ICMPv6 for an IPv6 attempt. */
+enum answer_kind {
+	ANSWER_NONE = 0,
+	ANSWER_ICMP = 1,
+	ANSWER_RST = 2,
+};
+
 /* One active connect attempt. Addresses are in network byte order; an IPv4
  * address (family 4) occupies the first four bytes of saddr/daddr.
  *
@@ -48,6 +57,10 @@ struct event {
 	__u16 syn_retries;
 	__u16 drops;
 	__u32 drop_reason;
+	/* With --outcome, for an attempt that ended with an error: where the
+	 * answer came from (the router of an ICMP error, the sender of a RST),
+	 * in the attempt's family; see answer_kind below. */
+	__u8 answer_from[16];
 	__u64 cgroup_id;
 	__u64 mntns_id;
 	__u8 saddr[16];
@@ -59,6 +72,13 @@ struct event {
 	__u16 dport;
 	__u16 family;
 	char comm[TASK_COMM_LEN];
+	/* enum answer_kind; for ANSWER_ICMP the message's type and code; the
+	 * TTL (hop limit) the answer arrived with. These fill what would be
+	 * the struct's tail padding. */
+	__u8 answer_kind;
+	__u8 answer_type;
+	__u8 answer_code;
+	__u8 answer_ttl;
 };
 
 /* Key of the in-kernel connection counters (-c, --metrics). Only the fields
