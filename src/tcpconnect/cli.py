@@ -239,6 +239,10 @@ def build_parser() -> Parser:
                              "count per result")
     parser.add_argument("--failed", action="store_true",
                         help="only attempts that did not succeed (implies --outcome)")
+    parser.add_argument("--selftest", action="store_true",
+                        help="make one attempt of each kind in network namespaces of its "
+                             "own, check each is reported with its result and cause, and "
+                             "exit 0 only if all are")
     parser.add_argument("--container", action="store_true",
                         help="include a CONTAINER column: the container id, else the systemd "
                              "unit, of the connecting process")
@@ -276,6 +280,8 @@ def build_parser() -> Parser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.selftest and vars(args) != {**vars(parser.parse_args([])), "selftest": True}:
+        parser.error("--selftest takes no other option")
     if args.count and args.dns:
         parser.error("-d/--dns cannot be used with -c/--count")
     if args.count and args.json:
@@ -495,6 +501,10 @@ def _main(argv: list[str] | None, stop: StopFlag) -> int:
     if problem:
         report(problem)
         return 1
+    if args.selftest:
+        from .selftest import run
+
+        return run(lambda: stop.requested)
 
     from .libbpf import BpfError
     from .metrics import ExporterError
