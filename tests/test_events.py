@@ -19,6 +19,7 @@ from tcpconnect.events import (
     ANSWER_NONE,
     ANSWER_RST,
     MIRRORS,
+    OUTCOME_END_UNSEEN,
     OUTCOME_NO_SYN,
     RECORD_FORMAT,
     DnsEvent,
@@ -49,7 +50,8 @@ def type_size(types: dict[int, dict], type_id: int) -> int:
 
 
 @pytest.mark.parametrize("name,values", [
-    ("outcome_code", {"OUTCOME_NO_SYN": OUTCOME_NO_SYN}),
+    ("outcome_code", {"OUTCOME_NO_SYN": OUTCOME_NO_SYN,
+                      "OUTCOME_END_UNSEEN": OUTCOME_END_UNSEEN}),
     ("answer_kind", {"ANSWER_NONE": ANSWER_NONE, "ANSWER_ICMP": ANSWER_ICMP,
                      "ANSWER_RST": ANSWER_RST}),
 ])

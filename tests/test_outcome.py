@@ -44,7 +44,7 @@ from tcpconnect import cause, session
 from tcpconnect.cause import DropReasons, cause_text
 from tcpconnect.cli import parse_args
 from tcpconnect.libbpf import enum_values
-from tcpconnect.events import OUTCOME_NO_SYN, CountKey
+from tcpconnect.events import ERROR, OUTCOME, OUTCOME_END_UNSEEN, OUTCOME_NO_SYN, CountKey
 from tcpconnect.records import EventRecord, decoded
 from tcpconnect.outcome import (
     TCP_CLOSE,
@@ -52,8 +52,11 @@ from tcpconnect.outcome import (
     TCP_SYN_SENT,
     UNTRACKED,
     counts_with_pending,
+    latency_text,
     result_name,
 )
+from tcpconnect.plan import TracerConfig
+from tcpconnect.tracer import Tracer
 from tcpconnect.output import count_header, count_rows
 
 ME = os.getpid()
@@ -331,6 +334,41 @@ def test_icmp_unreachable_while_in_syn_sent(trace, veth, family):
                                 "unreachable", "%.2f" % latency_of(line),
                                 f"ICMP host-unreachable from {peer}" if family == 4
                                 else f"ICMPv6 addr-unreachable from {peer}")
+
+
+def test_an_end_the_kernel_skipped_is_reported_when_the_socket_goes(veth):
+    # The kernel skips a program run nested in another on one CPU (it only
+    # counts it). Here the run that would see the attempt end is taken away
+    # by detaching that program once the attempt is parked; the socket's
+    # destruction (tcp:tcp_destroy_sock) still reports the attempt, as one
+    # whose end went unseen, not as pending.
+    port = free_port()
+    filter_input(veth.netns, port, "drop")
+    with Tracer(TracerConfig(outcome=True, ports=(port,))) as tracer:
+        with socket.socket() as client:
+            client.setblocking(False)
+            client.connect_ex((veth.peer4, port))
+            [set_state] = [i for i, name in enumerate(tracer.programs)
+                           if name.startswith("handle_set_state")]
+            tracer._links.pop(set_state).close()
+        events: list[tuple] = []
+        deadline = time.monotonic() + 5
+        while not events and time.monotonic() < deadline:
+            events = tracer.poll(100).events
+        # Nothing left parked for the exit's sweep.
+        tracer.stop()
+        assert tracer.take_pending() == []
+    [event] = events
+    assert (event[OUTCOME], event[ERROR]) == (OUTCOME_END_UNSEEN, 0)
+    result = result_name(event[OUTCOME], event[ERROR])
+    assert (result, latency_text(event), cause_text(event, result)) == (
+        "unknown", "-", "end unseen: run skipped")
+
+
+@pytest.mark.host_only
+def test_an_end_unseen_keeps_the_sockets_error():
+    assert result_name(OUTCOME_END_UNSEEN, errno.ECONNREFUSED) == "refused"
+    assert result_name(OUTCOME_END_UNSEEN, errno.EPROTO) == "EPROTO"
 
 
 def test_close_before_the_handshake_is_aborted(trace, veth):

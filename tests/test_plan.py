@@ -49,6 +49,14 @@ def test_count_mode_reads_no_ring_unless_rows_are_wanted_too():
     assert with_rows.events_ring and flags(with_rows)["want_events"] is True
 
 
+def test_parked_attempts_are_resolved_when_their_socket_is_destroyed():
+    for config in (TracerConfig(lport=True), TracerConfig(outcome=True),
+                   TracerConfig(outcome=True, count=True)):
+        assert "handle_destroy" in plan_load(config, ENV).programs
+    for config in (TracerConfig(), TracerConfig(lport=True, count=True)):
+        assert "handle_destroy" not in plan_load(config, ENV).programs
+
+
 def test_local_port_parks_until_the_syn_leaves_but_never_when_only_counting():
     plan = plan_load(TracerConfig(lport=True), ENV)
     assert plan.programs[:3] == ("handle_set_state", "handle_xmit", "handle_drop")
@@ -80,7 +88,8 @@ def test_kernels_without_btf_get_the_raw_programs():
     env = ENV._replace(own_btf=False)
     plan = plan_load(TracerConfig(lport=True, dns=True), env)
     assert plan.programs == ("handle_set_state_raw", "handle_xmit_raw", "handle_drop_raw",
-                             "handle_receive_linear_raw", *CONNECT_CALL_PROGRAMS)
+                             "handle_destroy_raw", "handle_receive_linear_raw",
+                             *CONNECT_CALL_PROGRAMS)
 
 
 def test_dns_linear_capture_only_where_whole_packets_cannot_be_read():

@@ -22,6 +22,7 @@ from .events import (
     FAMILY,
     IDENTITY_BYTES,
     OUTCOME,
+    OUTCOME_END_UNSEEN,
     OUTCOME_NO_SYN,
     SYN_RETRIES,
 )
@@ -118,6 +119,8 @@ def _syns(count: int) -> str:
 
 def cause_text(event: tuple, result: str) -> str:
     """The CAUSE of an attempt that has ended with `result`."""
+    if event[OUTCOME] == OUTCOME_END_UNSEEN:
+        return "end unseen: run skipped"
     if event[OUTCOME] == OUTCOME_NO_SYN or result in _NO_SYN:
         return "no SYN sent"
     answer = _answer_text(event)

@@ -70,8 +70,11 @@ class DnsEvent(Structure):
 
 
 # enum outcome_code: struct event's outcome for a connect() that failed
-# before its socket reached SYN_SENT (no SYN sent; error is its errno).
+# before its socket reached SYN_SENT (no SYN sent; error is its errno), and
+# for an attempt whose end the kernel skipped the program run for (seen
+# only when its socket was destroyed).
 OUTCOME_NO_SYN = 256
+OUTCOME_END_UNSEEN = 257
 # enum answer_kind: the packet that answered a failed attempt (struct
 # event's answer_kind).
 ANSWER_NONE, ANSWER_ICMP, ANSWER_RST = 0, 1, 2

@@ -25,6 +25,7 @@ from .events import (
     IDENTITY_BYTES,
     LATENCY_NS,
     OUTCOME,
+    OUTCOME_END_UNSEEN,
     OUTCOME_NO_SYN,
     SADDR,
     CountKey,
@@ -80,6 +81,9 @@ def result_name(outcome: int, error: int) -> str:
         return "unknown"
     if outcome == OUTCOME_NO_SYN:
         return _NAMED_EARLY_ERRORS.get(error) or errno_name(error)
+    if outcome == OUTCOME_END_UNSEEN:
+        # The socket's error, where it still had one, is how it ended.
+        return (_NAMED_ERRORS.get(error) or errno_name(error)) if error else "unknown"
     if outcome != TCP_CLOSE:
         return f"state-{outcome}"
     if error == 0:
@@ -98,8 +102,13 @@ def ended(outcome: int) -> bool:
     return outcome not in (TCP_SYN_SENT, UNTRACKED)
 
 
+def timed(outcome: int) -> bool:
+    """Whether the attempt's end was seen, so its latency is known."""
+    return ended(outcome) and outcome != OUTCOME_END_UNSEEN
+
+
 def latency_text(event: tuple) -> str:
-    return "%.2f" % (event[LATENCY_NS] / 1e6) if ended(event[OUTCOME]) else "-"
+    return "%.2f" % (event[LATENCY_NS] / 1e6) if timed(event[OUTCOME]) else "-"
 
 
 def text_columns(event: tuple) -> str:
@@ -121,9 +130,10 @@ def json_fields(event: tuple) -> str:
                 % (result_name(outcome, 0), NO_ANSWER_JSON))
     error = event[ERROR]
     result = result_name(outcome, error)
-    return ', "result": "%s", "errno": %s, "errno_code": %d, "latency_ms": %r%s' % (
+    return ', "result": "%s", "errno": %s, "errno_code": %d, "latency_ms": %s%s' % (
         result, '"%s"' % errno_name(error) if error else "null", error,
-        round(event[LATENCY_NS] / 1e6, 3), cause_json(event, result))
+        repr(round(event[LATENCY_NS] / 1e6, 3)) if timed(outcome) else "null",
+        cause_json(event, result))
 
 
 def count_key_result(key: CountKey) -> str:

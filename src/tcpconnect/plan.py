@@ -144,6 +144,10 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
             programs.append("handle_receive_answer" + suffix)
     elif lport:
         programs += ["handle_xmit" + suffix, "handle_drop" + suffix]
+    # A parked attempt whose end the kernel skipped is reported when its
+    # socket is destroyed.
+    if lport or config.outcome:
+        programs.append("handle_destroy" + suffix)
     if config.dns and not env.whole_packet_dns:
         programs.append("handle_receive_linear" + suffix)
     if env.connect_tracepoints:

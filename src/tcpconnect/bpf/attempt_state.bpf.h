@@ -70,8 +70,8 @@ static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
 #define PACKET_SEEN 0
 
 /* Resolves a parked attempt of sk, if any, now that its local port is set
- * (newstate PACKET_SEEN) or (with --outcome) it has left SYN_SENT for
- * newstate. */
+ * (newstate PACKET_SEEN), (with --outcome) it has left SYN_SENT for
+ * newstate, or its socket is being destroyed (OUTCOME_END_UNSEEN). */
 static __always_inline void resolve_pending(const struct sock *sk, bool typed, int newstate)
 {
 	__u64 key = (__u64)sk;

@@ -175,6 +175,15 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
+/* Every end of an attempt moves its socket out of SYN_SENT before the
+ * socket can be destroyed, so a parked attempt whose socket is destroyed
+ * ended unseen: the kernel skipped the program run that would have seen it
+ * (a nested run on one CPU, counted in the program's recursion_misses).
+ * Reported now, as such, rather than as pending at exit or never. */
+TYPED_AND_RAW(tcp_destroy_sock, handle_destroy,
+	      if (pending_count) resolve_pending((const struct sock *)ctx[0], typed,
+						 OUTCOME_END_UNSEEN))
+
 TYPED_AND_RAW(net_dev_queue, handle_xmit,
 	      resolve_packet_owner((const struct sk_buff *)ctx[0], typed))
 
