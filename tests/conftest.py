@@ -240,7 +240,10 @@ def row(pid: int, comm: str, ip: int, saddr: str, daddr: str, dport: int,
 # A long-lived process that performs connects on request, so a test can know
 # its PID (for -p) before tracing starts, and run it as another user.
 WORKLOAD = textwrap.dedent("""
-    import os, socket, sys
+    import ctypes, os, socket, sys
+    # A COMM of the test's choosing (prctl PR_SET_NAME).
+    if os.environ.get("WORKLOAD_NAME"):
+        ctypes.CDLL(None).prctl(15, os.environ["WORKLOAD_NAME"].encode(), 0, 0, 0)
     # Drop to the wanted user only now: the interpreter lives under /root.
     if len(sys.argv) > 1:
         os.setgroups([])
@@ -262,7 +265,7 @@ WORKLOAD = textwrap.dedent("""
 
 class Workload:
     def __init__(self, user: int | None = None, netns: str | None = None,
-                 mount_ns: bool = False) -> None:
+                 mount_ns: bool = False, name: str | None = None) -> None:
         cmd = [sys.executable, "-c", WORKLOAD]
         if user is not None:
             cmd.append(str(user))
@@ -271,8 +274,9 @@ class Workload:
             cmd = ["unshare", "--mount", "--", *cmd]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
+        env = {**os.environ, "WORKLOAD_NAME": name} if name else None
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, cwd="/")
+                                     text=True, cwd="/", env=env)
         self.pid = self.proc.pid
 
     @property

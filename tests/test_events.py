@@ -18,6 +18,7 @@ from tcpconnect.events import (
     ANSWER_ICMP,
     ANSWER_NONE,
     ANSWER_RST,
+    FILTERS,
     MIRRORS,
     OUTCOME_END_UNSEEN,
     OUTCOME_NO_SYN,
@@ -54,6 +55,9 @@ def type_size(types: dict[int, dict], type_id: int) -> int:
                       "OUTCOME_END_UNSEEN": OUTCOME_END_UNSEEN}),
     ("answer_kind", {"ANSWER_NONE": ANSWER_NONE, "ANSWER_ICMP": ANSWER_ICMP,
                      "ANSWER_RST": ANSWER_RST}),
+    ("filter_kind", {"FILTERED_NONE": 0,
+                     **{"FILTERED_" + name.upper(): i for i, name in enumerate(FILTERS, 1)},
+                     "FILTERED_KINDS": len(FILTERS) + 1}),
 ])
 def test_enum_matches_btf(btf_types, name, values):
     [enum] = [t for t in btf_types.values() if t["kind"] == "ENUM" and t["name"] == name]

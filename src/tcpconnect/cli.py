@@ -8,7 +8,10 @@ import os
 import pwd
 import signal
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from .address_filters import Prefix
 
 PROG = "tcpconnect"
 PID_MAX_LIMIT = 4194304
@@ -16,6 +19,7 @@ UID_MAX = 2**32 - 2  # (uid_t)-1 means "no uid" to the kernel
 NS_INUM_MAX = 2**32 - 1  # namespace inode numbers are unsigned int in the kernel
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 CGROUP2_SUPER_MAGIC = 0x63677270
+TASK_COMM_LEN = 16
 
 EXAMPLES = """privileges:
     CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load and attach; CAP_SYS_ADMIN to mount
@@ -34,6 +38,9 @@ examples:
     tcpconnect -p 181           # only process 181
     tcpconnect -P 80            # only connects to port 80
     tcpconnect -P 80,81         # only connects to ports 80 and 81
+    tcpconnect --exclude-port 53,443  # every port but these
+    tcpconnect --daddr 10.0.0.0/8 --exclude-daddr 10.9.0.0/16  # 10/8 but not 10.9/16
+    tcpconnect --comm curl,python3  # only tasks named curl or python3
     tcpconnect -4               # only IPv4
     tcpconnect -6               # only IPv6
     tcpconnect -L               # with the local port
@@ -204,6 +211,32 @@ def parse_max_series(text: str) -> int:
     return series
 
 
+def parse_comms(text: str) -> tuple[bytes, ...]:
+    """Task names as the kernel keeps them: bytes, cut at 15 (TASK_COMM_LEN)."""
+    names: dict[bytes, None] = {}
+    for item in text.split(","):
+        name = os.fsencode(item)
+        if not name or len(name) >= TASK_COMM_LEN or b"\0" in name:
+            raise argparse.ArgumentTypeError(
+                f"invalid task name {shown(item)} in {shown(text)}: expected 1 to "
+                f"{TASK_COMM_LEN - 1} bytes (the kernel keeps no more of a name)")
+        names[name] = None
+    return tuple(names)
+
+
+def parse_prefix_list(text: str) -> tuple[Prefix, ...]:
+    """PREFIX[,PREFIX...], or @FILE for a list too long for the command line
+    (argparse takes seconds over thousands of repeated options)."""
+    from .address_filters import parse_prefixes, read_prefixes
+
+    try:
+        return read_prefixes(text[1:]) if text.startswith("@") else parse_prefixes(text)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text[1:]}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog=PROG,
@@ -255,6 +288,22 @@ def build_parser() -> Parser:
                         help="trace mount namespaces in this pinned BPF map only")
     parser.add_argument("--cgroup", metavar="DIR",
                         help="trace this cgroup v2 directory only")
+    # These add up when repeated: a long list may not fit one argument.
+    parser.add_argument("--exclude-port", type=parse_ports, action="extend", metavar="PORTS",
+                        help="do not trace these destination ports (comma-separated; with -P, "
+                             "taken out of its list)")
+    parser.add_argument("--comm", type=parse_comms, action="extend", metavar="NAMES",
+                        help="trace these task names (COMM, at most 15 bytes each) only, "
+                             "comma-separated")
+    for option, role in (("--daddr", "only connects to"), ("--exclude-daddr", "no connects to"),
+                         ("--saddr", "only connects from"),
+                         ("--exclude-saddr", "no connects from")):
+        parser.add_argument(option, type=parse_prefix_list, action="extend", metavar="PREFIXES",
+                            help=f"trace {role} these addresses or prefixes (comma-separated, "
+                                 "IPv4 or IPv6, e.g. 10.0.0.0/8,2001:db8::/32, or @FILE of "
+                                 "them); exclusions win")
+    parser.add_argument("--filter-counts", action="store_true",
+                        help="at exit, say how many connects each kernel-side filter removed")
     parser.add_argument("--btf", metavar="FILE",
                         help="BTF of the running kernel, for kernels without "
                              "/sys/kernel/btf/vmlinux (e.g. from BTFHub)")

@@ -79,6 +79,11 @@ OUTCOME_END_UNSEEN = 257
 # event's answer_kind).
 ANSWER_NONE, ANSWER_ICMP, ANSWER_RST = 0, 1, 2
 
+# enum filter_kind past FILTERED_NONE, in order: the kernel-side filters,
+# each counting the attempts it removed.
+FILTERS = ("pid", "uid", "comm", "family", "port", "daddr", "saddr", "netns", "cgroup",
+           "mntns")
+
 MIRRORS: dict[str, type[Structure]] = {
     "event": Event,
     "count_key": CountKey,

@@ -135,6 +135,7 @@ for _name, _res, _args in [
     ("bpf_map_create", c_int, [c_uint32, c_char_p, c_uint32, c_uint32, c_uint32, c_void_p]),
     ("btf__type_by_id", POINTER(_BtfType), [c_void_p, c_uint32]),
     ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
+    ("libbpf_num_possible_cpus", c_int, []),
 ]:
     _declare(_name, _res, *_args)
 
@@ -256,6 +257,15 @@ class Map:
         _check(_lib.bpf_map_update_elem(self.fd, ctypes.byref(key), ctypes.byref(value), 0),
                f"cannot update map {self.name}")
 
+    def lookup(self, key: ctypes._CData, value: ctypes._CData) -> bool:
+        """Reads key into value; False if it is not there. A per-CPU map's
+        value is one slot per possible CPU (possible_cpus())."""
+        if _lib.bpf_map_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(value)) < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                return False
+            raise _failure(f"cannot read map {self.name}", ctypes.get_errno())
+        return True
+
     def take(self, key: ctypes._CData, value: ctypes._CData) -> bool:
         """Reads and removes key; False if it was not there, or if a BPF
         program removed it between the two steps (then the program owns it).
@@ -290,6 +300,11 @@ class Map:
         if self._owned and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def possible_cpus() -> int:
+    """CPUs the kernel may ever bring online: the slots of a per-CPU value."""
+    return _check(_lib.libbpf_num_possible_cpus(), "cannot count the possible CPUs")
 
 
 class Link:

@@ -261,6 +261,7 @@ class Exporter:
             dropped = self._series.overflow
             cut = self._cut_values
             losses = self._tracer.losses() if self._tracer is not None else None
+            filtered = self._tracer.filtered() if self._tracer is not None else None
             dns_cache = self._dns_cache
         if dropped:
             # A process may be called "other" itself: one series, not two
@@ -300,6 +301,15 @@ class Exporter:
             "tcpconnect_unfollowed_connect_calls",
             "connect() calls not followed (table full): a failure before SYN_SENT among "
             "them is missing.", value=losses.connect_call_failures)
+        if filtered is not None:
+            removed = CounterMetricFamily(
+                "tcpconnect_filtered_connects",
+                "Connect attempts a kernel-side filter removed, by the first filter that "
+                "rejected each (pid, uid, comm, family, port, daddr, saddr, netns, cgroup, "
+                "mntns).", labels=["filter"])
+            for name, n in filtered.items():
+                removed.add_metric([name], n)
+            yield removed
         if dns_cache is not None:
             skipped = CounterMetricFamily(
                 "tcpconnect_dns_responses_skipped",

@@ -13,7 +13,12 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+from .address_filters import trie_key
+
+if TYPE_CHECKING:
+    from .address_filters import Prefix
 
 # Wake the reader early only once a quarter of the ring is queued; below it
 # the reader's poll timeout picks records up. A wakeup from the traced task
@@ -41,6 +46,11 @@ ANSWER_CAPACITY = 4096
 # count_<name> flag); -c keys on the addresses and the port.
 COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup")
 ADDRESS_COUNT_FIELDS = frozenset(("saddr", "daddr", "dport"))
+# The port numbers -P and --exclude-port choose from.
+ALL_PORTS = range(65536)
+# The value of every entry of a set-like map (comm_filter, the tries).
+PRESENT = b"\x01"
+TASK_COMM_LEN = 16
 # connect() from entry to return: attempts that fail before SYN_SENT. Classic
 # tracepoints, one program for kernels with and without BTF of their own.
 CONNECT_CALL_PROGRAMS = ("handle_connect_enter", "handle_connect_exit")
@@ -86,6 +96,15 @@ class TracerConfig(NamedTuple):
     # failed_only (--failed) drops those that succeed in the kernel.
     outcome: bool = False
     failed_only: bool = False
+    # --exclude-port: taken out of ports (or of every port).
+    exclude_ports: tuple[int, ...] = ()
+    # --comm: task names, each at most TASK_COMM_LEN - 1 bytes.
+    comms: tuple[bytes, ...] = ()
+    # --daddr, --exclude-daddr, --saddr, --exclude-saddr.
+    daddr_include: tuple[Prefix, ...] = ()
+    daddr_exclude: tuple[Prefix, ...] = ()
+    saddr_include: tuple[Prefix, ...] = ()
+    saddr_exclude: tuple[Prefix, ...] = ()
 
 
 class Environment(NamedTuple):
@@ -120,6 +139,9 @@ class LoadPlan(NamedTuple):
     ports: tuple[int, ...]
     max_entries: tuple[tuple[str, int], ...]
     filter_maps: tuple[FilterMap, ...]
+    # Entries (keys; every value is PRESENT) to put into maps after load and
+    # before attach: the tries and the names of --comm.
+    map_keys: tuple[tuple[str, tuple[bytes, ...]], ...]
     # Rings user space reads.
     events_ring: bool
     dns_ring: bool
@@ -153,13 +175,25 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     if env.connect_tracepoints:
         programs += CONNECT_CALL_PROGRAMS
     ring_bytes = config.ring_bytes or events_ring_bytes(env.cpus)
+    ports = config.ports
+    if config.exclude_ports:
+        excluded = frozenset(config.exclude_ports)
+        ports = tuple(port for port in (ports or ALL_PORTS) if port not in excluded)
+    map_keys = (
+        ("comm_filter", tuple(name.ljust(TASK_COMM_LEN, b"\0") for name in config.comms)),
+        *((name, tuple(trie_key(prefix) for prefix in prefixes)) for name, prefixes in (
+            ("daddr_include", config.daddr_include), ("daddr_exclude", config.daddr_exclude),
+            ("saddr_include", config.saddr_include), ("saddr_exclude", config.saddr_exclude))),
+    )
     flag = ctypes.c_bool
     rodata: list[tuple[str, type, int]] = [
         ("filter_pid", ctypes.c_uint32, config.pid or 0),
         ("filter_by_uid", flag, config.uid is not None),
         ("filter_uid", ctypes.c_uint32, config.uid or 0),
         ("filter_family", ctypes.c_uint16, config.family or 0),
-        ("filter_by_port", flag, bool(config.ports)),
+        ("filter_by_port", flag, bool(config.ports or config.exclude_ports)),
+        ("filter_by_comm", flag, bool(config.comms)),
+        *(("filter_" + name, flag, bool(keys)) for name, keys in map_keys[1:]),
         ("filter_cgroup_id", ctypes.c_uint64, config.cgroup_id or 0),
         ("filter_netns", ctypes.c_uint32, config.netns or 0),
         ("filter_by_cgroup_map", flag, config.cgroup_map is not None),
@@ -182,6 +216,8 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         *((table, config.count_capacity) for table in COUNT_TABLES),
         ("pending", config.pending_capacity),
         ("answers", ANSWER_CAPACITY if answers else 1),
+        # Exactly as large as what goes in (an empty one still needs a slot).
+        *((name, max(len(keys), 1)) for name, keys in map_keys),
         # A ring nobody reads would still pin its memory in the kernel.
         ("events", ring_bytes if events else mmap.PAGESIZE),
         ("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE),
@@ -195,9 +231,10 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     return LoadPlan(
         programs=tuple(programs),
         rodata=tuple(rodata),
-        ports=tuple(config.ports),
+        ports=tuple(ports),
         max_entries=tuple(max_entries),
         filter_maps=filter_maps,
+        map_keys=tuple((name, keys) for name, keys in map_keys if keys),
         events_ring=events,
         dns_ring=config.dns,
         parks=lport or config.outcome,

@@ -69,6 +69,15 @@ TOTAL_MESSAGES = (
 )
 
 
+# The options behind each kernel-side filter (events.FILTERS), for
+# --filter-counts.
+FILTER_OPTIONS = {
+    "pid": "-p", "uid": "-u", "comm": "--comm", "family": "-4/-6", "port": "-P/--exclude-port",
+    "daddr": "--daddr/--exclude-daddr", "saddr": "--saddr/--exclude-saddr", "netns": "--netns",
+    "cgroup": "--cgroup/--cgroupmap", "mntns": "--mntnsmap",
+}
+
+
 class Stop(Protocol):
     requested: bool
 
@@ -98,6 +107,12 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
         task_ids=args.json or args.container,
         outcome=args.outcome,
         failed_only=args.failed,
+        exclude_ports=tuple(args.exclude_port or ()),
+        comms=tuple(dict.fromkeys(args.comm or ())),
+        daddr_include=tuple(dict.fromkeys(args.daddr or ())),
+        daddr_exclude=tuple(dict.fromkeys(args.exclude_daddr or ())),
+        saddr_include=tuple(dict.fromkeys(args.saddr or ())),
+        saddr_exclude=tuple(dict.fromkeys(args.exclude_saddr or ())),
     )
 
 
@@ -190,6 +205,8 @@ class Session:
                         self._exporter.drain_due()
                 self._emit(tracer.finish(), tracer)
             self._report_totals(self._with_table_missing(tracer.losses()))
+            if self.args.filter_counts:
+                self._report_filtered(tracer.filtered())
         return 0
 
     def _drop_capabilities(self) -> None:
@@ -315,6 +332,10 @@ class Session:
         if self._dns_cache is not None and self._dns_cache.refused:
             self._warn(f"Refused {self._dns_cache.refused} DNS responses that would cost too much "
                        "to parse (pointer chains, names over 255 octets, bad address lengths)")
+
+    def _report_filtered(self, filtered: dict[str, int]) -> None:
+        removed = [f"{n} by {FILTER_OPTIONS[name]}" for name, n in filtered.items() if n]
+        self._warn("Connects filtered out in the kernel: " + (", ".join(removed) or "none"))
 
     def _warn(self, message: str) -> None:
         self.err.write(message + "\n")

@@ -7,7 +7,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from .events import DNS_EVENT_FORMAT, RECORD_FORMAT, CountKey, Event
+from .events import DNS_EVENT_FORMAT, FILTERS, RECORD_FORMAT, CountKey, Event
 from .kernel import probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
@@ -16,11 +16,13 @@ from .libbpf import (
     GlobalVariables,
     Link,
     Map,
+    possible_cpus,
 )
 from .plan import (
     CONNECT_CALL_PROGRAMS,
     COUNT_TABLES,
     DNS_RING_BYTES,
+    PRESENT,
     WAKEUP_FRACTION,
     Environment,
     LoadPlan,
@@ -149,6 +151,7 @@ class Tracer:
         self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
         self._configure(obj, plan)
         obj.load()
+        self._fill(obj, plan)
         self._attach(obj, plan)
         self._bss = obj.live_variables(".bss")
         if self._dns_obj is not None:
@@ -179,6 +182,15 @@ class Tracer:
             obj.reuse_map(filter_map.map_name, pinned)
         if self._dns_obj is not None:
             obj.reuse_map("dns_events", self._dns_obj.map("dns_events"))
+
+    @staticmethod
+    def _fill(obj: BpfObject, plan: LoadPlan) -> None:
+        """The filters' maps, filled before any program runs."""
+        present = ctypes.c_uint8(PRESENT[0])
+        for name, keys in plan.map_keys:
+            target = obj.map(name)
+            for key in keys:
+                target.update((ctypes.c_uint8 * len(key)).from_buffer_copy(key), present)
 
     def _attach(self, obj: BpfObject, plan: LoadPlan) -> None:
         for name in plan.programs:
@@ -291,6 +303,18 @@ class Tracer:
             dns_unreadable=int(read("dns_unreadable", ctypes.c_uint64)),
             dns_uncheckable=int(read("dns_uncheckable", ctypes.c_uint64)),
         )
+
+    def filtered(self) -> dict[str, int]:
+        """Attempts each kernel-side filter removed so far, by filter
+        (events.FILTERS), summed over the CPUs."""
+        assert self._obj is not None
+        counts = self._obj.map("filtered")
+        per_cpu = (ctypes.c_uint64 * possible_cpus())()
+        found = {}
+        for index, name in enumerate(FILTERS, start=1):
+            counts.lookup(ctypes.c_uint32(index), per_cpu)
+            found[name] = sum(per_cpu)
+        return found
 
     def _skipped_runs(self) -> int:
         assert self._obj is not None

@@ -7,6 +7,8 @@
 #ifndef CONNECT_CAPTURE_BPF_H
 #define CONNECT_CAPTURE_BPF_H
 
+#include "address_filters.bpf.h"
+
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
@@ -28,8 +30,12 @@ const volatile bool want_events = true;
  * connect tens of nanoseconds. */
 const volatile bool want_ts = false;
 const volatile bool want_ids = false; /* cgroup, mount and network namespace ids */
-/* -P ports, one bit each: a plain load where a hash lookup costs ~40 ns. */
+/* The ports -P and --exclude-port leave, one bit each: a plain load where a
+ * hash lookup costs ~40 ns. */
 const volatile __u64 port_bitmap[65536 / 64] = {};
+/* --comm: the names in comm_filter, as bpf_get_current_comm() gives them
+ * (NUL-padded to 16 bytes). */
+const volatile bool filter_by_comm = false;
 
 /* Read by user space through the mmapped .bss. */
 __u64 lost_events = 0;
@@ -54,6 +60,32 @@ struct {
 	__type(key, __u64);
 	__type(value, __u32);
 } mntns_map SEC(".maps");
+
+/* Sized and filled by user space before attach. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, char[TASK_COMM_LEN]);
+	__type(value, __u8);
+} comm_filter SEC(".maps");
+
+/* Attempts each filter removed (enum filter_kind), read by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FILTERED_KINDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} filtered SEC(".maps");
+
+static __always_inline void count_filtered(__u32 filter)
+{
+	__u64 *n = bpf_map_lookup_elem(&filtered, &filter);
+
+	/* Atomic although per CPU: the syscall exit program and a socket's
+	 * state change (from a softirq) may count on one CPU at once. */
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
 
 static __always_inline bool is_v4_mapped(const __u8 *a)
 {
@@ -122,7 +154,10 @@ static __always_inline struct task_struct *typed_current_task(bool typed)
 	return NULL;
 }
 
-static __always_inline bool task_wanted(const struct task_struct *task, struct event *e)
+/* Each *_filter below fills its part of *e and returns the filter that
+ * rejects the attempt, FILTERED_NONE when none does. */
+
+static __always_inline __u32 task_filter(const struct task_struct *task, struct event *e)
 {
 	if (task) {
 		e->pid = task->tgid;
@@ -136,22 +171,29 @@ static __always_inline bool task_wanted(const struct task_struct *task, struct e
 		e->uid = (__u32)bpf_get_current_uid_gid();
 	}
 	if (filter_pid && e->pid != filter_pid)
-		return false;
+		return FILTERED_PID;
 	if (filter_by_uid && e->uid != filter_uid)
-		return false;
-	return true;
+		return FILTERED_UID;
+	if (filter_by_comm) {
+		char comm[TASK_COMM_LEN];
+
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!bpf_map_lookup_elem(&comm_filter, comm))
+			return FILTERED_COMM;
+	}
+	return FILTERED_NONE;
 }
 
 /* Checked after the cheaper task and connection filters, so a connect that
  * -P or -4/-6 rejects does not pay for these lookups. */
-static __always_inline bool container_wanted(const struct task_struct *task, struct event *e)
+static __always_inline __u32 container_filter(const struct task_struct *task, struct event *e)
 {
 	if (want_ids || count_cgroup || filter_cgroup_id || filter_by_cgroup_map) {
 		e->cgroup_id = bpf_get_current_cgroup_id();
 		if (filter_cgroup_id && e->cgroup_id != filter_cgroup_id)
-			return false;
+			return FILTERED_CGROUP;
 		if (filter_by_cgroup_map && !bpf_map_lookup_elem(&cgroup_map, &e->cgroup_id))
-			return false;
+			return FILTERED_CGROUP;
 	}
 	if (want_ids || filter_by_mntns_map) {
 		if (task) {
@@ -162,33 +204,41 @@ static __always_inline bool container_wanted(const struct task_struct *task, str
 			e->mntns_id = BPF_CORE_READ(current, nsproxy, mnt_ns, ns.inum);
 		}
 		if (filter_by_mntns_map && !bpf_map_lookup_elem(&mntns_map, &e->mntns_id))
-			return false;
+			return FILTERED_MNTNS;
 	}
-	return true;
+	return FILTERED_NONE;
 }
 
 /* The namespace of the socket, not of the task: a task may connect through
  * a socket made in another namespace (setns after socket(), a socket passed
  * over a unix socket), and addresses mean something only in the socket's. */
-static __always_inline bool netns_wanted(const struct sock *sk, bool typed, struct event *e)
+static __always_inline __u32 netns_filter(const struct sock *sk, bool typed, struct event *e)
 {
 	if (want_ids || filter_netns) {
 		const struct net *net = READ_FIELD(typed, &sk->__sk_common, skc_net.net);
 
 		e->netns = READ_FIELD(typed, net, ns.inum);
 		if (filter_netns && e->netns != filter_netns)
-			return false;
+			return FILTERED_NETNS;
 	}
-	return true;
+	return FILTERED_NONE;
 }
 
-static __always_inline bool connection_wanted(struct event *e)
+/* What the destination alone decides: known at connect()'s entry. */
+static __always_inline __u32 connection_filter(const struct event *e)
 {
 	if (filter_family && e->family != filter_family)
-		return false;
+		return FILTERED_FAMILY;
 	if (filter_by_port && !(port_bitmap[e->dport / 64] & (1ULL << (e->dport % 64))))
-		return false;
-	return true;
+		return FILTERED_PORT;
+	if (!destination_wanted(e))
+		return FILTERED_DADDR;
+	return FILTERED_NONE;
+}
+
+static __always_inline __u32 source_filter(const struct event *e)
+{
+	return source_wanted(e) ? FILTERED_NONE : FILTERED_SADDR;
 }
 
 static __always_inline void submit(const struct event *e)

@@ -53,14 +53,24 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 {
 	struct task_struct *task = typed_current_task(typed);
 	struct event e = {};
+	__u32 filter;
 
-	if (!task_wanted(task, &e) || !read_addresses(sk, typed, &e) || !connection_wanted(&e) ||
-	    !netns_wanted(sk, typed, &e) || !container_wanted(task, &e))
+	filter = task_filter(task, &e);
+	if (!filter && !read_addresses(sk, typed, &e))
 		return;
+	filter = filter ?: connection_filter(&e);
 	/* The attempt reached SYN_SENT: its connect() call, if any, has nothing
-	 * left to report. The call's entry passed the same filters. */
-	if (follow_connect_calls)
+	 * left to report, whatever the filters below say. A call is followed
+	 * only once it passed the filters above. */
+	if (!filter && follow_connect_calls)
 		bpf_map_delete_elem(&connect_calls, &e.tid);
+	filter = filter ?: source_filter(&e);
+	filter = filter ?: netns_filter(sk, typed, &e);
+	filter = filter ?: container_filter(task, &e);
+	if (filter) {
+		count_filtered(filter);
+		return;
+	}
 	/* Up to the NUL (user space reads no further) the same bytes as
 	 * bpf_get_current_comm(). Past it a renamed task may keep old bytes,
 	 * which can split one name over two count keys: user space adds up
@@ -130,9 +140,11 @@ int handle_connect_enter(struct trace_event_raw_sys_enter *ctx)
 {
 	struct connect_call call = {};
 
-	if (!task_wanted(NULL, &call.e) ||
+	/* Not counted as filtered here: most calls reach SYN_SENT, where they
+	 * are, and which would fail first is not known yet. */
+	if (task_filter(NULL, &call.e) ||
 	    !read_call_destination((const void *)ctx->args[1], ctx->args[2], &call.e) ||
-	    !connection_wanted(&call.e))
+	    connection_filter(&call.e))
 		return 0;
 	call.fd = ctx->args[0];
 	call.e.ts_ns = bpf_ktime_get_ns();
@@ -148,6 +160,7 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 	struct connect_call *found = bpf_map_lookup_elem(&connect_calls, &tid);
 	struct connect_call call;
 	const struct sock *sk;
+	__u32 filter;
 
 	if (!found)
 		return 0;
@@ -157,10 +170,16 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 	if (!attempt_failed(ctx->ret))
 		return 0;
 	sk = socket_of_fd(call.fd);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP ||
-	    !netns_wanted(sk, false, &call.e) || !container_wanted(NULL, &call.e))
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	read_bound_source(sk, &call.e);
+	filter = source_filter(&call.e);
+	filter = filter ?: netns_filter(sk, false, &call.e);
+	filter = filter ?: container_filter(NULL, &call.e);
+	if (filter) {
+		count_filtered(filter);
+		return 0;
+	}
 	if (want_events || count_comm)
 		bpf_get_current_comm(call.e.comm, sizeof(call.e.comm));
 	if (want_outcome) {
@@ -264,5 +283,6 @@ TYPED_AND_RAW(netif_receive_skb, handle_receive_answer,
 const struct dns_event *btf_anchor_dns_event __attribute__((unused));
 const enum outcome_code btf_anchor_outcome_code __attribute__((unused));
 const enum answer_kind btf_anchor_answer_kind __attribute__((unused));
+const enum filter_kind btf_anchor_filter_kind __attribute__((unused));
 
 char LICENSE[] SEC("license") = "GPL";

@@ -26,6 +26,24 @@ enum outcome_code {
 	OUTCOME_END_UNSEEN = 257,
 };
 
+/* The kernel-side filters, each an index of the per-CPU `filtered` counts
+ * of the attempts it removed (only the first filter that rejects an attempt
+ * counts it). FILTERED_NONE is no filter: the attempt was wanted. */
+enum filter_kind {
+	FILTERED_NONE = 0,
+	FILTERED_PID,
+	FILTERED_UID,
+	FILTERED_COMM,
+	FILTERED_FAMILY,
+	FILTERED_PORT,
+	FILTERED_DADDR,
+	FILTERED_SADDR,
+	FILTERED_NETNS,
+	FILTERED_CGROUP,
+	FILTERED_MNTNS,
+	FILTERED_KINDS,
+};
+
 /* struct event's answer_kind: the packet that answered an attempt with an
  * error, as this host received it (see answers.bpf.h). An ICMP error is
  * ICMPv6 for an IPv6 attempt. */
