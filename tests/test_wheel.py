@@ -34,19 +34,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp / "tree"
     shutil.copytree(ROOT / "src", tree / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(ROOT / "pyproject.toml", tree)
+    for name in ("pyproject.toml", "LICENSE"):
+        shutil.copy(ROOT / name, tree)
     pip("wheel", "--no-deps", "--no-build-isolation", "--no-index",
         "--wheel-dir", str(tmp / "dist"), str(tree))
     (built,) = (tmp / "dist").glob("tcpconnect-*.whl")
     return built
 
 
-def test_wheel_holds_the_objects_and_the_extras(wheel):
+def test_wheel_holds_the_objects_the_license_and_the_extras(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+        (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert archive.read(license_file) == (ROOT / "LICENSE").read_bytes()
     for name in OBJECTS:
         assert f"tcpconnect/{name}" in names
+    assert "License-Expression: GPL-2.0-only" in metadata.decode().splitlines()
     requires = [line for line in metadata.decode().splitlines()
                 if line.startswith("Requires-Dist:") and "extra == \"test\"" not in line]
     # Nothing for plain tracing; -d's parsers with the dns extra, --metrics's
