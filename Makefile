@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BUILD := build
-PREFIX ?= /usr/local
 # Two objects: dns_dynptr.bpf.o holds the one program that needs a kfunc, so
 # tcpconnect.bpf.o loads without the kernel's own BTF (see dns_dynptr.bpf.c).
 BPF_OBJS := src/tcpconnect/tcpconnect.bpf.o src/tcpconnect/dns_dynptr.bpf.o
@@ -29,24 +28,15 @@ PIP := $(VENV)/bin/pip
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
 setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
 
-# /usr/local/sbin comes before /usr/sbin in root's PATH (and sudo's), so this
-# launcher wins over libbpf-tools' /usr/sbin/tcpconnect; likewise the man page
-# over bcc's.
-# The launcher blocks SIGINT and SIGTERM before Python starts: a Ctrl-C during
-# start-up then waits for the tool's handlers (src/tcpconnect/__main__.py).
-install: setup
-	rm -f $(PREFIX)/sbin/tcpconnect
-	printf '#!/bin/sh\nexec env --block-signal=INT --block-signal=TERM %s "$$@"\n' \
-	  '$(CURDIR)/$(VENV)/bin/tcpconnect' > $(PREFIX)/sbin/tcpconnect
-	chmod 755 $(PREFIX)/sbin/tcpconnect
-	install -D -m 644 docs/tcpconnect.8 $(PREFIX)/share/man/man8/tcpconnect.8
-	mandb -q $(PREFIX)/share/man
-	@echo "installed $(PREFIX)/sbin/tcpconnect, which runs $(CURDIR)/$(VENV)/bin/tcpconnect"
+# The Debian package (debian/), installed with apt like any system tool:
+# /usr/sbin/tcpconnect, its man page, Python modules and BPF objects under
+# /usr, nothing pointing into the checkout. apt also installs the Debian
+# packages of -d and --metrics (the package recommends them).
+install: deb
+	apt-get install -y -q $(CURDIR)/$(DEB)
 
 uninstall:
-	rm -f $(PREFIX)/sbin/tcpconnect $(PREFIX)/share/man/man8/tcpconnect.8
-	rmdir --ignore-fail-on-non-empty $(PREFIX)/share/man/man8
-	-mandb -q $(PREFIX)/share/man
+	apt-get purge -y -q tcpconnect
 
 # The package's version and architecture, as dpkg-buildpackage names its file.
 DEB := $(BUILD)/tcpconnect_$(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)_$(shell dpkg --print-architecture).deb

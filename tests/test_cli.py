@@ -257,8 +257,8 @@ def signal_mask(pid: int, field: str) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.host_only
 def test_signal_at_any_moment_of_start_up_is_an_orderly_stop(sig):
-    """A launcher that blocks the signals before exec (as `make install`'s
-    does with env --block-signal) hands any that come during start-up to the
+    """A launcher that blocks the signals before exec (as the package's
+    /usr/sbin/tcpconnect does with env --block-signal) hands any that come during start-up to the
     tool's own handlers: exit 0 and no traceback, whenever the signal lands
     once env has blocked it (before that, env is a C program that dies
     cleanly). Blocked or caught, from then on, never both missing."""
