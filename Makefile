@@ -69,7 +69,7 @@ apt:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing (and what they depend on)"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 apt-test:

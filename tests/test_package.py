@@ -198,3 +198,13 @@ def test_libbpf_tools_program_is_diverted_and_given_back(root, deb):
     assert (root / "usr/sbin/tcpconnect").read_bytes() == theirs
     assert not (root / DIVERTED.lstrip("/")).exists()
     assert run(root, "dpkg", "-S", LIBBPF_TOOLS) == f"libbpf-tools: {LIBBPF_TOOLS}\n"
+
+
+def test_make_installs_apt_packages_without_their_recommends():
+    # Recommends bring services: prometheus's (a test package) is
+    # prometheus-node-exporter, enabled and listening on :9100.
+    done = subprocess.run(["make", "-n", "--no-print-directory", "apt", "apt-test", "apt-deb"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    installs = [line for line in done.stdout.splitlines() if "apt-get install" in line]
+    assert len(installs) == 3 and all("--no-install-recommends" in line for line in installs)
