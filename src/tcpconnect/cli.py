@@ -233,7 +233,8 @@ def build_parser() -> Parser:
         epilog=EXAMPLES,
     )
     parser.add_argument("-t", "--timestamp", action="store_true",
-                        help="include a timestamp column (seconds since the first connect)")
+                        help="include a timestamp column (seconds since the first connect; "
+                             "with --outcome, since tracing started)")
     parser.add_argument("-p", "--pid", type=parse_pid, help="trace this process ID only")
     parser.add_argument("-P", "--port", type=parse_ports, metavar="PORTS",
                         help="comma-separated list of destination ports to trace")
