@@ -2,16 +2,19 @@
 PYTHON ?= python3
 VENV := .venv
 BUILD := build
-PREFIX ?= /usr/local
 # Two objects: dns_dynptr.bpf.o holds the one program that needs a kfunc, so
 # tcpconnect.bpf.o loads without the kernel's own BTF (see dns_dynptr.bpf.c).
 BPF_OBJS := src/tcpconnect/tcpconnect.bpf.o src/tcpconnect/dns_dynptr.bpf.o
 BPF_HEADERS := $(wildcard src/tcpconnect/bpf/*.h)
-# Running needs only libbpf1, libatomic1 (the ring reader's memory ordering) and Python (man-db for `man tcpconnect`); building the
-# objects adds clang, libbpf's headers and bpftool. The tests' own needs are separate,
-# so `make run` and `make install` leave them out.
+# Running from the checkout needs only libbpf1, libatomic1 (the ring reader's memory
+# ordering) and Python (man-db for `man tcpconnect`); building the objects adds clang,
+# libbpf's headers and bpftool. The tests' own needs are separate, so `make run` leaves
+# them out.
 RUN_PACKAGES := libbpf1 libatomic1 python3 python3-venv man-db
 BUILD_PACKAGES := clang libbpf-dev bpftool make
+# The Debian package's build: debian/control's Build-Depends, build-essential
+# (which dpkg-buildpackage requires of every build) and lintian, which checks it.
+DEB_PACKAGES := $(BUILD_PACKAGES) build-essential debhelper dh-python python3 lintian
 TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftables prometheus \
 	podman runc catatonit mmdebstrap openssl docker.io containerd
 APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)
@@ -20,29 +23,43 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup install uninstall run wheel test test-kernels bench bench-syscalls bench-ring bench-paths clean apt apt-test
+.PHONY: setup install uninstall deb apt-deb bpf run wheel test test-kernels bench bench-syscalls bench-ring bench-paths clean apt apt-test
 
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
 setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
 
-# /usr/local/sbin comes before /usr/sbin in root's PATH (and sudo's), so this
-# launcher wins over libbpf-tools' /usr/sbin/tcpconnect; likewise the man page
-# over bcc's.
-# The launcher blocks SIGINT and SIGTERM before Python starts: a Ctrl-C during
-# start-up then waits for the tool's handlers (src/tcpconnect/__main__.py).
-install: setup
-	rm -f $(PREFIX)/sbin/tcpconnect
-	printf '#!/bin/sh\nexec env --block-signal=INT --block-signal=TERM %s "$$@"\n' \
-	  '$(CURDIR)/$(VENV)/bin/tcpconnect' > $(PREFIX)/sbin/tcpconnect
-	chmod 755 $(PREFIX)/sbin/tcpconnect
-	install -D -m 644 docs/tcpconnect.8 $(PREFIX)/share/man/man8/tcpconnect.8
-	mandb -q $(PREFIX)/share/man
-	@echo "installed $(PREFIX)/sbin/tcpconnect, which runs $(CURDIR)/$(VENV)/bin/tcpconnect"
+# The Debian package (debian/), installed with apt like any system tool:
+# /usr/sbin/tcpconnect, its man page, Python modules and BPF objects under
+# /usr, nothing pointing into the checkout. apt also installs the Debian
+# packages of -d and --metrics (the package recommends them).
+install: deb
+	apt-get install -y -q $(CURDIR)/$(DEB)
 
 uninstall:
-	rm -f $(PREFIX)/sbin/tcpconnect $(PREFIX)/share/man/man8/tcpconnect.8
-	rmdir --ignore-fail-on-non-empty $(PREFIX)/share/man/man8
-	-mandb -q $(PREFIX)/share/man
+	apt-get purge -y -q tcpconnect
+
+# The package's version and architecture, as dpkg-buildpackage names its file.
+DEB := $(BUILD)/tcpconnect_$(shell sed -n '1s/.*(\(.*\)).*/\1/p' debian/changelog)_$(shell dpkg --print-architecture).deb
+DEB_INPUTS := $(wildcard Makefile LICENSE README.md docs/* debian/* debian/*/* src/tcpconnect/*.py \
+	src/tcpconnect/ringbuf/*.py src/tcpconnect/bpf/*)
+
+deb: apt-deb $(DEB)
+
+apt-deb:
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(DEB_PACKAGES)"
+
+# Built in a copy under build/deb: dpkg-buildpackage writes its files next to
+# the tree it builds, and debian/rules clean starts from sources only (the
+# objects are compiled in the package build).
+$(DEB): $(DEB_INPUTS)
+	rm -rf $(BUILD)/deb
+	mkdir -p $(BUILD)/deb/tcpconnect
+	tar -c --exclude=./.git --exclude=./$(BUILD) --exclude=./$(VENV) --exclude=./dist \
+	  --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache \
+	  --exclude=.hypothesis --exclude='*.bpf.o' . | tar -x -C $(BUILD)/deb/tcpconnect
+	cd $(BUILD)/deb/tcpconnect && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error $(BUILD)/deb/tcpconnect_*.changes
+	mv $(BUILD)/deb/$(notdir $(DEB)) $(DEB)
 
 # Installs only what is missing, so repeated runs need no network; apt's own
 # lines name every package it fetches, dependencies included.
@@ -52,7 +69,7 @@ apt:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing (and what they depend on)"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 apt-test:
@@ -83,6 +100,8 @@ $(BUILD)/vmlinux.h:
 	mkdir -p $(BUILD)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp
 	mv $@.tmp $@
+
+bpf: $(BPF_OBJS)
 
 src/tcpconnect/%.bpf.o: src/tcpconnect/bpf/%.bpf.c $(BPF_HEADERS) $(BUILD)/vmlinux.h
 	clang -g -O2 -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \

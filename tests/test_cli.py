@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import BANNER, ROOT, TOOL, WITHOUT_KERNEL_BTF, run_tool, wait_for
 
-from tcpconnect.cli import build_parser, parse_pid, parse_ports, parse_uid
+from tcpconnect.cli import build_parser, parse_netns, parse_pid, parse_ports, parse_uid
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str,
@@ -43,7 +44,8 @@ def missing_pid() -> int:
     (["-P", "80,"], "invalid port '' in '80,'"),
     (["-P", ",80"], "invalid port ''"),
     (["-P", "0"], "invalid port '0'"),
-    (["-P", "70000"], "invalid port '70000'"),
+    (["-P", "70000"], "invalid port '70000': out of range 1..65535"),
+    (["-P", "80,99999"], "invalid port '99999' in '80,99999': out of range 1..65535"),
     (["-P", "http"], "invalid port 'http'"),
     (["-u", "x-no-such-user"], "invalid UID 'x-no-such-user'"),
     (["-u", "4294967295"], "invalid UID '4294967295'"),
@@ -53,7 +55,6 @@ def missing_pid() -> int:
     (["-i", "5"], "-i/--interval needs -c/--count"),
     (["-c", "-i", "0"], "invalid interval '0'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--cgroup", "/no/such/dir"], "--cgroup /no/such/dir: No such file or directory"),
     (["--cgroup", "/tmp"], "--cgroup /tmp: not a cgroup v2 directory"),
     (["--netns", "0"], "invalid network namespace '0'"),
     (["--netns", "4294967296"], "invalid network namespace '4294967296'"),
@@ -64,6 +65,36 @@ def missing_pid() -> int:
 @pytest.mark.host_only
 def test_bad_options_give_one_line_and_exit_2(args, fragment):
     assert_one_line_error(run_tool(*args), fragment)
+
+
+def missing_netns() -> int:
+    """An inode number no process's network namespace and no /run/netns entry has."""
+    used = {os.stat(path).st_ino for pattern in ("/proc/[0-9]*/ns/net", "/run/netns/*")
+            for path in glob.glob(pattern) if os.path.exists(path)}
+    return next(inum for inum in range(12345, 2**32) if inum not in used)
+
+
+@pytest.mark.host_only
+def test_netns_number_no_namespace_has_is_refused_like_a_missing_pid():
+    inum = missing_netns()
+    assert_one_line_error(run_tool("--netns", str(inum)),
+                          f"argument --netns: no network namespace {inum}: no process is in "
+                          "it and /run/netns has none (name one held otherwise by its path)")
+    # A namespace `ip netns add` made has no process in it, and is found.
+    name = f"tct-cli-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        inum = os.stat(f"/run/netns/{name}").st_ino
+        assert parse_netns(str(inum)) == inum
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+@pytest.mark.parametrize("option", ["--cgroupmap", "--mntnsmap", "--cgroup", "--btf"])
+@pytest.mark.host_only
+def test_a_missing_file_is_the_same_error_whichever_option_names_it(option):
+    assert_one_line_error(run_tool(option, "/no/such/file"),
+                          f"tcpconnect: error: {option} /no/such/file: No such file or directory")
 
 
 @pytest.mark.host_only
@@ -100,16 +131,15 @@ def test_kernel_without_btf():
 
 
 @pytest.mark.parametrize("content,fragment", [
-    (None, "no such file"),
-    (b"", "not a readable BTF file"),
-    (b"\x9f\xeb" + bytes(40), "not a readable BTF file"),  # BTF magic, broken header
-    (b"#!/bin/sh\n", "not a readable BTF file"),
+    (b"", "empty file"),
+    (b"\x9f\xeb" + bytes(40), "not a readable BTF file (Invalid argument)"),  # BTF magic, broken header
+    (b"#!/bin/sh\n", "not a readable BTF file (neither raw BTF nor an ELF file)"),
+    (Path("/bin/true").read_bytes(), "not a readable BTF file (an ELF file without a .BTF section)"),
 ])
 @pytest.mark.host_only
 def test_bad_btf_file(tmp_path, content, fragment):
     path = tmp_path / "vmlinux.btf"
-    if content is not None:
-        path.write_bytes(content)
+    path.write_bytes(content)
     assert_one_line_error(run_tool("--btf", str(path)), f"--btf {path}: {fragment}")
 
 
@@ -229,7 +259,7 @@ def test_user_namespace_is_named_as_the_reason():
     (["-u", "7" * 5000], "invalid UID '777777777777777777777777...' (5000 characters)"),
     (["-P", "80," + "9" * 5000], "invalid port '999999999999999999999999...' (5000 characters)"),
     (["--cgroup", "/sys/fs/cgroup/" + "x" * 5000], "File name too long"),
-    (["--btf", "/" + "x" * 5000], "no such file"),
+    (["--btf", "/" + "x" * 5000], "No such file or directory"),
     (["--cgroup", "/tmp/\x1b[2J\nsecond line"], "/tmp/\\x1b[2J\\nsecond line: No such file"),
 ])
 @pytest.mark.host_only
@@ -257,8 +287,8 @@ def signal_mask(pid: int, field: str) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.host_only
 def test_signal_at_any_moment_of_start_up_is_an_orderly_stop(sig):
-    """A launcher that blocks the signals before exec (as `make install`'s
-    does with env --block-signal) hands any that come during start-up to the
+    """A launcher that blocks the signals before exec (as the package's
+    /usr/sbin/tcpconnect does with env --block-signal) hands any that come during start-up to the
     tool's own handlers: exit 0 and no traceback, whenever the signal lands
     once env has blocked it (before that, env is a C program that dies
     cleanly). Blocked or caught, from then on, never both missing."""

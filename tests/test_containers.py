@@ -257,7 +257,9 @@ def expect_refusal(args: list[str], message: str, code: int) -> None:
 @pytest.mark.parametrize("option", ["--cgroupmap", "--mntnsmap"])
 def test_missing_or_foreign_pin_paths_are_refused(pins, tmp_path, option):
     missing = pins.path()
-    expect_refusal([option, str(missing)], f"{option}: {missing}: no such file", 1)
+    # A usage error, as --cgroup's missing directory is.
+    expect_refusal([option, str(missing)], f"error: {option} {missing}: No such file or directory",
+                   2)
     regular = tmp_path / "not-a-pin"
     regular.write_text("")
     expect_refusal([option, str(regular)],

@@ -8,6 +8,7 @@ show up in the tables.
 from __future__ import annotations
 
 import io
+import re
 import signal
 import socket
 import threading
@@ -36,22 +37,41 @@ def table(*rows: str) -> str:
     return "".join(line + "\n" for line in ("", HEADER, *rows))
 
 
+def timed_table(*rows: str) -> str:
+    """A whole -i table, its time line as times_checked() leaves it."""
+    return "".join(line + "\n" for line in ("", "HH:MM:SS", HEADER, *rows))
+
+
+def times_checked(stdout: str) -> str:
+    """-i's output with each table's time line replaced by HH:MM:SS; each
+    must be the local time the table was printed, within the last minute."""
+    now = time.localtime()
+    now_s = now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec
+
+    def check(match: re.Match) -> str:
+        h, m, s = map(int, match[0].split(":"))
+        assert (now_s - (h * 3600 + m * 60 + s)) % 86400 < 60, (match[0], now)
+        return "HH:MM:SS"
+
+    return re.sub(r"(?m)^\d\d:\d\d:\d\d$", check, stdout)
+
+
 def connects(family: int, addr: str, port: int, times: int) -> None:
     for _ in range(times):
         refused_connect(family, port, addr)
 
 
 def rows_until_next_table(t: Trace, timeout: float = 5.0) -> list[str]:
-    """Reads up to the next table's header; returns the rows of the table
-    before it (the lines in between, minus the blank separator)."""
+    """Reads up to the next -i table's header; returns the rows of the table
+    before it (the lines in between, minus the blank separator and the time)."""
     deadline = time.monotonic() + timeout
     lines: list[str] = []
     while (line := t.next_line(timeout=max(0.0, deadline - time.monotonic()))) != HEADER:
         if time.monotonic() > deadline:
             raise AssertionError(f"no table within {timeout}s; read {lines!r}")
         lines.append(line)
-    assert lines[-1:] == [""], lines
-    return lines[:-1]
+    assert times_checked("\n".join(lines[-2:])) == "\nHH:MM:SS", lines
+    return lines[:-2]
 
 
 def make_key(family: int, saddr: str, daddr: str, dport: int) -> CountKey:
@@ -165,23 +185,23 @@ def test_interval_prints_and_resets(trace):
     assert second == [count_row("127.0.0.1", "127.0.0.1", port, 3)]
     # Reset: 127.0.0.1 shows its one new connect, not 4; the table printed
     # at exit starts empty again.
-    assert rest == "".join(line + "\n" for line in (
+    assert times_checked(rest) == "".join(line + "\n" for line in (
         count_row("127.0.0.1", "127.0.0.2", port, 2),
         count_row("127.0.0.1", "127.0.0.1", port, 1),
-    )) + table()
+    )) + timed_table()
     assert (t.returncode, t.stderr) == (0, "")
 
 
 def parse_tables(stdout: str) -> list[list[str]]:
-    """The row lists of every table in count-mode output (after the banner)."""
+    """The row lists of every table in -i's output (after the banner)."""
     tables: list[list[str]] = []
-    for line in stdout.splitlines():
+    for line in times_checked(stdout).splitlines():
         if line == "":
             tables.append([])
         else:
             tables[-1].append(line)
-    assert all(rows[:1] == [HEADER] for rows in tables), stdout
-    return [rows[1:] for rows in tables]
+    assert all(rows[:2] == ["HH:MM:SS", HEADER] for rows in tables), stdout
+    return [rows[2:] for rows in tables]
 
 
 def test_interval_tables_add_up_under_load(trace):
@@ -268,10 +288,10 @@ def test_cli_reports_full_table_per_interval_and_in_total(monkeypatch):
     out, err = io.StringIO(), io.StringIO()
     args = parse_args(["-c", "-i", "1", "-P", str(port)])
     assert session.Session(args, out, err).run(ScriptedStop(out, port)) == 0
-    assert out.getvalue() == BANNER + "\n" + table(
+    assert times_checked(out.getvalue()) == BANNER + "\n" + timed_table(
         count_row("127.0.0.1", "127.0.0.1", port, 2),
         count_row("127.0.0.1", "127.0.0.2", port, 1),
-    ) + table(
+    ) + timed_table(
         count_row("127.0.0.1", "127.0.0.4", port, 1),
         count_row("127.0.0.1", "127.0.0.5", port, 1),
     )

@@ -95,9 +95,9 @@ def test_daemonset_scrape_annotations_match_the_metrics_option(daemonset):
 def test_unit_runs_the_installed_tool_with_the_daemonsets_capabilities(daemonset):
     settings = unit_settings()
     command = shlex.split(settings["ExecStart"])
-    # `make install` puts the launcher there.
-    assert command[0] == "/usr/local/sbin/tcpconnect"
-    assert "$(PREFIX)/sbin/tcpconnect" in (ROOT / "Makefile").read_text()
+    # Where the Debian package installs it.
+    assert command[0] == "/usr/sbin/tcpconnect"
+    assert "debian/bin/tcpconnect usr/sbin\n" in (ROOT / "debian/tcpconnect.install").read_text()
     args = parse_args(command[1:])
     assert args.json and args.metrics == ("127.0.0.1", 19150)
     caps = ["CAP_" + c for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
@@ -108,19 +108,19 @@ def test_unit_runs_the_installed_tool_with_the_daemonsets_capabilities(daemonset
 
 @pytest.mark.host_only
 def test_unit_passes_systemd_analyze_verify(tmp_path):
-    # As after `make install`: the launcher and the man page where the unit
-    # names them, put there in a private mount namespace only.
+    # As after the package's install: its /usr/sbin/tcpconnect (laid over
+    # /usr/sbin in a private mount namespace only) and its man page.
     sbin, man8 = tmp_path / "sbin", tmp_path / "man" / "man8"
     sbin.mkdir()
     man8.mkdir(parents=True)
     launcher = sbin / "tcpconnect"
-    launcher.write_text("#!/bin/sh\n")
+    launcher.write_bytes((ROOT / "debian/bin/tcpconnect").read_bytes())
     launcher.chmod(0o755)
     (man8 / "tcpconnect.8").write_bytes((ROOT / "docs/tcpconnect.8").read_bytes())
     done = subprocess.run(
         ["unshare", "-m", "sh", "-c",
-         f"mount --bind {sbin} /usr/local/sbin && exec systemd-analyze verify "
-         f"{DEPLOY / 'tcpconnect.service'}"],
+         f"mount -t overlay overlay -o lowerdir={sbin}:/usr/sbin /usr/sbin && "
+         f"exec systemd-analyze verify {DEPLOY / 'tcpconnect.service'}"],
         capture_output=True, text=True, env={**os.environ, "MANPATH": str(tmp_path / "man")})
     assert (done.returncode, done.stderr) == (0, "")
 

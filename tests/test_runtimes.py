@@ -22,14 +22,14 @@ from typing import Callable, Iterator
 
 import pytest
 import yaml
-from conftest import BUILD, ROOT, comm_of, free_port, refused_connect
+from conftest import ROOT, comm_of, free_port, refused_connect
+from debian_root import base_tar
 
 pytestmark = pytest.mark.host_only
 
 IMAGE = "localhost/tcpconnect-test-base:12"
 # What `podman pod create` builds for a pod's infra container (podman 4.3.1).
 PAUSE_IMAGE = "localhost/podman-pause:4.3.1-0"
-BASE_TAR = BUILD / "debian-bookworm-minbase.tar"
 # podman 4.3 on these hosts: runc (crun refuses hybrid cgroup hierarchies),
 # the cgroupfs manager (no systemd), and rlimits root may not raise here.
 CONTAINERS_CONF = """[containers]
@@ -38,34 +38,6 @@ default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
 cgroup_manager = "cgroupfs"
 runtime = "runc"
 """
-
-
-def debian_mirror() -> str:
-    for line in Path("/etc/apt/sources.list.d/debian.sources").read_text().splitlines():
-        if line.startswith("URIs:"):
-            return line.split()[1]
-    return "http://deb.debian.org/debian"
-
-
-def base_tar() -> Path:
-    """Debian 12 minbase as a tar. It carries the host's extra CA
-    certificates and pip configuration, where there are any: a build in it
-    (deploy/Containerfile) reaches PyPI the way the host does, through
-    whatever re-signs TLS on the way."""
-    if not BASE_TAR.exists():
-        BUILD.mkdir(exist_ok=True)
-        partial = BASE_TAR.with_suffix(".partial.tar")
-        hooks = []
-        if list(Path("/usr/local/share/ca-certificates").glob("*.crt")):
-            hooks.append("--customize-hook=copy-in /usr/local/share/ca-certificates "
-                         "/usr/local/share")
-        if Path("/etc/pip.conf").exists():
-            hooks.append("--customize-hook=copy-in /etc/pip.conf /etc")
-        subprocess.run(["mmdebstrap", "--variant=minbase", "--quiet", *hooks, "bookworm",
-                        str(partial), debian_mirror()], check=True, capture_output=True,
-                       timeout=600)
-        partial.rename(BASE_TAR)
-    return BASE_TAR
 
 
 def connects_refused(port: int) -> list[str]:

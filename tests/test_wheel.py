@@ -34,19 +34,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp / "tree"
     shutil.copytree(ROOT / "src", tree / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copy(ROOT / "pyproject.toml", tree)
+    for name in ("pyproject.toml", "LICENSE"):
+        shutil.copy(ROOT / name, tree)
     pip("wheel", "--no-deps", "--no-build-isolation", "--no-index",
         "--wheel-dir", str(tmp / "dist"), str(tree))
     (built,) = (tmp / "dist").glob("tcpconnect-*.whl")
     return built
 
 
-def test_wheel_holds_the_objects_and_the_extras(wheel):
+def test_wheel_holds_the_objects_the_license_and_the_extras(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
+        (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert archive.read(license_file) == (ROOT / "LICENSE").read_bytes()
     for name in OBJECTS:
         assert f"tcpconnect/{name}" in names
+    assert "License-Expression: GPL-2.0-only" in metadata.decode().splitlines()
     requires = [line for line in metadata.decode().splitlines()
                 if line.startswith("Requires-Dist:") and "extra == \"test\"" not in line]
     # Nothing for plain tracing; -d's parsers with the dns extra, --metrics's
@@ -55,8 +59,8 @@ def test_wheel_holds_the_objects_and_the_extras(wheel):
     assert sorted(requires) == ['Requires-Dist: PyYAML>=6; extra == "metrics"',
                                 'Requires-Dist: bcrypt>=3.2; extra == "metrics"',
                                 'Requires-Dist: cachetools>=5; extra == "dns"',
-                                'Requires-Dist: dnslib>=0.9.26; extra == "dns"',
-                                'Requires-Dist: prometheus-client>=0.17; extra == "metrics"']
+                                'Requires-Dist: dnslib>=0.9.23; extra == "dns"',
+                                'Requires-Dist: prometheus-client>=0.16; extra == "metrics"']
 
 
 def test_wheel_installed_in_a_fresh_venv_traces(wheel, tmp_path):

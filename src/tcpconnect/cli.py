@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib.util
 import os
 import pwd
@@ -104,9 +105,10 @@ def parse_ports(text: str) -> tuple[int, ...]:
     for item in text.split(","):
         port = bounded_number(item, 65535)
         if not port:
-            raise argparse.ArgumentTypeError(
-                f"invalid port {shown(item)} in {shown(text)}: "
-                "expected a comma-separated list of 1..65535")
+            where = f" in {shown(text)}" if "," in text else ""
+            why = ("out of range 1..65535" if item.isascii() and item.isdigit()
+                   else "expected a comma-separated list of 1..65535")
+            raise argparse.ArgumentTypeError(f"invalid port {shown(item)}{where}: {why}")
         ports[port] = None
     return tuple(ports)
 
@@ -139,6 +141,10 @@ def parse_netns(text: str) -> int:
             raise argparse.ArgumentTypeError(
                 f"invalid network namespace {shown(text)}: expected its inode number "
                 f"1..{NS_INUM_MAX} or a path such as /run/netns/NAME or /proc/PID/ns/net")
+        if not netns_in_use(inum):
+            raise argparse.ArgumentTypeError(
+                f"no network namespace {inum}: no process is in it and /run/netns has "
+                "none (name one held otherwise by its path)")
         return inum
     import fcntl
 
@@ -162,6 +168,21 @@ def parse_netns(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{shown(text)}: {exc.strerror}") from None
     finally:
         os.close(found)
+
+
+def netns_in_use(inum: int) -> bool:
+    """Whether a network namespace has this inode number: one some process
+    is in, or one `ip netns add` pinned under /run/netns (with no process
+    needed). A namespace only a descriptor or another bind mount holds is
+    not found; its path is the way to name it."""
+    for pattern in ("/proc/[0-9]*/ns/net", "/run/netns/*"):
+        for path in glob.iglob(pattern):
+            try:
+                if os.stat(path).st_ino == inum:
+                    return True
+            except OSError:  # the process has exited since
+                continue
+    return False
 
 
 def parse_interval(text: str) -> int:
@@ -245,7 +266,8 @@ def build_parser() -> Parser:
         epilog=EXAMPLES,
     )
     parser.add_argument("-t", "--timestamp", action="store_true",
-                        help="include a timestamp column (seconds since the first connect)")
+                        help="include a timestamp column (seconds since the first connect; "
+                             "with --outcome, since tracing started)")
     parser.add_argument("-p", "--pid", type=parse_pid, help="trace this process ID only")
     parser.add_argument("-P", "--port", type=parse_ports, metavar="PORTS",
                         help="comma-separated list of destination ports to trace")
@@ -349,6 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for option, path in (("--cgroupmap", args.cgroupmap), ("--mntnsmap", args.mntnsmap)):
         if path == "":
             parser.error(f"{option}: empty path")
+        if path is not None:
+            check_exists(parser, option, path)
     if args.cgroup is not None:
         args.cgroup_id = cgroup_id(parser, args.cgroup)
     else:
@@ -393,11 +417,21 @@ def check_metrics(parser: Parser, args: argparse.Namespace) -> None:
             parser.error(f"--web-config {args.web_config}: {exc}")
 
 
+def check_exists(parser: Parser, option: str, path: str) -> None:
+    """A missing file is the same usage error whichever option names it
+    (--cgroup's own check words it so too)."""
+    if not os.path.exists(path):
+        parser.error(f"{option} {path}: No such file or directory")
+
+
 def check_btf(parser: Parser, path: str) -> None:
     from .libbpf import BpfError, check_btf_file
 
+    check_exists(parser, "--btf", path)
     if not os.path.isfile(path):
-        parser.error(f"--btf {path}: no such file")
+        parser.error(f"--btf {path}: not a regular file")
+    if os.path.getsize(path) == 0:
+        parser.error(f"--btf {path}: empty file")  # libbpf would say "Input/output error"
     try:
         check_btf_file(path)
     except BpfError as exc:

@@ -30,6 +30,8 @@ BTF_KIND_ENUM = 6
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
 LIBBPF_WARN = 0
+# libbpf.h's code for a file it cannot parse as ELF (its codes start at 4000).
+LIBBPF_ERRNO__FORMAT = 4001
 BPF_FS_MAGIC = 0xCAFE4A11
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_RINGBUF = 27
@@ -227,7 +229,7 @@ class Map:
     @classmethod
     def from_pin(cls, path: str) -> Map:
         if not os.path.exists(path):
-            raise BpfError(f"{path}: no such file")
+            raise BpfError(f"{path}: No such file or directory")
         if filesystem_magic(path) != BPF_FS_MAGIC:
             raise BpfError(f"{path} is not on a BPF filesystem (mount -t bpf bpf /sys/fs/bpf)")
         if os.path.isdir(path):
@@ -419,7 +421,11 @@ def _parse_btf(path: str) -> int:
     btf = _lib.btf__parse(os.fsencode(path), None)
     if not btf:
         err = ctypes.get_errno() or errno.EINVAL
-        raise BpfError(f"{path}: not a readable BTF file ({os.strerror(err)})")
+        # What libbpf answers for a file that holds no BTF at all: its own
+        # code has no strerror text, and ENOENT would read as a missing file.
+        reason = {LIBBPF_ERRNO__FORMAT: "neither raw BTF nor an ELF file",
+                  errno.ENOENT: "an ELF file without a .BTF section"}.get(err, os.strerror(err))
+        raise BpfError(f"{path}: not a readable BTF file ({reason})")
     return btf
 
 

@@ -250,7 +250,11 @@ class Session:
             tracer.stop()
             pending = tracer.take_pending()
         counts = counts_with_pending(self._take_counts(tracer), pending)
-        self._write(["", count_header(outcome), *count_rows(counts, outcome)])
+        # -i's tables follow one another: each starts with the local time it
+        # was taken, as bcc's interval tools print it. -c alone keeps bcc's
+        # tcpconnect layout.
+        stamp = [time.strftime("%H:%M:%S")] if self.args.interval else []
+        self._write(["", *stamp, count_header(outcome), *count_rows(counts, outcome)])
 
     def _take_counts(self, tracer: Tracer) -> list[tuple[CountKey, int]]:
         if self._exporter is None:
