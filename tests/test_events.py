@@ -80,7 +80,8 @@ def test_batch_format_decodes_like_the_mirror():
     # The struct format the reader decodes batches with is derived from the
     # mirror; both must read the same bytes the same way.
     event = Event(ts_ns=1, cgroup_id=2, mntns_id=3, pid=4, tid=5, uid=6, lport=7, dport=8,
-                  family=6, comm=b"name", answer_kind=1, answer_type=3, answer_code=13,
+                  family=6, comm=b"name", ppid=9, pcomm=b"parent", ns_pid=10, ns_tid=11,
+                  answer_kind=1, answer_type=3, answer_code=13,
                   answer_ttl=63)
     event.answer_from[:] = bytes(range(32, 48))
     event.saddr[:] = bytes(range(16))
@@ -90,7 +91,8 @@ def test_batch_format_decodes_like_the_mirror():
     for name, _ in Event._fields_:
         value = getattr(event, name)
         expected = bytes(value) if isinstance(value, ctypes.Array) else value
-        assert getattr(decoded, name) == (expected.ljust(16, b"\0") if name == "comm" else expected)
+        assert getattr(decoded, name) == (expected.ljust(16, b"\0") if name in ("comm", "pcomm")
+                                          else expected)
     # The reader's form: the fields before the identity one by one, then the
     # identity's bytes, which decode to the same fields, then those after it.
     record = decode_event(event)

@@ -26,7 +26,7 @@ WALL = WallClock(offset_ns=1_795_915_420 * 10**9)
 def event(**fields) -> tuple:
     """A decoded event as the ring reader hands it over (arrays as the
     kernel's zero-padded bytes)."""
-    for name in ("saddr", "daddr", "comm"):
+    for name in ("saddr", "daddr", "comm", "pcomm"):
         if name in fields:
             fields[name] = fields[name].ljust(16, b"\0")
     record = EventRecord(
@@ -168,9 +168,12 @@ def test_json_row():
     formatter = JsonFormatter(Columns(timestamp=True, lport=True),
                               query=lambda e: ("x.test", 512_004_000), wall=WALL)
     assert formatter.header() is None
-    record = json.loads(row(formatter, event(comm=b"cu\x1brl", ts_ns=5_000_123_456)))
+    record = json.loads(row(formatter, event(comm=b"cu\x1brl", ts_ns=5_000_123_456, ppid=1,
+                                             pcomm=b"sys\x1bd", ns_pid=42, ns_tid=43)))
     assert record == {
-        "timestamp": "2026-11-29T01:23:45.000123Z", "time": 0.0, "uid": 1000, "pid": 4242, "tid": 4243, "comm": "cu\x1brl", "ip": 4,
+        "timestamp": "2026-11-29T01:23:45.000123Z", "time": 0.0, "uid": 1000, "pid": 4242,
+        "tid": 4243, "comm": "cu\x1brl", "ppid": 1, "pcomm": "sys\x1bd", "ns_pid": 42,
+        "ns_tid": 43, "ip": 4,
         "saddr": "10.0.0.1", "lport": 51234, "daddr": "93.184.216.34", "dport": 443,
         "cgroup_id": 7, "mntns_id": 4026531841, "netns": 4026531840, "cgroup": None,
         "unit": None, "container_id": None, "container_name": None, "pod_uid": None, "pod": None,

@@ -385,7 +385,9 @@ def test_json_rows(trace):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event.pop("timestamp"))
     assert event == {
         "time": 0.0, "uid": 0, "pid": ME, "tid": threading.get_native_id(),
-        "comm": my_comm(), "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,
+        "comm": my_comm(), "ppid": os.getppid(), "pcomm": comm_of(os.getppid()),
+        "ns_pid": ME, "ns_tid": threading.get_native_id(),
+        "ip": 6, "saddr": "::1", "daddr": "::1", "dport": port,
         "cgroup_id": cgroup_id, "mntns_id": os.stat("/proc/self/ns/mnt").st_ino,
         "netns": os.stat("/proc/self/ns/net").st_ino, "cgroup": cgroup, "unit": names.unit,
         "container_id": names.container_id, "container_name": None, "pod_uid": names.pod_uid,

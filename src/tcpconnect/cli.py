@@ -276,6 +276,8 @@ def build_parser() -> Parser:
     family.add_argument("-6", "--ipv6", action="store_true", help="trace IPv6 family only")
     parser.add_argument("-L", "--lport", action="store_true", help="include a LPORT column")
     parser.add_argument("-U", "--print-uid", action="store_true", help="include a UID column")
+    parser.add_argument("--ppid", action="store_true",
+                        help="include a PPID column: the connecting process's parent")
     parser.add_argument("-u", "--uid", type=parse_uid, help="trace this UID (or user) only")
     parser.add_argument("-c", "--count", action="store_true",
                         help="count connects per source IP and destination IP/port")

@@ -36,9 +36,13 @@ class Event(Structure):
         ("tid", c_uint32),
         ("uid", c_uint32),
         ("netns", c_uint32),
+        ("ppid", c_uint32),
+        ("ns_pid", c_uint32),
+        ("ns_tid", c_uint32),
         ("dport", c_uint16),
         ("family", c_uint16),
         ("comm", c_char * TASK_COMM_LEN),
+        ("pcomm", c_char * TASK_COMM_LEN),
         ("answer_kind", c_uint8),
         ("answer_type", c_uint8),
         ("answer_code", c_uint8),
@@ -130,7 +134,7 @@ def struct_format(mirror: type[Structure], joined: tuple[str, str] | None = None
 
 # The fields of Event that are the same for every connect one thread makes
 # to one destination, first and last; tcpconnect.h keeps them contiguous.
-IDENTITY = ("cgroup_id", "comm")
+IDENTITY = ("cgroup_id", "pcomm")
 # Every field of an event, one by one (ctypes Event <-> EventRecord).
 EVENT_FORMAT = struct_format(Event)
 # How the reader decodes an event: the fields that change from one connect
@@ -151,9 +155,10 @@ _RECORD = [*_NAMES[:_SPLIT], "identity", *_NAMES[_END:]]
         "ts_ns", "latency_ns", "lport", "outcome", "error", "syn_retries", "drops",
         "drop_reason", "answer_from", "identity", "answer_kind", "answer_type", "answer_code",
         "answer_ttl"))
-CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, DPORT, FAMILY, COMM = (
+(CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, PPID, NS_PID, NS_TID, DPORT, FAMILY,
+ COMM, PCOMM) = (
     _NAMES[_SPLIT:_END].index(name) for name in (
-        "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "netns", "dport",
-        "family", "comm"))
+        "cgroup_id", "mntns_id", "saddr", "daddr", "pid", "tid", "uid", "netns", "ppid",
+        "ns_pid", "ns_tid", "dport", "family", "comm", "pcomm"))
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))

@@ -35,7 +35,11 @@ from .events import (
     LPORT,
     MNTNS_ID,
     NETNS,
+    NS_PID,
+    NS_TID,
+    PCOMM,
     PID,
+    PPID,
     SADDR,
     TID,
     TS_NS,
@@ -135,6 +139,7 @@ def attribution_json(attribution: Attribution) -> str:
 class Columns(NamedTuple):
     timestamp: bool = False
     uid: bool = False
+    ppid: bool = False
     lport: bool = False
     dns: bool = False
     container: bool = False
@@ -222,7 +227,8 @@ def _when(enabled: bool, *pieces: tuple[str, str, bool]) -> RowPieces:
 _FIELD_POSITIONS = dict(
     TS_NS=TS_NS, LPORT=LPORT, IDENTITY_BYTES=IDENTITY_BYTES, CGROUP_ID=CGROUP_ID,
     MNTNS_ID=MNTNS_ID, SADDR=SADDR, DADDR=DADDR, PID=PID, TID=TID, UID=UID, NETNS=NETNS,
-    DPORT=DPORT, FAMILY=FAMILY, COMM=COMM, NS_PER_SECOND=NS_PER_SECOND)
+    PPID=PPID, NS_PID=NS_PID, NS_TID=NS_TID, DPORT=DPORT, FAMILY=FAMILY, COMM=COMM, PCOMM=PCOMM,
+    NS_PER_SECOND=NS_PER_SECOND)
 
 
 class _CompiledFormatter:
@@ -260,6 +266,7 @@ TEXT_COLUMNS = (
     TextColumn("uid", "%-6s" % "UID", [("%-6d", "i[UID]", not VARIES)]),
     TextColumn(None, "%-7s %-12s " % ("PID", "COMM"),
                [("%-7d %s ", "i[PID], comm[i[COMM]]", not VARIES)]),
+    TextColumn("ppid", "%-7s " % "PPID", [("%-7d ", "i[PPID]", not VARIES)]),
     TextColumn("container", "%-16s " % "CONTAINER",
                [("%s", "container[i[CGROUP_ID]]", not VARIES)]),
     TextColumn(None, "%-2s %-16s " % ("IP", "SADDR"),
@@ -332,9 +339,10 @@ class JsonFormatter(_CompiledFormatter):
             ('%sZ", ', "THREE_DIGITS[wall // 1000 % 1000]", VARIES),
             *_when(columns.timestamp,
                    ('"time": %r, ', "round((e[TS_NS] - start) / 1e9, 6)", VARIES)),
-            ('"uid": %d, "pid": %d, "tid": %d, "comm": %s, "ip": %d, "saddr": "%s", ',
-             "i[UID], i[PID], i[TID], comm[i[COMM]], i[FAMILY], addr[i[FAMILY]][i[SADDR]]",
-             not VARIES),
+            ('"uid": %d, "pid": %d, "tid": %d, "comm": %s, "ppid": %d, "pcomm": %s, '
+             '"ns_pid": %d, "ns_tid": %d, "ip": %d, "saddr": "%s", ',
+             "i[UID], i[PID], i[TID], comm[i[COMM]], i[PPID], comm[i[PCOMM]], i[NS_PID], "
+             "i[NS_TID], i[FAMILY], addr[i[FAMILY]][i[SADDR]]", not VARIES),
             *_when(columns.lport, ('"lport": %s, ', "str(e[LPORT])", VARIES)),
             ('"daddr": "%s", "dport": %d, "cgroup_id": %d, "mntns_id": %d, "netns": %d%s',
              "addr[i[FAMILY]][i[DADDR]], i[DPORT], i[CGROUP_ID], i[MNTNS_ID], i[NETNS], "

@@ -92,6 +92,7 @@ class TracerConfig(NamedTuple):
     # tens of nanoseconds in the kernel. Unfilled ones are 0.
     timestamps: bool = False
     task_ids: bool = False  # cgroup_id, mntns_id and netns
+    lineage: bool = False  # ppid, pcomm, ns_pid and ns_tid
     # --outcome: each attempt reported (or counted) when it leaves SYN_SENT;
     # failed_only (--failed) drops those that succeed in the kernel.
     outcome: bool = False
@@ -207,6 +208,7 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         ("wakeup_bytes", ctypes.c_uint64, min(ring_bytes, DNS_RING_BYTES) // WAKEUP_FRACTION),
         ("want_ts", flag, config.timestamps),
         ("want_ids", flag, config.task_ids),
+        ("want_lineage", flag, config.lineage),
         ("want_outcome", flag, config.outcome),
         ("failed_only", flag, config.failed_only),
         ("want_answers", flag, answers),

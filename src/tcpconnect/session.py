@@ -105,6 +105,7 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
         btf_path=args.btf,
         timestamps=args.timestamp or args.dns or args.json or args.time,
         task_ids=args.json or args.container,
+        lineage=args.json or args.ppid,
         outcome=args.outcome,
         failed_only=args.failed,
         exclude_ports=tuple(args.exclude_port or ()),
@@ -131,7 +132,8 @@ class Session:
         self._exporter: Exporter | None = None
         # Connects left out of the -c tables taken from the exporter, in all.
         self._table_missing = 0
-        columns = Columns(timestamp=args.timestamp, uid=args.print_uid, lport=args.lport,
+        columns = Columns(timestamp=args.timestamp, uid=args.print_uid, ppid=args.ppid,
+                          lport=args.lport,
                           dns=args.dns, container=args.container, outcome=args.outcome,
                           time_of_day=args.time)
         if args.btf:

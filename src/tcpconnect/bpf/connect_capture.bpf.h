@@ -30,6 +30,7 @@ const volatile bool want_events = true;
  * connect tens of nanoseconds. */
 const volatile bool want_ts = false;
 const volatile bool want_ids = false; /* cgroup, mount and network namespace ids */
+const volatile bool want_lineage = false; /* ppid, pcomm, ns_pid, ns_tid */
 /* The ports -P and --exclude-port leave, one bit each: a plain load where a
  * hash lookup costs ~40 ns. */
 const volatile __u64 port_bitmap[65536 / 64] = {};
@@ -152,6 +153,36 @@ static __always_inline struct task_struct *typed_current_task(bool typed)
 	if (typed && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
 		return bpf_get_current_task_btf();
 	return NULL;
+}
+
+/* A task's id as its own PID namespace numbers it: the last of
+ * pid->numbers[], at pid->level. The index varies, so the address is made
+ * from relocated offsets rather than by a CO-RE access chain. */
+static __always_inline __u32 pid_in_own_namespace(const struct pid *pid)
+{
+	unsigned int level = BPF_CORE_READ(pid, level);
+	const void *upid;
+
+	/* MAX_PID_NS_LEVEL is 32; the bound keeps the address in the struct. */
+	if (level > 32)
+		return 0;
+	upid = (const void *)pid + bpf_core_field_offset(struct pid, numbers) +
+	       level * bpf_core_type_size(struct upid);
+	return BPF_CORE_READ((const struct upid *)upid, nr);
+}
+
+/* Who the connecting task is beyond its ids: its parent and the ids its
+ * own PID namespace gives it. Probe reads on any kernel: a few per
+ * connect, only when asked for. */
+static __always_inline void read_lineage(struct event *e)
+{
+	const struct task_struct *task = (const void *)bpf_get_current_task();
+	const struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	bpf_probe_read_kernel(e->pcomm, sizeof(e->pcomm), &parent->comm);
+	e->ns_tid = pid_in_own_namespace(BPF_CORE_READ(task, thread_pid));
+	e->ns_pid = pid_in_own_namespace(BPF_CORE_READ(task, group_leader, thread_pid));
 }
 
 /* Each *_filter below fills its part of *e and returns the filter that

@@ -81,6 +81,8 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 		else
 			bpf_get_current_comm(e.comm, sizeof(e.comm));
 	}
+	if (want_lineage)
+		read_lineage(&e);
 	/* With --outcome an attempt is counted when it ends. */
 	if (count_mode && !want_outcome) {
 		count_connect(&e);
@@ -182,6 +184,8 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 	}
 	if (want_events || count_comm)
 		bpf_get_current_comm(call.e.comm, sizeof(call.e.comm));
+	if (want_lineage)
+		read_lineage(&call.e);
 	if (want_outcome) {
 		call.e.outcome = OUTCOME_NO_SYN;
 		call.e.error = -ctx->ret;

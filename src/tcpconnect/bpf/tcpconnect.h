@@ -56,7 +56,7 @@ enum answer_kind {
 /* One active connect attempt. Addresses are in network byte order; an IPv4
  * address (family 4) occupies the first four bytes of saddr/daddr.
  *
- * The fields from cgroup_id to comm are the same for every connect one
+ * The fields from cgroup_id to pcomm are the same for every connect one
  * thread makes to one destination, and they are contiguous with no padding:
  * user space keys its cache of formatted rows by those bytes, so a repeated
  * connect costs it a lookup instead of a row's formatting. */
@@ -91,12 +91,18 @@ struct event {
 	__u32 tid;
 	__u32 uid;
 	__u32 netns; /* inode of the socket's network namespace */
+	/* Filled with want_lineage: the parent (real_parent) and its name, and
+	 * the process and thread ids as the task's own PID namespace numbers
+	 * them (what `ps` shows inside a container). */
+	__u32 ppid;
+	__u32 ns_pid;
+	__u32 ns_tid;
 	__u16 dport;
 	__u16 family;
 	char comm[TASK_COMM_LEN];
+	char pcomm[TASK_COMM_LEN];
 	/* enum answer_kind; for ANSWER_ICMP the message's type and code; the
-	 * TTL (hop limit) the answer arrived with. These fill what would be
-	 * the struct's tail padding. */
+	 * TTL (hop limit) the answer arrived with. */
 	__u8 answer_kind;
 	__u8 answer_type;
 	__u8 answer_code;
