@@ -25,20 +25,25 @@ def destinations(veth) -> list[tuple[int, str, str]]:
             (6, "::ffff:" + veth.peer4, veth.peer4)]
 
 
-def traced_destinations(trace, workload, veth, *options: str) -> list[str]:
-    """The daddr of each row when a workload connects to every destination
-    (a closed port: refused) under these options."""
+def traced_destinations(trace, workload, veth, *runs: tuple[str, ...]) -> list[list[str]]:
+    """The daddr of each row of each run (tracers started side by side, one
+    per set of options), when a workload connects to every destination (a
+    closed port: refused) once."""
     port = free_port()
     w = workload()
-    t = trace("-j", "-P", str(port), *options)
+    tracers = [trace("-j", "-P", str(port), *options) for options in runs]
     for family, addr, _ in destinations(veth):
         assert w.connect(family, addr, port)[1] == errno.ECONNREFUSED
-    t.stop()
-    assert t.stderr == ""
-    return [row["daddr"] for row in t.json_rows()]
+    found = []
+    for t in tracers:
+        t.stop()
+        assert t.stderr == ""
+        found.append([row["daddr"] for row in t.json_rows()])
+    return found
 
 
-@pytest.mark.parametrize("options,expected", [
+# Options, then the destinations whose rows they keep.
+ADDRESS_CASES = [
     (("--daddr", "127.0.0.0/8"), ["127.0.0.1", "127.0.0.2"]),
     # Exclusions win, down to a single address (/32).
     (("--daddr", "127.0.0.0/8", "--exclude-daddr", "127.0.0.2"), ["127.0.0.1"]),
@@ -55,12 +60,16 @@ def traced_destinations(trace, workload, veth, *options: str) -> list[str]:
     (("--exclude-saddr", "127.0.0.0/8,::1"), ["{peer4}", "{peer6}", "{peer4}"]),
     # Repeated options add up.
     (("--daddr", "127.0.0.1", "--daddr", "{peer6}"), ["127.0.0.1", "{peer6}"]),
-])
-def test_address_filters(trace, workload, veth, options, expected):
+]
+
+
+def test_address_filters(trace, workload, veth):
+    # One set of connects, a tracer per case: each case's rows exact.
     names = {"peer4": veth.peer4, "peer6": veth.peer6, "host4": veth.host4}
-    options = tuple(option.format(**names) for option in options)
-    assert traced_destinations(trace, workload, veth, *options) == [
-        address.format(**names) for address in expected]
+    runs = [tuple(option.format(**names) for option in options) for options, _ in ADDRESS_CASES]
+    expected = [[address.format(**names) for address in kept] for _, kept in ADDRESS_CASES]
+    assert dict(zip(runs, traced_destinations(trace, workload, veth, *runs))) == dict(
+        zip(runs, expected))
 
 
 def test_ten_thousand_prefixes_from_a_file(trace, workload, veth, tmp_path):
@@ -69,8 +78,8 @@ def test_ten_thousand_prefixes_from_a_file(trace, workload, veth, tmp_path):
     many = [f"10.{200 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(9999)]
     listed = tmp_path / "blocked"
     listed.write_text("# blocked\n" + "\n".join(many) + "\n127.0.0.2  # loopback's other\n")
-    assert traced_destinations(trace, workload, veth, "--exclude-daddr", f"@{listed}") == [
-        "127.0.0.1", "::1", veth.peer4, veth.peer6, veth.peer4]
+    assert traced_destinations(trace, workload, veth, ("--exclude-daddr", f"@{listed}")) == [[
+        "127.0.0.1", "::1", veth.peer4, veth.peer6, veth.peer4]]
 
 
 def test_comm_is_the_kernels_name_not_the_programs(trace, workload):
@@ -88,13 +97,14 @@ def test_excluded_ports_with_and_without_a_port_list(trace, workload):
     w = workload(name="tcf-ports")
     ports = [free_port() for _ in range(3)]
     listed = ",".join(map(str, ports))
-    for options, kept in (((f"-P{listed}", f"--exclude-port={ports[1]}"), [ports[0], ports[2]]),
-                          ((f"--exclude-port={ports[0]},{ports[2]}",), [ports[1]])):
-        t = trace("-j", "--comm", "tcf-ports", *options)
-        for port in ports:
-            w.connect(4, "127.0.0.1", port)
+    tracers = [trace("-j", "--comm", "tcf-ports", f"-P{listed}", f"--exclude-port={ports[1]}"),
+               trace("-j", "--comm", "tcf-ports", f"--exclude-port={ports[0]},{ports[2]}")]
+    for port in ports:
+        w.connect(4, "127.0.0.1", port)
+    for t in tracers:
         t.stop()
-        assert [row["dport"] for row in t.json_rows()] == kept
+    assert [[row["dport"] for row in t.json_rows()] for t in tracers] == [
+        [ports[0], ports[2]], [ports[1]]]
 
 
 FILTERED = re.compile(r"Connects filtered out in the kernel: (?:\d+ by --comm, )?"
