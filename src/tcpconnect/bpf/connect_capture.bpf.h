@@ -34,8 +34,7 @@ const volatile bool want_lineage = false; /* ppid, pcomm, ns_pid, ns_tid */
 /* The ports -P and --exclude-port leave, one bit each: a plain load where a
  * hash lookup costs ~40 ns. */
 const volatile __u64 port_bitmap[65536 / 64] = {};
-/* --comm: the names in comm_filter, as bpf_get_current_comm() gives them
- * (NUL-padded to 16 bytes). */
+/* --comm: the names in comm_filter, NUL-padded to 16 bytes. */
 const volatile bool filter_by_comm = false;
 
 /* Read by user space through the mmapped .bss. */
@@ -206,7 +205,10 @@ static __always_inline __u32 task_filter(const struct task_struct *task, struct 
 	if (filter_by_uid && e->uid != filter_uid)
 		return FILTERED_UID;
 	if (filter_by_comm) {
-		char comm[TASK_COMM_LEN];
+		/* Zeroed first: from Linux 5.x to 6.x the helper copies with
+		 * strscpy, which stops at the NUL and leaves the rest as it was
+		 * (older kernels padded with strncpy), and the key is all 16. */
+		char comm[TASK_COMM_LEN] = {};
 
 		bpf_get_current_comm(comm, sizeof(comm));
 		if (!bpf_map_lookup_elem(&comm_filter, comm))
