@@ -62,6 +62,16 @@ class Namespaces:
         self._made: list[str] = []
 
     def __enter__(self) -> Namespaces:
+        # __exit__ does not run when __enter__ fails: a step that fails
+        # here must not leave the namespaces made so far behind.
+        try:
+            self._set_up()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _set_up(self) -> None:
         for name in (self.client, self.router):
             ip("netns", "add", name)
             self._made.append(name)
@@ -77,7 +87,6 @@ class Namespaces:
         ip(*r, "route", "add", "blackhole", f"{BLACKHOLE}/32")
         with in_namespace(self.router):
             write_sysctl("net/ipv4/ip_forward", "1")
-        return self
 
     def __exit__(self, *_: object) -> None:
         for name in self._made:
