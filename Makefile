@@ -164,7 +164,7 @@ test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 # raw_tp programs (--btf), the selftest (every result, the connect() syscall tracepoints'
 # among them, in namespaces), the loader's libbpf message (the print callback's va_list), the
 # real ring wrapping and its accounting, and the fake ring (host_only elsewhere: on x86 the
-# host run has it). 25 tests, ~2 min in the guest here. On 6.12, the kernel with the most
+# host run has it). 25 tests, 88 s wall in the guest here. On 6.12, the kernel with the most
 # programs (the whole-packet one); ARCH=arm64 covers 6.1.
 ARM64_SUBSET := -q tests/test_ringbuf.py \
 	'tests/test_kernel.py::test_a_seccomp_filter_refusing_bpf_is_named_not_the_kernel[EPERM]' \
