@@ -30,6 +30,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
+# The helpers that are programs (uring_connect, connect_loop): the kernel
+# matrix's arm64 guests point this at their cross-built ones (kernels/matrix).
+HELPERS = Path(os.environ.get("TEST_HELPERS", BUILD))
 TOOL = [sys.executable, "-m", "tcpconnect"]
 BANNER = "Tracing connect ... Hit Ctrl-C to end"
 TCP_SYNCNT = 7
@@ -328,7 +331,7 @@ def refused_connect(family: int, port: int, addr: str | None = None) -> int:
 def connect_burst(port: int, seconds: float) -> int:
     """Refused loopback connects as fast as one core can for `seconds`
     (build/connect_loop); returns how many were made."""
-    out = subprocess.run([str(BUILD / "connect_loop"), "-p", str(port), "-d", str(seconds)],
+    out = subprocess.run([str(HELPERS / "connect_loop"), "-p", str(port), "-d", str(seconds)],
                          capture_output=True, text=True, check=True).stdout
     return int(out)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import (
-    BUILD,
+    HELPERS,
     TCP_SYNCNT,
     TCP_USER_TIMEOUT,
     cgroup_id_of,
@@ -273,7 +273,7 @@ while True:
 def test_io_uring_connect(trace, mode, family, addr):
     port = free_port()
     t = trace("-j", "-L", "-P", str(port))
-    out = subprocess.run([str(BUILD / "uring_connect"), mode, addr, str(port)],
+    out = subprocess.run([str(HELPERS / "uring_connect"), mode, addr, str(port)],
                          capture_output=True, text=True, check=True).stdout
     fields = dict(item.split("=") for item in out.split())
     assert fields["res"] == "-111"

@@ -174,8 +174,11 @@ class _LibbpfLog:
             buf = ctypes.create_string_buffer(512)
             # va_list arrives as one pointer-sized value, passed on as it came:
             # on x86-64 it is an array type and decays to a pointer; on arm64 it
-            # is a 32-byte struct, which AAPCS64 passes by reference (a pointer
-            # to a copy) because it is a composite larger than 16 bytes.
+            # is a 32-byte struct (five fields), which AAPCS64 passes by
+            # reference (a pointer to a copy) because it is a composite larger
+            # than 16 bytes. vsnprintf takes its va_list the same way and uses
+            # it up, so it is passed on once. test_missing_tracepoint_is_named
+            # reads a formatted warning, on arm64 too (the kernel matrix).
             _libc.vsnprintf(buf, len(buf), fmt, args)
             self.lines.append(buf.value.decode(errors="replace").rstrip())
             del self.lines[:-20]
