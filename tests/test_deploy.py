@@ -4,6 +4,7 @@ to trace. (The image itself is not built here: no container registry.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -12,6 +13,7 @@ import tomllib
 from typing import Iterator
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 from conftest import (
@@ -26,11 +28,16 @@ from conftest import (
 from test_containers import bpffs, pins  # noqa: F401  (fixtures)
 
 from tcpconnect.cli import parse_args
+from tcpconnect.container_names import KUBELET_CONTAINER_LOGS
 
 DEPLOY = ROOT / "deploy"
 MOUNTS = ("/sys/kernel/btf", "/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel/tracing")
 # Only on a Kubernetes node: not bound in the capability test below.
-KUBELET_MOUNTS = ("/var/log/pods",)
+KUBELET_MOUNTS = ("/var/log/pods", "/var/log/containers")
+SECCOMP_PROFILE = DEPLOY / "seccomp-tcpconnect.json"
+# The Kubernetes release whose API schema the manifest is checked against
+# (kubernetes-validate ships them, 1.25 to 1.37 in its 1.37 release).
+KUBERNETES = "1.35.0"
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +81,60 @@ def test_daemonset_mounts_the_host_paths_read_only(daemonset):
     mounts = {m["mountPath"]: (volumes[m["name"]], m.get("readOnly"))
               for m in only_container(daemonset)["volumeMounts"]}
     assert mounts == {path: (path, True) for path in MOUNTS + KUBELET_MOUNTS}
+    # The links that name containers point into the pod log tree.
+    assert KUBELET_MOUNTS[1] == KUBELET_CONTAINER_LOGS
+
+
+@pytest.mark.host_only
+def test_daemonset_passes_the_kubernetes_api_schema_offline(daemonset):
+    # Strict: a property the schema does not know fails, as a misspelt one
+    # would be ignored (or refused) by the API server. No network here.
+    assert kubernetes_validate.validate(daemonset, KUBERNETES, strict=True)
+
+
+@pytest.mark.host_only
+@pytest.mark.parametrize("break_it,fragment", [
+    (lambda pod, c: c["volumeMounts"][0].update(redOnly=True), "'redOnly' was unexpected"),
+    (lambda pod, c: pod.update(hostPID="true"), "'true' is not of type 'boolean'"),
+    (lambda pod, c: c.pop("name"), "'name' is a required property"),
+    (lambda pod, c: c["securityContext"]["capabilities"].update(add="BPF"),
+     "'BPF' is not of type 'array'"),
+], ids=["misspelt", "wrong-type", "missing", "wrong-shape"])
+def test_the_schema_check_fails_on_a_broken_manifest(daemonset, break_it, fragment):
+    broken = json.loads(json.dumps(daemonset))
+    pod = broken["spec"]["template"]["spec"]
+    break_it(pod, only_container(broken))
+    with pytest.raises(kubernetes_validate.ValidationError) as failed:
+        kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+    assert fragment in str(failed.value)
+
+
+@pytest.mark.host_only
+def test_daemonset_names_the_shipped_seccomp_profile(daemonset):
+    # Under the kubelet's seccomp root, /var/lib/kubelet/seccomp/.
+    profile = only_container(daemonset)["securityContext"]["seccompProfile"]
+    assert profile["type"] == "Localhost"
+    assert Path(profile["localhostProfile"]).name == SECCOMP_PROFILE.name
+    assert not Path(profile["localhostProfile"]).is_absolute()
+
+
+@pytest.mark.host_only
+def test_seccomp_profile_is_the_runtimes_default_plus_bpf_and_perf_events():
+    # containers-common's default profile (podman's and CRI-O's), as Debian
+    # 12 ships it: the same rules but for bpf() and perf_event_open(), which
+    # move out of the CAP_SYS_ADMIN-only rules into one rule of their own.
+    default = json.loads(Path("/usr/share/containers/seccomp.json").read_text())
+    ours = json.loads(SECCOMP_PROFILE.read_text())
+    moved = {"bpf", "perf_event_open"}
+    assert {k: v for k, v in ours.items() if k != "syscalls"} == {
+        k: v for k, v in default.items() if k != "syscalls"}
+    *kept, added = ours["syscalls"]
+    assert (set(added["names"]), added["action"], added["includes"], added["excludes"]) == (
+        moved, "SCMP_ACT_ALLOW", {}, {})
+    assert len(kept) == len(default["syscalls"])
+    for mine, theirs in zip(kept, default["syscalls"]):
+        assert mine == {**theirs, "names": [n for n in theirs["names"] if n not in moved]}
+    assert not moved & {n for rule in kept for n in rule["names"]}
 
 
 @pytest.mark.host_only
@@ -134,6 +195,24 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(broken)],
                           capture_output=True, text=True)
     assert "ProtectHone" in done.stderr
+
+
+@pytest.mark.host_only
+def test_unit_keeps_systemd_analyze_securitys_exposure_low(tmp_path):
+    # 4.0 ("OK") with systemd 252: the sandboxing that leaves bpf() usable.
+    # The same unit stripped of it scores above the threshold, so the check
+    # can fail.
+    def exposure_ok(unit: Path) -> bool:
+        return subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=40",
+                               "--no-pager", str(unit)],
+                              capture_output=True, text=True).returncode == 0
+
+    assert exposure_ok(DEPLOY / "tcpconnect.service")
+    bare = tmp_path / "tcpconnect.service"
+    bare.write_text("".join(line for line in (DEPLOY / "tcpconnect.service").read_text()
+                            .splitlines(keepends=True)
+                            if not line.startswith(("Protect", "Private", "Restrict"))))
+    assert not exposure_ok(bare)
 
 
 @pytest.fixture
@@ -233,3 +312,4 @@ def test_the_daemonsets_read_only_mounts_and_capabilities_suffice(trace, daemons
     [row] = t.json_rows()
     assert (row["pid"], row["dport"]) == (os.getpid(), port)
     assert (t.returncode, t.stderr) == (0, "")
+
