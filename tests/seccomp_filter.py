@@ -51,3 +51,14 @@ def refusing(syscall: str, err: int) -> Callable[[], None]:
             raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
 
     return install
+
+
+if __name__ == "__main__":
+    # As a command prefix (for tracers started by the trace fixture):
+    #   python seccomp_filter.py SYSCALL ERRNO-NAME COMMAND...
+    import errno
+    import os
+    import sys
+
+    refusing(sys.argv[1], getattr(errno, sys.argv[2]))()
+    os.execvp(sys.argv[3], sys.argv[3:])

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from typing import Iterator
 from pathlib import Path
@@ -24,8 +25,11 @@ from conftest import (
     free_port,
     perf_event_paranoid,
     refused_connect,
+    row,
+    run_tool,
 )
 from test_containers import bpffs, pins  # noqa: F401  (fixtures)
+from test_kernel import SECCOMP_REFUSAL
 
 from tcpconnect.cli import parse_args
 from tcpconnect.container_names import KUBELET_CONTAINER_LOGS
@@ -313,3 +317,67 @@ def test_the_daemonsets_read_only_mounts_and_capabilities_suffice(trace, daemons
     assert (row["pid"], row["dport"]) == (os.getpid(), port)
     assert (t.returncode, t.stderr) == (0, "")
 
+
+# --- A container without the host's mounts, or with a runtime's seccomp filter ----------
+# Each condition is made for real: an empty tmpfs over the path in a private
+# mount namespace, a seccomp filter installed in the tool's process.
+
+def hidden(*paths: str) -> tuple[str, ...]:
+    mounts = " && ".join(f"mount -t tmpfs none {p}" for p in paths)
+    return ("unshare", "-m", "sh", "-c", mounts + ' && exec "$@"', "sh")
+
+
+def test_btf_not_mounted_in_a_container_is_named_not_the_kernel():
+    done = run_tool("-P", "80", prefix=hidden("/sys/kernel/btf"))
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", (
+        "tcpconnect: /sys/kernel/btf/vmlinux is missing and /sys/kernel/btf is not the "
+        "kernel's sysfs, so this kernel may well have BTF: in a container, mount the host's "
+        "/sys/kernel/btf (read-only), or give this kernel's BTF with --btf FILE\n"))
+
+
+@pytest.mark.parametrize("option", ["--cgroupmap", "--mntnsmap"])
+def test_bpffs_not_mounted_in_a_container_is_named_with_the_missing_pin(option):
+    done = run_tool(option, "/sys/fs/bpf/tcpconnect-test", prefix=hidden("/sys/fs/bpf"))
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", (
+        f"tcpconnect: error: {option} /sys/fs/bpf/tcpconnect-test: No such file or directory "
+        "(/sys/fs/bpf is no BPF file system: in a container, mount the host's /sys/fs/bpf)\n"))
+
+
+def daemonset_capabilities() -> tuple[str, ...]:
+    """A prefix that leaves the tool only deploy/daemonset.yaml's capabilities."""
+    daemonset = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
+    caps = [c.lower() for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
+    return ("setpriv", "--inh-caps=-all",
+            "--bounding-set=-all," + ",".join("+" + c for c in caps), "--")
+
+
+UNTRACED_CALLS = ("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
+                  "refused by a cgroup BPF program or an LSM) are not traced: ")
+
+
+def test_tracefs_not_mounted_in_a_container_is_named_and_the_rest_traced(trace):
+    # Without CAP_SYS_ADMIN the tool cannot mount tracefs itself. Only the
+    # connect() syscall tracepoints need it: the rest traces.
+    port = free_port()
+    t = trace("-P", str(port), prefix=(*hidden("/sys/kernel/tracing", "/sys/kernel/debug"),
+                                       *daemonset_capabilities()))
+    refused_connect(4, port)
+    t.stop()
+    assert t.rows == [row(os.getpid(), comm_of(os.getpid()), 4, "127.0.0.1", "127.0.0.1", port)]
+    assert (t.returncode, t.stderr) == (0, UNTRACED_CALLS + (
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed: Operation not "
+        "permitted (in a container, mount the host's /sys/kernel/tracing)\n"))
+
+
+@pytest.mark.parametrize("err", ["EPERM", "ENOSYS"])
+def test_a_seccomp_filter_refusing_perf_event_open_is_named(trace, err):
+    # perf_event_open() attaches the connect() syscall tracepoints only: the
+    # tool says the filter refused it, and traces the rest.
+    port = free_port()
+    t = trace("-P", str(port), prefix=(sys.executable, str(ROOT / "tests/seccomp_filter.py"),
+                                       "perf_event_open", err))
+    refused_connect(4, port)
+    t.stop()
+    assert t.rows == [row(os.getpid(), comm_of(os.getpid()), 4, "127.0.0.1", "127.0.0.1", port)]
+    refusal = SECCOMP_REFUSAL.format(err).replace("tcpconnect: bpf()", "perf_event_open()")
+    assert (t.returncode, t.stderr) == (0, UNTRACED_CALLS + refusal)
