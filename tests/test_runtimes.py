@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ import pytest
 import yaml
 from conftest import ROOT, comm_of, free_port, refused_connect
 from debian_root import base_tar
+from test_kernel import SECCOMP_REFUSAL
 
 pytestmark = pytest.mark.host_only
 
@@ -277,6 +279,7 @@ def test_a_kubernetes_container_under_containerd_is_attributed_to_its_pod(
 # --- The image, run as the DaemonSet says ---------------------------------------------
 
 DEPLOY_IMAGE = "localhost/tcpconnect-test:image"
+SECCOMP_PROFILE = ROOT / "deploy" / "seccomp-tcpconnect.json"
 DEBIAN_TAGS = ("docker.io/library/debian:12", "docker.io/library/debian:12-slim")
 # Root on these hosts lacks CAP_SYS_RESOURCE in its bounding set, so no runtime
 # can grant it here; kernels from 5.11 on do not need it (maps are not charged
@@ -328,7 +331,7 @@ def as_the_daemonset_says(tmp_path: Path, seccomp: str | None) -> list[str]:
                "--cap-add", ",".join(caps)]
     for mount in container["volumeMounts"]:
         source = Path(hosts[mount["name"]])
-        if not source.exists():  # /var/log/pods off Kubernetes
+        if not source.exists():  # the kubelet's /var/log/pods and /var/log/containers
             source = tmp_path / mount["name"]
             source.mkdir()
         options += ["-v", f"{source}:{mount['mountPath']}" + (":ro" if mount["readOnly"] else "")]
@@ -343,23 +346,21 @@ def test_the_runtimes_default_seccomp_filter_is_named_as_the_cause(image, tmp_pa
     done = subprocess.run([*image, "run", "--rm", *as_the_daemonset_says(tmp_path, None),
                            DEPLOY_IMAGE, "-j"], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (1, ""), done
-    assert done.stderr == (
-        "tcpconnect: bpf() was refused (EPERM) by this process's seccomp filter, not by the "
-        "kernel: runtimes' default filters allow bpf() only with CAP_SYS_ADMIN; run with a "
-        "profile that allows bpf (Kubernetes: seccompProfile Unconfined) or with "
-        "CAP_SYS_ADMIN\n")
+    assert done.stderr == SECCOMP_REFUSAL.format("EPERM")
 
 
 def test_the_image_traces_the_host_as_the_daemonset_runs_it(image, tmp_path):
-    # With the profile the manifest recommends for such runtimes (Unconfined)
-    # and otherwise its exact settings and arguments, a connect this test
-    # makes on the host is a row with the host's PID.
+    # With the seccomp profile the manifest names (deploy/seccomp-tcpconnect.json,
+    # which podman reads as CRI-O would) and otherwise its exact settings and
+    # arguments, a connect this test makes on the host is a row with the
+    # host's PID, and nothing is refused: no warning.
     daemonset = yaml.safe_load((ROOT / "deploy" / "daemonset.yaml").read_text())
     [container] = daemonset["spec"]["template"]["spec"]["containers"]
     port = free_port()
     name = f"tcpconnect-test-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
-        [*image, "run", "--rm", "--name", name, *as_the_daemonset_says(tmp_path, "unconfined"),
+        [*image, "run", "--rm", "--name", name,
+         *as_the_daemonset_says(tmp_path, str(SECCOMP_PROFILE)),
          DEPLOY_IMAGE, *container["args"], "-P", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -368,10 +369,15 @@ def test_the_image_traces_the_host_as_the_daemonset_runs_it(image, tmp_path):
         assert banner == "Tracing connect ... Hit Ctrl-C to end\n", banner
         refused_connect(4, port)
         row = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        pid = subprocess.run([*image, "inspect", "--format", "{{.State.Pid}}", name],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        status = Path(f"/proc/{pid}/status").read_text()
     finally:
         subprocess.run([*image, "stop", "-t", "10", name], capture_output=True, timeout=120)
         out, err = proc.communicate(timeout=120)
     assert (row["pid"], row["comm"], row["daddr"], row["dport"]) == (
         os.getpid(), comm_of(os.getpid()), "127.0.0.1", port)
+    # The profile is a filter in force (mode 2), not the absence of one.
+    assert re.search(r"^Seccomp:\s+2$", status, re.M), status
     # SIGTERM from the runtime: an orderly stop, nothing more on stdout.
     assert (proc.returncode, out, err) == (0, "", "")
