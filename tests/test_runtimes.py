@@ -10,8 +10,10 @@ daemon, image, container, pod and cgroup a test made is removed after it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -25,6 +27,7 @@ import pytest
 import yaml
 from conftest import ROOT, comm_of, free_port, refused_connect
 from debian_root import base_tar
+from seccomp_filter import ARCHES
 from test_kernel import SECCOMP_REFUSAL
 
 pytestmark = pytest.mark.host_only
@@ -32,6 +35,8 @@ pytestmark = pytest.mark.host_only
 IMAGE = "localhost/tcpconnect-test-base:12"
 # What `podman pod create` builds for a pod's infra container (podman 4.3.1).
 PAUSE_IMAGE = "localhost/podman-pause:4.3.1-0"
+# deploy/daemonset.yaml's Localhost seccomp profile.
+SECCOMP_PROFILE = ROOT / "deploy" / "seccomp-tcpconnect.json"
 # podman 4.3 on these hosts: runc (crun refuses hybrid cgroup hierarchies),
 # the cgroupfs manager (no systemd), and rlimits root may not raise here.
 CONTAINERS_CONF = """[containers]
@@ -220,6 +225,31 @@ def containerd(tmp_path_factory) -> Iterator[tuple[list[str], Path]]:
         stop_daemon(daemon, state)
 
 
+def test_containerd_reads_the_daemonsets_seccomp_profile_alike(containerd):
+    # containerd reads a Localhost profile as the OCI runtime spec's seccomp
+    # object (ctr's --seccomp-profile goes the same way as the CRI plugin's):
+    # in a container with CAP_BPF and CAP_PERFMON but not CAP_SYS_ADMIN,
+    # bpf() and perf_event_open() reach the kernel, which refuses their empty
+    # arguments (EINVAL, EFAULT), while chroot(), which the profile refuses
+    # without CAP_SYS_CHROOT, is refused with EPERM although ctr grants that
+    # capability: the filter is the profile's and in force.
+    ctr, rootfs = containerd
+    _, numbers = ARCHES[platform.machine()]
+    # Each argument a call, "number,arg,...": its errno (0 for success).
+    probe = ("for my $call (@ARGV) { $! = 0; "
+             "my ($n, @a) = map { /^-?\\d+$/ ? $_ + 0 : $_ } split /,/, $call; "
+             "syscall($n, @a); print $! + 0, \"\\n\" }")
+    done = subprocess.run(
+        [*ctr, "run", "--rm", "--seccomp", "--seccomp-profile", str(SECCOMP_PROFILE),
+         "--cap-add", "CAP_BPF", "--cap-add", "CAP_PERFMON", "--rootfs", str(rootfs),
+         f"tcpconnect-test-{uuid.uuid4().hex[:8]}", "/usr/bin/perl", "-e", probe,
+         f"{numbers['bpf']},0,0,0", f"{numbers['perf_event_open']},0,0,-1,-1,0",
+         f"{numbers['chroot']},/"],
+        capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), done
+    assert done.stdout.split() == [str(errno.EINVAL), str(errno.EFAULT), str(errno.EPERM)]
+
+
 def remove_cgroup_tree(relative: str) -> None:
     """rmdir of a cgroup path and its parents, deepest first, in every
     hierarchy runc made it in (v1 controllers and cgroup2); a directory
@@ -279,7 +309,6 @@ def test_a_kubernetes_container_under_containerd_is_attributed_to_its_pod(
 # --- The image, run as the DaemonSet says ---------------------------------------------
 
 DEPLOY_IMAGE = "localhost/tcpconnect-test:image"
-SECCOMP_PROFILE = ROOT / "deploy" / "seccomp-tcpconnect.json"
 DEBIAN_TAGS = ("docker.io/library/debian:12", "docker.io/library/debian:12-slim")
 # Root on these hosts lacks CAP_SYS_RESOURCE in its bounding set, so no runtime
 # can grant it here; kernels from 5.11 on do not need it (maps are not charged
