@@ -11,8 +11,8 @@ from typing import Callable
 
 # (AUDIT_ARCH_*, {name: number}) of the machines the suite runs on.
 ARCHES = {
-    "x86_64": (0xC000003E, {"bpf": 321, "perf_event_open": 298}),
-    "aarch64": (0xC00000B7, {"bpf": 280, "perf_event_open": 241}),
+    "x86_64": (0xC000003E, {"bpf": 321, "perf_event_open": 298, "chroot": 161}),
+    "aarch64": (0xC00000B7, {"bpf": 280, "perf_event_open": 241, "chroot": 51}),
 }
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
@@ -51,3 +51,14 @@ def refusing(syscall: str, err: int) -> Callable[[], None]:
             raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
 
     return install
+
+
+if __name__ == "__main__":
+    # As a command prefix (for tracers started by the trace fixture):
+    #   python seccomp_filter.py SYSCALL ERRNO-NAME COMMAND...
+    import errno
+    import os
+    import sys
+
+    refusing(sys.argv[1], getattr(errno, sys.argv[2]))()
+    os.execvp(sys.argv[3], sys.argv[3:])

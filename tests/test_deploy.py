@@ -4,14 +4,17 @@ to trace. (The image itself is not built here: no container registry.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 from typing import Iterator
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 from conftest import (
@@ -22,15 +25,23 @@ from conftest import (
     free_port,
     perf_event_paranoid,
     refused_connect,
+    row,
+    run_tool,
 )
 from test_containers import bpffs, pins  # noqa: F401  (fixtures)
+from test_kernel import SECCOMP_REFUSAL
 
 from tcpconnect.cli import parse_args
+from tcpconnect.container_names import KUBELET_CONTAINER_LOGS
 
 DEPLOY = ROOT / "deploy"
 MOUNTS = ("/sys/kernel/btf", "/sys/fs/cgroup", "/sys/fs/bpf", "/sys/kernel/tracing")
 # Only on a Kubernetes node: not bound in the capability test below.
-KUBELET_MOUNTS = ("/var/log/pods",)
+KUBELET_MOUNTS = ("/var/log/pods", "/var/log/containers")
+SECCOMP_PROFILE = DEPLOY / "seccomp-tcpconnect.json"
+# The Kubernetes release whose API schema the manifest is checked against
+# (kubernetes-validate ships them, 1.25 to 1.37 in its 1.37 release).
+KUBERNETES = "1.35.0"
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +85,69 @@ def test_daemonset_mounts_the_host_paths_read_only(daemonset):
     mounts = {m["mountPath"]: (volumes[m["name"]], m.get("readOnly"))
               for m in only_container(daemonset)["volumeMounts"]}
     assert mounts == {path: (path, True) for path in MOUNTS + KUBELET_MOUNTS}
+    # The links that name containers point into the pod log tree.
+    assert KUBELET_MOUNTS[1] == KUBELET_CONTAINER_LOGS
+
+
+@pytest.mark.host_only
+def test_daemonset_passes_the_kubernetes_api_schema_offline(daemonset):
+    # Strict: a property the schema does not know fails, as a misspelt one
+    # would be ignored (or refused) by the API server. No network here.
+    assert kubernetes_validate.validate(daemonset, KUBERNETES, strict=True)
+
+
+@pytest.mark.host_only
+@pytest.mark.parametrize("break_it,fragment", [
+    (lambda pod, c: c["volumeMounts"][0].update(redOnly=True), "'redOnly' was unexpected"),
+    (lambda pod, c: pod.update(hostPID="true"), "'true' is not of type 'boolean'"),
+    (lambda pod, c: c.pop("name"), "'name' is a required property"),
+    (lambda pod, c: c["securityContext"]["capabilities"].update(add="BPF"),
+     "'BPF' is not of type 'array'"),
+], ids=["misspelt", "wrong-type", "missing", "wrong-shape"])
+def test_the_schema_check_fails_on_a_broken_manifest(daemonset, break_it, fragment):
+    broken = json.loads(json.dumps(daemonset))
+    pod = broken["spec"]["template"]["spec"]
+    break_it(pod, only_container(broken))
+    with pytest.raises(kubernetes_validate.ValidationError) as failed:
+        kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+    assert fragment in str(failed.value)
+
+
+@pytest.mark.host_only
+def test_daemonset_names_the_shipped_seccomp_profile(daemonset):
+    # Under the kubelet's seccomp root, /var/lib/kubelet/seccomp/.
+    profile = only_container(daemonset)["securityContext"]["seccompProfile"]
+    assert profile["type"] == "Localhost"
+    assert Path(profile["localhostProfile"]).name == SECCOMP_PROFILE.name
+    assert not Path(profile["localhostProfile"]).is_absolute()
+
+
+@pytest.mark.host_only
+def test_seccomp_profile_is_the_runtimes_default_resolved_plus_bpf_and_perf_events():
+    # deploy/seccomp-profile makes it from Debian 12's containers-common
+    # profile and the manifest's capabilities: the shipped file is its output.
+    made = subprocess.run([sys.executable, str(DEPLOY / "seccomp-profile")],
+                          capture_output=True, text=True, check=True).stdout
+    assert made == SECCOMP_PROFILE.read_text()
+    profile = json.loads(made)
+    # Only what the OCI runtime spec's seccomp object holds (containerd reads
+    # nothing else): no rule depends on capabilities or architectures.
+    assert set(profile) == {"defaultAction", "defaultErrnoRet", "architectures", "syscalls"}
+    assert all(set(rule) <= {"names", "action", "args", "errnoRet"}
+               for rule in profile["syscalls"])
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    rules_of = {}
+    for rule in profile["syscalls"]:
+        for name in rule["names"]:
+            rules_of.setdefault(name, []).append(rule)
+    tracing = {"names": ["bpf", "perf_event_open"], "action": "SCMP_ACT_ALLOW"}
+    assert rules_of["bpf"] == rules_of["perf_event_open"] == [tracing]
+    # The manifest's DAC_READ_SEARCH keeps open_by_handle_at(); what needs
+    # capabilities it lacks stays refused, with EPERM.
+    assert [r["action"] for r in rules_of["open_by_handle_at"]] == ["SCMP_ACT_ALLOW"]
+    for name in ("chroot", "init_module", "clock_settime", "ioperm"):
+        assert [(r["action"], r.get("errnoRet")) for r in rules_of[name]] == [
+            ("SCMP_ACT_ERRNO", 1)]
 
 
 @pytest.mark.host_only
@@ -134,6 +208,24 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(broken)],
                           capture_output=True, text=True)
     assert "ProtectHone" in done.stderr
+
+
+@pytest.mark.host_only
+def test_unit_keeps_systemd_analyze_securitys_exposure_low(tmp_path):
+    # 4.0 ("OK") with systemd 252: the sandboxing that leaves bpf() usable.
+    # The same unit stripped of it scores above the threshold, so the check
+    # can fail.
+    def exposure_ok(unit: Path) -> bool:
+        return subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=40",
+                               "--no-pager", str(unit)],
+                              capture_output=True, text=True).returncode == 0
+
+    assert exposure_ok(DEPLOY / "tcpconnect.service")
+    bare = tmp_path / "tcpconnect.service"
+    bare.write_text("".join(line for line in (DEPLOY / "tcpconnect.service").read_text()
+                            .splitlines(keepends=True)
+                            if not line.startswith(("Protect", "Private", "Restrict"))))
+    assert not exposure_ok(bare)
 
 
 @pytest.fixture
@@ -233,3 +325,68 @@ def test_the_daemonsets_read_only_mounts_and_capabilities_suffice(trace, daemons
     [row] = t.json_rows()
     assert (row["pid"], row["dport"]) == (os.getpid(), port)
     assert (t.returncode, t.stderr) == (0, "")
+
+
+# --- A container without the host's mounts, or with a runtime's seccomp filter ----------
+# Each condition is made for real: an empty tmpfs over the path in a private
+# mount namespace, a seccomp filter installed in the tool's process.
+
+def hidden(*paths: str) -> tuple[str, ...]:
+    mounts = " && ".join(f"mount -t tmpfs none {p}" for p in paths)
+    return ("unshare", "-m", "sh", "-c", mounts + ' && exec "$@"', "sh")
+
+
+def test_btf_not_mounted_in_a_container_is_named_not_the_kernel():
+    done = run_tool("-P", "80", prefix=hidden("/sys/kernel/btf"))
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", (
+        "tcpconnect: /sys/kernel/btf/vmlinux is missing and /sys/kernel/btf is not the "
+        "kernel's sysfs, so this kernel may well have BTF: in a container, mount the host's "
+        "/sys/kernel/btf (read-only), or give this kernel's BTF with --btf FILE\n"))
+
+
+@pytest.mark.parametrize("option", ["--cgroupmap", "--mntnsmap"])
+def test_bpffs_not_mounted_in_a_container_is_named_with_the_missing_pin(option):
+    done = run_tool(option, "/sys/fs/bpf/tcpconnect-test", prefix=hidden("/sys/fs/bpf"))
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", (
+        f"tcpconnect: error: {option} /sys/fs/bpf/tcpconnect-test: No such file or directory "
+        "(/sys/fs/bpf is no BPF file system: in a container, mount the host's /sys/fs/bpf)\n"))
+
+
+def daemonset_capabilities() -> tuple[str, ...]:
+    """A prefix that leaves the tool only deploy/daemonset.yaml's capabilities."""
+    daemonset = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
+    caps = [c.lower() for c in only_container(daemonset)["securityContext"]["capabilities"]["add"]]
+    return ("setpriv", "--inh-caps=-all",
+            "--bounding-set=-all," + ",".join("+" + c for c in caps), "--")
+
+
+UNTRACED_CALLS = ("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
+                  "refused by a cgroup BPF program or an LSM) are not traced: ")
+
+
+def test_tracefs_not_mounted_in_a_container_is_named_and_the_rest_traced(trace):
+    # Without CAP_SYS_ADMIN the tool cannot mount tracefs itself. Only the
+    # connect() syscall tracepoints need it: the rest traces.
+    port = free_port()
+    t = trace("-P", str(port), prefix=(*hidden("/sys/kernel/tracing", "/sys/kernel/debug"),
+                                       *daemonset_capabilities()))
+    refused_connect(4, port)
+    t.stop()
+    assert t.rows == [row(os.getpid(), comm_of(os.getpid()), 4, "127.0.0.1", "127.0.0.1", port)]
+    assert (t.returncode, t.stderr) == (0, UNTRACED_CALLS + (
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed: Operation not "
+        "permitted (in a container, mount the host's /sys/kernel/tracing)\n"))
+
+
+@pytest.mark.parametrize("err", ["EPERM", "ENOSYS"])
+def test_a_seccomp_filter_refusing_perf_event_open_is_named(trace, err):
+    # perf_event_open() attaches the connect() syscall tracepoints only: the
+    # tool says the filter refused it, and traces the rest.
+    port = free_port()
+    t = trace("-P", str(port), prefix=(sys.executable, str(ROOT / "tests/seccomp_filter.py"),
+                                       "perf_event_open", err))
+    refused_connect(4, port)
+    t.stop()
+    assert t.rows == [row(os.getpid(), comm_of(os.getpid()), 4, "127.0.0.1", "127.0.0.1", port)]
+    refusal = SECCOMP_REFUSAL.format(err).replace("tcpconnect: bpf()", "perf_event_open()")
+    assert (t.returncode, t.stderr) == (0, UNTRACED_CALLS + refusal)

@@ -31,8 +31,9 @@ def test_kernel_without_ring_buffer_is_named_with_the_minimum():
 
 SECCOMP_REFUSAL = (
     "tcpconnect: bpf() was refused ({}) by this process's seccomp filter, not by the kernel: "
-    "runtimes' default filters allow bpf() only with CAP_SYS_ADMIN; run with a profile that "
-    "allows bpf (Kubernetes: seccompProfile Unconfined) or with CAP_SYS_ADMIN\n")
+    "runtimes' default filters allow it only with CAP_SYS_ADMIN; run with a profile that "
+    "allows bpf() and perf_event_open() (deploy/seccomp-tcpconnect.json; Kubernetes: "
+    "seccompProfile Localhost) or with CAP_SYS_ADMIN\n")
 
 
 @pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS], ids=["EPERM", "ENOSYS"])

@@ -10,8 +10,11 @@ daemon, image, container, pod and cgroup a test made is removed after it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -24,12 +27,16 @@ import pytest
 import yaml
 from conftest import ROOT, comm_of, free_port, refused_connect
 from debian_root import base_tar
+from seccomp_filter import ARCHES
+from test_kernel import SECCOMP_REFUSAL
 
 pytestmark = pytest.mark.host_only
 
 IMAGE = "localhost/tcpconnect-test-base:12"
 # What `podman pod create` builds for a pod's infra container (podman 4.3.1).
 PAUSE_IMAGE = "localhost/podman-pause:4.3.1-0"
+# deploy/daemonset.yaml's Localhost seccomp profile.
+SECCOMP_PROFILE = ROOT / "deploy" / "seccomp-tcpconnect.json"
 # podman 4.3 on these hosts: runc (crun refuses hybrid cgroup hierarchies),
 # the cgroupfs manager (no systemd), and rlimits root may not raise here.
 CONTAINERS_CONF = """[containers]
@@ -218,6 +225,39 @@ def containerd(tmp_path_factory) -> Iterator[tuple[list[str], Path]]:
         stop_daemon(daemon, state)
 
 
+@pytest.mark.parametrize("profile,caps,answers", [
+    (SECCOMP_PROFILE, ("CAP_BPF", "CAP_PERFMON"), (errno.EINVAL, errno.EFAULT, errno.EPERM)),
+    (None, ("CAP_BPF", "CAP_PERFMON"), (errno.EINVAL, errno.EFAULT, 0)),
+    (None, ("CAP_BPF",), (errno.EINVAL, errno.EPERM, 0)),
+], ids=["daemonsets-profile", "runtime-default", "runtime-default-without-perfmon"])
+def test_containerd_lets_bpf_and_perf_events_through(containerd, profile, caps, answers):
+    # containerd reads a Localhost profile as the OCI runtime spec's seccomp
+    # object (ctr's --seccomp-profile goes the same way as the CRI plugin's).
+    # In a container with CAP_BPF and CAP_PERFMON but not CAP_SYS_ADMIN,
+    # bpf() and perf_event_open() reach the kernel, which refuses their empty
+    # arguments (EINVAL, EFAULT), under the DaemonSet's profile and under
+    # containerd's own default alike. chroot(), which ctr's capabilities
+    # allow, tells the filters apart: the DaemonSet's profile refuses it
+    # (made for capabilities without CAP_SYS_CHROOT), so it is in force;
+    # containerd's default is in force too, refusing perf_event_open()
+    # without CAP_PERFMON.
+    ctr, rootfs = containerd
+    _, numbers = ARCHES[platform.machine()]
+    # Each argument a call, "number,arg,...": its errno (0 for success).
+    probe = ("for my $call (@ARGV) { $! = 0; "
+             "my ($n, @a) = map { /^-?\\d+$/ ? $_ + 0 : $_ } split /,/, $call; "
+             "syscall($n, @a); print $! + 0, \"\\n\" }")
+    seccomp = ["--seccomp", *(["--seccomp-profile", str(profile)] if profile else [])]
+    done = subprocess.run(
+        [*ctr, "run", "--rm", *seccomp, *(f"--cap-add={c}" for c in caps), "--rootfs",
+         str(rootfs), f"tcpconnect-test-{uuid.uuid4().hex[:8]}", "/usr/bin/perl", "-e", probe,
+         f"{numbers['bpf']},0,0,0", f"{numbers['perf_event_open']},0,0,-1,-1,0",
+         f"{numbers['chroot']},/"],
+        capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, ""), done
+    assert done.stdout.split() == [str(a) for a in answers]
+
+
 def remove_cgroup_tree(relative: str) -> None:
     """rmdir of a cgroup path and its parents, deepest first, in every
     hierarchy runc made it in (v1 controllers and cgroup2); a directory
@@ -328,7 +368,7 @@ def as_the_daemonset_says(tmp_path: Path, seccomp: str | None) -> list[str]:
                "--cap-add", ",".join(caps)]
     for mount in container["volumeMounts"]:
         source = Path(hosts[mount["name"]])
-        if not source.exists():  # /var/log/pods off Kubernetes
+        if not source.exists():  # the kubelet's /var/log/pods and /var/log/containers
             source = tmp_path / mount["name"]
             source.mkdir()
         options += ["-v", f"{source}:{mount['mountPath']}" + (":ro" if mount["readOnly"] else "")]
@@ -343,23 +383,21 @@ def test_the_runtimes_default_seccomp_filter_is_named_as_the_cause(image, tmp_pa
     done = subprocess.run([*image, "run", "--rm", *as_the_daemonset_says(tmp_path, None),
                            DEPLOY_IMAGE, "-j"], capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stdout) == (1, ""), done
-    assert done.stderr == (
-        "tcpconnect: bpf() was refused (EPERM) by this process's seccomp filter, not by the "
-        "kernel: runtimes' default filters allow bpf() only with CAP_SYS_ADMIN; run with a "
-        "profile that allows bpf (Kubernetes: seccompProfile Unconfined) or with "
-        "CAP_SYS_ADMIN\n")
+    assert done.stderr == SECCOMP_REFUSAL.format("EPERM")
 
 
 def test_the_image_traces_the_host_as_the_daemonset_runs_it(image, tmp_path):
-    # With the profile the manifest recommends for such runtimes (Unconfined)
-    # and otherwise its exact settings and arguments, a connect this test
-    # makes on the host is a row with the host's PID.
+    # With the seccomp profile the manifest names (deploy/seccomp-tcpconnect.json,
+    # which podman reads as CRI-O would) and otherwise its exact settings and
+    # arguments, a connect this test makes on the host is a row with the
+    # host's PID, and nothing is refused: no warning.
     daemonset = yaml.safe_load((ROOT / "deploy" / "daemonset.yaml").read_text())
     [container] = daemonset["spec"]["template"]["spec"]["containers"]
     port = free_port()
     name = f"tcpconnect-test-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
-        [*image, "run", "--rm", "--name", name, *as_the_daemonset_says(tmp_path, "unconfined"),
+        [*image, "run", "--rm", "--name", name,
+         *as_the_daemonset_says(tmp_path, str(SECCOMP_PROFILE)),
          DEPLOY_IMAGE, *container["args"], "-P", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -368,10 +406,15 @@ def test_the_image_traces_the_host_as_the_daemonset_runs_it(image, tmp_path):
         assert banner == "Tracing connect ... Hit Ctrl-C to end\n", banner
         refused_connect(4, port)
         row = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        pid = subprocess.run([*image, "inspect", "--format", "{{.State.Pid}}", name],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        status = Path(f"/proc/{pid}/status").read_text()
     finally:
         subprocess.run([*image, "stop", "-t", "10", name], capture_output=True, timeout=120)
         out, err = proc.communicate(timeout=120)
     assert (row["pid"], row["comm"], row["daddr"], row["dport"]) == (
         os.getpid(), comm_of(os.getpid()), "127.0.0.1", port)
+    # The profile is a filter in force (mode 2), not the absence of one.
+    assert re.search(r"^Seccomp:\s+2$", status, re.M), status
     # SIGTERM from the runtime: an orderly stop, nothing more on stdout.
     assert (proc.returncode, out, err) == (0, "", "")

@@ -374,7 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if path == "":
             parser.error(f"{option}: empty path")
         if path is not None:
-            check_exists(parser, option, path)
+            check_exists(parser, option, path, pin=True)
     if args.cgroup is not None:
         args.cgroup_id = cgroup_id(parser, args.cgroup)
     else:
@@ -419,11 +419,17 @@ def check_metrics(parser: Parser, args: argparse.Namespace) -> None:
             parser.error(f"--web-config {args.web_config}: {exc}")
 
 
-def check_exists(parser: Parser, option: str, path: str) -> None:
+def check_exists(parser: Parser, option: str, path: str, pin: bool = False) -> None:
     """A missing file is the same usage error whichever option names it
-    (--cgroup's own check words it so too)."""
+    (--cgroup's own check words it so too). A pin is missing, in a
+    container, mostly because the host's BPF file system was not mounted."""
     if not os.path.exists(path):
-        parser.error(f"{option} {path}: No such file or directory")
+        from .mounts import bpffs_not_mounted
+
+        unmounted = bpffs_not_mounted(path) if pin else None
+        hint = (f" ({unmounted} is no BPF file system: in a container, mount the host's "
+                "/sys/fs/bpf)") if unmounted else ""
+        parser.error(f"{option} {path}: No such file or directory{hint}")
 
 
 def check_btf(parser: Parser, path: str) -> None:

@@ -9,6 +9,7 @@ import os
 from typing import NamedTuple
 
 from .libbpf import BPF_MAP_TYPE_RINGBUF, BpfError, map_creation_error
+from .mounts import btf_not_mounted
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
 
@@ -32,6 +33,12 @@ def probe_kernel(btf_path: str | None) -> KernelSupport:
         raise UnsupportedKernel(ring_buffer_refusal(failure, seccomp_mode()))
     own_btf = os.path.exists(VMLINUX_BTF)
     if not own_btf and btf_path is None:
+        hidden = btf_not_mounted()
+        if hidden:
+            raise UnsupportedKernel(
+                f"{VMLINUX_BTF} is missing and {hidden} is not the kernel's sysfs, so this "
+                "kernel may well have BTF: in a container, mount the host's /sys/kernel/btf "
+                "(read-only), or give this kernel's BTF with --btf FILE")
         raise UnsupportedKernel(
             f"this kernel has no BTF ({VMLINUX_BTF} is missing): give this kernel's BTF "
             "with --btf FILE (BTFHub has them for many distribution kernels), or use a "
@@ -52,10 +59,7 @@ def ring_buffer_refusal(err: int, seccomp: int) -> str:
     """Why the probe's ring buffer could not be made. The capabilities were
     checked before (cli.check_environment), so EPERM here is a filter's."""
     if err in (errno.EPERM, errno.EACCES, errno.ENOSYS) and seccomp == 2:
-        return (f"bpf() was refused ({errno.errorcode[err]}) by this process's seccomp "
-                "filter, not by the kernel: runtimes' default filters allow bpf() only with "
-                "CAP_SYS_ADMIN; run with a profile that allows bpf (Kubernetes: seccompProfile "
-                "Unconfined) or with CAP_SYS_ADMIN")
+        return seccomp_refusal("bpf", err)
     if err in (errno.EPERM, errno.EACCES):
         return (f"bpf() was refused ({errno.errorcode[err]}) although this process has the "
                 "capabilities it needs: a Linux security module (lockdown, SELinux, AppArmor) "
@@ -66,3 +70,15 @@ def ring_buffer_refusal(err: int, seccomp: int) -> str:
         return ("this kernel has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF): "
                 "tcpconnect needs Linux 5.8 or later")
     return f"cannot create a BPF ring buffer: {os.strerror(err)}"
+
+
+def seccomp_refusal(syscall: str, err: int) -> str:
+    """A system call this process's seccomp filter answered with `err`.
+    Default profiles (containers-common's, CRI-O's, older containerd's)
+    tie bpf() and perf_event_open() to CAP_SYS_ADMIN, which the tool does
+    not otherwise need."""
+    return (f"{syscall}() was refused ({errno.errorcode.get(err, err)}) by this process's "
+            "seccomp filter, not by the kernel: runtimes' default filters allow it only with "
+            "CAP_SYS_ADMIN; run with a profile that allows bpf() and perf_event_open() "
+            "(deploy/seccomp-tcpconnect.json; Kubernetes: seccompProfile Localhost) or with "
+            "CAP_SYS_ADMIN")

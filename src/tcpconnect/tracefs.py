@@ -16,13 +16,18 @@ name, rather than by libbpf's EACCES.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+import platform
+
+from .kernel import seccomp_mode, seccomp_refusal
 
 DEBUGFS_TRACING = "/sys/kernel/debug/tracing"
 TRACEFS = "/sys/kernel/tracing"
 CONNECT_TRACEPOINTS = ("sys_enter_connect", "sys_exit_connect")
 PERF_EVENT_PARANOID = "/proc/sys/kernel/perf_event_paranoid"
 CAP_SYS_ADMIN = 21
+PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 
 
 def _tracing_dir() -> str:
@@ -37,7 +42,8 @@ def _mount_tracefs() -> str | None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", ctypes.c_ulong(0), None) != 0:
         err = ctypes.get_errno()
-        return f"tracefs is not mounted at {TRACEFS} and mounting it failed: {os.strerror(err)}"
+        return (f"tracefs is not mounted at {TRACEFS} and mounting it failed: "
+                f"{os.strerror(err)} (in a container, mount the host's {TRACEFS})")
     return None
 
 
@@ -58,6 +64,9 @@ def connect_tracepoints() -> str | None:
 
 def perf_events_refused() -> str | None:
     """Why perf_event_open(2) would refuse this process, if it would."""
+    filtered = perf_event_open_filtered()
+    if filtered:
+        return filtered
     try:
         with open(PERF_EVENT_PARANOID) as f:
             paranoid = int(f.read())
@@ -70,3 +79,17 @@ def perf_events_refused() -> str | None:
         return (f"kernel.perf_event_paranoid is {paranoid}, which refuses perf_event_open() "
                 "without CAP_SYS_ADMIN (set it to 2 or less, or grant CAP_SYS_ADMIN)")
     return None
+
+
+def perf_event_open_filtered() -> str | None:
+    """A seccomp filter's refusal of perf_event_open(2), found by calling it
+    without attributes: the kernel answers EFAULT before any other check,
+    so any other answer is the filter's."""
+    number = PERF_EVENT_OPEN.get(platform.machine())
+    if number is None or seccomp_mode() != 2:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall(ctypes.c_long(number), None, ctypes.c_long(0), ctypes.c_long(-1),
+                 ctypes.c_long(-1), ctypes.c_ulong(0))
+    err = ctypes.get_errno()
+    return None if err == errno.EFAULT else seccomp_refusal("perf_event_open", err)
