@@ -22,7 +22,12 @@ class BoundedCache(dict):
         self._size = size
 
     def __missing__(self, key: Any) -> Any:
-        if len(self) >= self._size:
-            self.clear()
-        value = self[key] = self._make(key)
+        value = self._make(key)
+        self.put(key, value)
         return value
+
+    def put(self, key: Any, value: Any) -> None:
+        """Keeps a value made elsewhere, within the same bound."""
+        if key not in self and len(self) >= self._size:
+            self.clear()
+        self[key] = value

@@ -93,6 +93,7 @@ class TracerConfig(NamedTuple):
     timestamps: bool = False
     task_ids: bool = False  # cgroup_id, mntns_id and netns
     lineage: bool = False  # ppid, pcomm, ns_pid and ns_tid
+    exe: bool = False  # the executable's key, and its path once (exe_path.bpf.h)
     # --outcome: each attempt reported (or counted) when it leaves SYN_SENT;
     # failed_only (--failed) drops those that succeed in the kernel.
     outcome: bool = False
@@ -209,6 +210,7 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         ("want_ts", flag, config.timestamps),
         ("want_ids", flag, config.task_ids),
         ("want_lineage", flag, config.lineage),
+        ("want_exe", flag, config.exe),
         ("want_outcome", flag, config.outcome),
         ("failed_only", flag, config.failed_only),
         ("want_answers", flag, answers),
