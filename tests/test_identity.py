@@ -8,11 +8,14 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import comm_of, free_port, row
+
+from tcpconnect.cmdline import ARGS_MAX, args_json, user_dev
 
 ME = os.getpid()
 
@@ -183,3 +186,53 @@ def test_exe_column(trace, tmp_path):
         line_pid := int(line.split()[0]), "sshd", shown))
     assert line[21 + max(24, len(shown)) + 1:] == row(line_pid, "sshd", 4, "127.0.0.1",
                                                       "127.0.0.1", port)[21:]
+
+
+# A connect from bash's own process (no subshell), which then waits for a
+# line: alive while its row is read.
+CONNECT_AND_WAIT = "{{ : >/dev/tcp/127.0.0.1/{port}; }} 2>/dev/null; read -r _"
+
+
+def test_args_are_the_command_line_as_given(trace, tmp_path):
+    port = free_port()
+    exe = bash_at(tmp_path / "sshd")
+    script = CONNECT_AND_WAIT.format(port=port)
+    argv = [exe, "-c", script, "name", "with space", "tab\tand\x1b[2J", "", "ünï"]
+    t = trace("-j", "--args", "-P", str(port))
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, text=True,
+                            errors="surrogateescape")
+    first = json.loads(t.next_line(timeout=10))
+    proc.communicate("\n", timeout=30)
+    t.stop()
+    # NUL-separated in the kernel, a JSON list here: spaces, control
+    # characters and an empty argument survive as they were.
+    assert first["args"] == argv
+    assert (first["pid"], t.stderr) == (proc.pid, "")
+
+
+def test_args_of_a_process_gone_before_its_row_is_null_and_counted(trace, tmp_path):
+    port = free_port()
+    exe = bash_at(tmp_path / "brief")
+    t = trace("-j", "--args", "-P", str(port))
+    # The tracer is held still until the process has exited.
+    t.proc.send_signal(signal.SIGSTOP)
+    try:
+        subprocess.run([exe, "-c", CONNECT_AND_WAIT.format(port=port)], input="\n", text=True,
+                       timeout=30)
+    finally:
+        t.proc.send_signal(signal.SIGCONT)
+    t.stop()
+    [event] = t.json_rows()
+    assert (event["exe"], event["args"]) == (exe, None)
+    assert t.stderr == ("1 rows show args null: the process had exited, or run another "
+                        "executable, by the time its row was read\n")
+
+
+def test_args_json_from_cmdline_bytes():
+    assert json.loads(args_json(b"curl\0-H\0a: b\0\0")) == ["curl", "-H", "a: b", ""]
+    assert args_json(b"") == "[]"
+    # Not UTF-8: \xNN text, as comm and exe show it.
+    assert json.loads(args_json(b"\xff\x1b\0")) == ["\\xff\x1b"]
+    # Past ARGS_MAX: the list ends with null, where no argument can be.
+    assert json.loads(args_json(b"x" * (ARGS_MAX + 1))) == ["x" * ARGS_MAX, None]
+    assert user_dev(254 << 20 | 300) == os.makedev(254, 300)

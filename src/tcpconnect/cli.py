@@ -281,6 +281,8 @@ def build_parser() -> Parser:
     parser.add_argument("-X", "--exe", action="store_true",
                         help="include an EXE column: the path of the connecting process's "
                              "executable")
+    parser.add_argument("--args", action="store_true",
+                        help="with -j: add each process's command line (args)")
     parser.add_argument("-u", "--uid", type=parse_uid, help="trace this UID (or user) only")
     parser.add_argument("-c", "--count", action="store_true",
                         help="count connects per source IP and destination IP/port")
@@ -364,6 +366,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-j/--json cannot be used with -c/--count")
     if args.count and args.container:
         parser.error("--container cannot be used with -c/--count")
+    if args.args and not args.json:
+        parser.error("--args needs -j/--json")
     if args.count and args.exe:
         parser.error("-X/--exe cannot be used with -c/--count")
     if args.interval is not None and not args.count:

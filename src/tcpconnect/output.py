@@ -120,7 +120,7 @@ def container_text(attribution: Attribution) -> str:
     return "%-16s" % escape(attribution.short or "-")
 
 
-def _json_text(text: str | None) -> str:
+def json_text(text: str | None) -> str:
     if text is None:
         return "null"
     # Bytes that are not UTF-8 (surrogateescape from the file system) become
@@ -139,13 +139,13 @@ def exe_column_paths(forget: Callable[[int, int], None] | None = None) -> ExePat
 
 
 def exe_json_paths(forget: Callable[[int, int], None] | None = None) -> ExePaths:
-    return ExePaths(_json_text, "null", forget)
+    return ExePaths(json_text, "null", forget)
 
 
 def attribution_json(attribution: Attribution) -> str:
     a = attribution
     return (', "cgroup": %s, "unit": %s, "container_id": %s, "container_name": %s, '
-            '"pod_uid": %s, "pod": %s, "namespace": %s' % tuple(map(_json_text, (
+            '"pod_uid": %s, "pod": %s, "namespace": %s' % tuple(map(json_text, (
                 a.cgroup, a.unit, a.container_id, a.container_name, a.pod_uid, a.pod,
                 a.namespace))))
 
@@ -159,6 +159,7 @@ class Columns(NamedTuple):
     dns: bool = False
     container: bool = False
     outcome: bool = False  # RESULT and LAT(ms) after DPORT
+    args: bool = False  # -j --args
     time_of_day: bool = False  # -T
 
 
@@ -341,7 +342,8 @@ class JsonFormatter(_CompiledFormatter):
 
     def __init__(self, columns: Columns, query: Callable[[tuple], Query] | None = None,
                  attribute: Attribute | None = None, clock: RelativeClock | None = None,
-                 wall: WallClock | None = None, exe: ExePaths | None = None) -> None:
+                 wall: WallClock | None = None, exe: ExePaths | None = None,
+                 args: Callable[[tuple], str] | None = None) -> None:
         self.columns = columns
         self.exe = exe or exe_json_paths()
         known = attribute or _unknown
@@ -368,13 +370,14 @@ class JsonFormatter(_CompiledFormatter):
              "addr[i[FAMILY]][i[DADDR]], i[DPORT], i[CGROUP_ID], i[MNTNS_ID], i[NETNS], "
              "attribution[i[CGROUP_ID]]", not VARIES),
             (', "exe": %s', "exe(e)", VARIES),
+            *_when(columns.args, (', "args": %s', "args(e)", VARIES)),
             *_when(columns.outcome, ("%s", "json_fields(e)", VARIES)),
             *_when(query is not None, ("%s", "_query_fields(*query(e))", VARIES)),
             ("}", "", not VARIES),
         ], dict(stamps=stamps, THREE_DIGITS=THREE_DIGITS, NS_PER_MS=NS_PER_MS,
                 offset=self._wall.offset_ns, comm=comm,
                 addr=ADDRESS_TEXT, attribution=attribution, json_fields=json_fields,
-                _query_fields=_query_fields, query=query, exe=self.exe.text))
+                _query_fields=_query_fields, query=query, exe=self.exe.text, args=args))
 
     def header(self) -> None:
         return None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .attribution import CgroupResolver
 from .cause import drop_reasons
+from .cmdline import CommandLines
 from .events import DNS_TS_NS, TS_NS
 from .heap import keep_batch_buffers
 from .loss_records import loss_records
@@ -138,7 +139,7 @@ class Session:
         # Connects left out of the -c tables taken from the exporter, in all.
         self._table_missing = 0
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, ppid=args.ppid,
-                          exe=args.exe, lport=args.lport,
+                          exe=args.exe, args=args.args, lport=args.lport,
                           dns=args.dns, container=args.container, outcome=args.outcome,
                           time_of_day=args.time)
         if args.btf:
@@ -151,9 +152,14 @@ class Session:
         clock = RelativeClock(time.monotonic_ns() if args.outcome else None)
         self._tracer: Tracer | None = None
         exe = (exe_json_paths if args.json else exe_column_paths)(self._forget_exe)
+        self._command_lines = CommandLines() if args.args else None
+        json_extra = dict(args=self._command_lines.json) if self._command_lines else {}
         if not args.dns:
-            formatter = JsonFormatter if args.json else TextFormatter
-            self.formatter = formatter(columns, attribute=attribute, clock=clock, exe=exe)
+            if args.json:
+                self.formatter = JsonFormatter(columns, attribute=attribute, clock=clock, exe=exe,
+                                               **json_extra)
+            else:
+                self.formatter = TextFormatter(columns, attribute=attribute, clock=clock, exe=exe)
             return
         from .dns import DnsCache, query_column, query_of
 
@@ -161,7 +167,7 @@ class Session:
         if args.json:
             self.formatter = JsonFormatter(columns, lambda e: query_of(
                 cache, *destination(e), e[TS_NS]),
-                attribute=attribute, clock=clock, exe=exe)
+                attribute=attribute, clock=clock, exe=exe, **json_extra)
         else:
             self.formatter = TextFormatter(columns, lambda e: query_column(
                 cache, *destination(e), e[TS_NS]),
@@ -228,7 +234,7 @@ class Session:
         the threads of its requests hold no more."""
         attribution = self._resolver is not None or bool(self.args.metrics)
         try:
-            drop_after_attach(attribution)
+            drop_after_attach(attribution, command_lines=self._command_lines is not None)
         except PrivilegeError as exc:
             self._warn(f"tcpconnect: could not drop capabilities after attaching "
                        f"({exc.strerror}); running with those it started with")
@@ -348,6 +354,9 @@ class Session:
         if self.formatter.exe.unknown:
             self._warn(f"{self.formatter.exe.unknown} rows show no executable: its path was not "
                        "known (lost, or forgotten by a full cache) and is asked for again")
+        if self._command_lines is not None and self._command_lines.unread:
+            self._warn(f"{self._command_lines.unread} rows show args null: the process had "
+                       "exited, or run another executable, by the time its row was read")
         if self._dns_cache is not None and self._dns_cache.malformed:
             self._warn(f"Skipped {self._dns_cache.malformed} malformed DNS responses")
         if self._dns_cache is not None and self._dns_cache.refused:
