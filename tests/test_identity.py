@@ -236,3 +236,36 @@ def test_args_json_from_cmdline_bytes():
     # Past ARGS_MAX: the list ends with null, where no argument can be.
     assert json.loads(args_json(b"x" * (ARGS_MAX + 1))) == ["x" * ARGS_MAX, None]
     assert user_dev(254 << 20 | 300) == os.makedev(254, 300)
+
+
+def test_args_of_an_executable_on_an_overlay_of_two_file_systems(trace, tmp_path):
+    # Layers on different file systems: stat() gives the layer file's inode,
+    # the kernel's key is the overlay's, so the check goes by path.
+    lower, rw, merged = (tmp_path / name for name in ("lower", "rw", "merged"))
+    mounted = []
+    try:
+        for directory in (lower, rw):
+            directory.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "tcpconnect-test", str(directory)], check=True)
+            mounted.insert(0, directory)
+        shutil.copy(BASH, lower / "agent")
+        (rw / "upper").mkdir()
+        (rw / "work").mkdir()
+        merged.mkdir()
+        subprocess.run(["mount", "-t", "overlay", "tcpconnect-test", "-o",
+                        f"lowerdir={lower},upperdir={rw}/upper,workdir={rw}/work", str(merged)],
+                       check=True)
+        mounted.insert(0, merged)
+        exe = os.path.realpath(merged / "agent")
+        port = free_port()
+        t = trace("-j", "--args", "-P", str(port))
+        proc = subprocess.Popen([exe, "-c", CONNECT_AND_WAIT.format(port=port), "x y"],
+                                stdin=subprocess.PIPE, text=True)
+        first = json.loads(t.next_line(timeout=10))
+        proc.communicate("\n", timeout=30)
+        t.stop()
+    finally:
+        for directory in mounted:
+            subprocess.run(["umount", "--lazy", str(directory)], check=True)
+    assert (first["exe"], first["args"]) == (exe, [exe, "-c", CONNECT_AND_WAIT.format(port=port),
+                                                   "x y"])

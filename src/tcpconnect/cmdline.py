@@ -16,6 +16,7 @@ rewrite its argv (setproctitle), as ps shows it too.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from .cache import BoundedCache
 from .events import EXE_DEV, EXE_INO, IDENTITY_BYTES, PID
@@ -43,23 +44,30 @@ def args_json(raw: bytes) -> str:
     return "[%s]" % ", ".join([*args, "null"] if cut else args) if raw or cut else "[]"
 
 
-def read_args(pid: int, exe_dev: int, exe_ino: int, proc: str = "/proc") -> str | None:
+def read_args(pid: int, exe_dev: int, exe_ino: int, exe_path: str | None,
+              proc: str = "/proc") -> str | None:
     """The JSON list of pid's arguments, or None if pid is gone or no longer
-    runs the executable its connect ran."""
+    runs the executable its connect ran: the one of that device and inode,
+    or at that path (the kernel sent it). Either may tell: on an overlay
+    whose layers are on different file systems, stat() gives the inode of
+    the layer's file, the kernel's key the overlay's."""
     try:
         with open(f"{proc}/{pid}/cmdline", "rb") as f:
             raw = f.read(ARGS_MAX + 1)
         exe = os.stat(f"{proc}/{pid}/exe")
+        same = (exe.st_dev, exe.st_ino) == (user_dev(exe_dev), exe_ino) or (
+            exe_path is not None and os.readlink(f"{proc}/{pid}/exe") == exe_path)
     except OSError:
         return None
-    if (exe.st_dev, exe.st_ino) != (user_dev(exe_dev), exe_ino):
-        return None
-    return args_json(raw)
+    return args_json(raw) if same else None
 
 
 class CommandLines:
-    def __init__(self) -> None:
-        self._known: BoundedCache = BoundedCache(lambda key: read_args(*key))
+    """`exe_paths` gives the paths the kernel sent, by key."""
+
+    def __init__(self, exe_paths: Mapping[tuple[int, int], str]) -> None:
+        self._exe_paths = exe_paths
+        self._known: BoundedCache = BoundedCache(lambda key: None)
         # Rows whose process's arguments could not be read.
         self.unread = 0
 
@@ -68,7 +76,7 @@ class CommandLines:
         text = self._known.get(key)
         if text is None:
             # Not kept when unread: a later row of the pid may be readable.
-            text = read_args(*key)
+            text = read_args(*key, self._exe_paths.get(key[1:]))
             if text is None:
                 self.unread += 1
                 return "null"

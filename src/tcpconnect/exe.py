@@ -53,13 +53,16 @@ class ExePaths:
         self._missing = missing
         self._forget = forget
         self._known: BoundedCache = BoundedCache(self._render)
+        # The paths themselves, for --args's check of /proc/PID/exe.
+        self.paths: BoundedCache = BoundedCache(lambda key: None)
         # Rows whose executable's path was not known.
         self.unknown = 0
 
     def note(self, records: Iterable[tuple]) -> None:
         for record in records:
-            self._known.put((record[EXE_RECORD_DEV], record[EXE_RECORD_INO]),
-                            self._render(path_of(record)))
+            key, path = (record[EXE_RECORD_DEV], record[EXE_RECORD_INO]), path_of(record)
+            self._known.put(key, self._render(path))
+            self.paths.put(key, path)
 
     def text(self, event: tuple) -> str:
         key = (event[EXE_DEV], event[EXE_INO])

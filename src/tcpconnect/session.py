@@ -152,7 +152,7 @@ class Session:
         clock = RelativeClock(time.monotonic_ns() if args.outcome else None)
         self._tracer: Tracer | None = None
         exe = (exe_json_paths if args.json else exe_column_paths)(self._forget_exe)
-        self._command_lines = CommandLines() if args.args else None
+        self._command_lines = CommandLines(exe.paths) if args.args else None
         json_extra = dict(args=self._command_lines.json) if self._command_lines else {}
         if not args.dns:
             if args.json:
