@@ -159,7 +159,6 @@ class Columns(NamedTuple):
     dns: bool = False
     container: bool = False
     outcome: bool = False  # RESULT and LAT(ms) after DPORT
-    args: bool = False  # -j --args
     time_of_day: bool = False  # -T
 
 
@@ -370,7 +369,7 @@ class JsonFormatter(_CompiledFormatter):
              "addr[i[FAMILY]][i[DADDR]], i[DPORT], i[CGROUP_ID], i[MNTNS_ID], i[NETNS], "
              "attribution[i[CGROUP_ID]]", not VARIES),
             (', "exe": %s', "exe(e)", VARIES),
-            *_when(columns.args, (', "args": %s', "args(e)", VARIES)),
+            *_when(args is not None, (', "args": %s', "args(e)", VARIES)),
             *_when(columns.outcome, ("%s", "json_fields(e)", VARIES)),
             *_when(query is not None, ("%s", "_query_fields(*query(e))", VARIES)),
             ("}", "", not VARIES),

@@ -139,7 +139,7 @@ class Session:
         # Connects left out of the -c tables taken from the exporter, in all.
         self._table_missing = 0
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, ppid=args.ppid,
-                          exe=args.exe, args=args.args, lport=args.lport,
+                          exe=args.exe, lport=args.lport,
                           dns=args.dns, container=args.container, outcome=args.outcome,
                           time_of_day=args.time)
         if args.btf:
