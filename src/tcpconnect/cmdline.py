@@ -67,7 +67,7 @@ class CommandLines:
 
     def __init__(self, exe_paths: Mapping[tuple[int, int], str]) -> None:
         self._exe_paths = exe_paths
-        self._known: BoundedCache = BoundedCache(lambda key: None)
+        self._known: BoundedCache = BoundedCache()
         # Rows whose process's arguments could not be read.
         self.unread = 0
 

@@ -52,9 +52,9 @@ class ExePaths:
         self._render = render
         self._missing = missing
         self._forget = forget
-        self._known: BoundedCache = BoundedCache(self._render)
+        self._known: BoundedCache = BoundedCache()
         # The paths themselves, for --args's check of /proc/PID/exe.
-        self.paths: BoundedCache = BoundedCache(lambda key: None)
+        self.paths: BoundedCache = BoundedCache()
         # Rows whose executable's path was not known.
         self.unknown = 0
 
