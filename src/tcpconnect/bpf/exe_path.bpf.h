@@ -6,9 +6,10 @@
  * a probe read or two per component, so it is done once per executable:
  * every connect carries only the file's key (device, inode), and the path
  * goes out as its own record the first time the key is seen (exe_seen,
- * whose value is whether the path sent said the file was unlinked). User space keeps key -> path; a key it does not know
- * (the record lost, or its cache emptied) it removes from exe_seen, so the
- * next connect of that executable sends the path again.
+ * whose value is whether the path sent said the file was unlinked). User
+ * space keeps key -> path; a key it does not know (the record lost, or its
+ * cache emptied) it removes from exe_seen, so the next connect of that
+ * executable sends the path again.
  *
  * The walk follows dentry parents and crosses mounts (struct mount's
  * parent and mountpoint) like the kernel's d_path, and stops at the task's
