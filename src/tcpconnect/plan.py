@@ -156,7 +156,9 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     # Counting never keys on the local port, so it never waits for one.
     lport = config.lport and events
     suffix = "" if env.own_btf else "_raw"
-    programs = ["handle_set_state" + suffix]
+    # handle_exe_path first: it must run before handle_set_state (see there).
+    programs = ["handle_exe_path" + suffix] if config.exe else []
+    programs.append("handle_set_state" + suffix)
     # With --outcome the port is read when the attempt ends instead, and a SYN
     # dropped on this host is noted on its attempt (its CAUSE).
     # The ICMP error or RST that ended a failed attempt is noted for its row

@@ -96,9 +96,8 @@ static __always_inline void walk_exe_path(const struct task_struct *task,
 	r->cut = !whole;
 }
 
-/* A global function, not inlined: the verifier checks it once, on its own,
- * rather than once for every path through the programs that call it (on
- * Linux 5.10 the walk inlined into the connect programs took them past the
+/* A global function, not inlined: the verifier checks it once, on its own
+ * (on Linux 5.10 the walk inlined into handle_set_state took it past the
  * verifier's million instructions). Scalar arguments only: 5.10 passes a
  * global function nothing else but the context. */
 __noinline int send_exe_path(__u64 ino, __u32 dev, __u32 deleted)
@@ -121,23 +120,31 @@ __noinline int send_exe_path(__u64 ino, __u32 dev, __u32 deleted)
 	return 0;
 }
 
-/* The executable's key into *e; its path into the ring the first time,
- * and again if the file was unlinked since (the path then says so). */
-static __always_inline void read_exe(struct event *e)
+/* The executable's key into *e: a few probe reads, in every traced
+ * connect's program. */
+static __always_inline void read_exe_key(struct event *e)
 {
 	const struct task_struct *task = (const void *)bpf_get_current_task();
-	const struct file *file = BPF_CORE_READ(task, mm, exe_file);
-	const struct dentry *dentry;
-	struct exe_key key = {};
+	const struct dentry *dentry = BPF_CORE_READ(task, mm, exe_file, f_path.dentry);
+
+	if (!dentry)
+		return;
+	e->exe_ino = BPF_CORE_READ(dentry, d_inode, i_ino);
+	e->exe_dev = BPF_CORE_READ(dentry, d_inode, i_sb, s_dev);
+}
+
+/* The path of e's executable into the ring the first time its key is seen,
+ * and again if the file was unlinked since (the path then says so). Called
+ * from handle_exe_path, a program of its own: see tcpconnect.bpf.c. */
+static __always_inline void send_new_exe_path(const struct event *e)
+{
+	const struct task_struct *task = (const void *)bpf_get_current_task();
+	const struct dentry *dentry = BPF_CORE_READ(task, mm, exe_file, f_path.dentry);
+	struct exe_key key = { .ino = e->exe_ino, .dev = e->exe_dev };
 	__u8 deleted, *sent;
 
-	if (!file)
+	if (!dentry)
 		return;
-	dentry = BPF_CORE_READ(file, f_path.dentry);
-	key.ino = BPF_CORE_READ(dentry, d_inode, i_ino);
-	key.dev = BPF_CORE_READ(dentry, d_inode, i_sb, s_dev);
-	e->exe_ino = key.ino;
-	e->exe_dev = key.dev;
 	/* d_unlinked(): out of the dentry hash, and not a root. */
 	deleted = !BPF_CORE_READ(dentry, d_hash.pprev) && BPF_CORE_READ(dentry, d_parent) != dentry;
 	sent = bpf_map_lookup_elem(&exe_seen, &key);

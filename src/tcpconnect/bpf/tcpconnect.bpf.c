@@ -86,7 +86,7 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	if (want_lineage)
 		read_lineage(&e);
 	if (want_exe)
-		read_exe(&e);
+		read_exe_key(&e);
 	/* With --outcome an attempt is counted when it ends. */
 	if (count_mode && !want_outcome) {
 		count_connect(&e);
@@ -137,6 +137,33 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, int 
 
 TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
 	      on_set_state((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
+
+/* With want_exe: the path of a wanted attempt's executable, the first time
+ * (exe_path.bpf.h). A program of its own on the same tracepoint, attached
+ * before handle_set_state (programs on one tracepoint run in attach order),
+ * so the path is in the ring before the first event that carries its key:
+ * with -L or --outcome handle_set_state's stack is full, which leaves no
+ * room for the walk's frame. It applies the filters again, without counting
+ * (handle_set_state counts), so that an excluded connect sends no path. */
+static __always_inline void exe_of_connect(const struct sock *sk, bool typed, int oldstate,
+					   int newstate)
+{
+	struct task_struct *task;
+	struct event e = {};
+
+	if (oldstate != TCP_CLOSE || newstate != TCP_SYN_SENT ||
+	    READ_FIELD(typed, sk, sk_protocol) != IPPROTO_TCP)
+		return;
+	task = typed_current_task(typed);
+	if (task_filter(task, &e) || !read_addresses(sk, typed, &e) || connection_filter(&e) ||
+	    source_filter(&e) || netns_filter(sk, typed, &e) || container_filter(task, &e))
+		return;
+	read_exe_key(&e);
+	send_new_exe_path(&e);
+}
+
+TYPED_AND_RAW(inet_sock_set_state, handle_exe_path,
+	      exe_of_connect((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
 
 /* connect() calls that fail before SYN_SENT: see connect_calls.bpf.h.
  * Task and destination filters only: the rest need the socket, looked up
@@ -190,8 +217,10 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 		bpf_get_current_comm(call.e.comm, sizeof(call.e.comm));
 	if (want_lineage)
 		read_lineage(&call.e);
-	if (want_exe)
-		read_exe(&call.e);
+	if (want_exe) {
+		read_exe_key(&call.e);
+		send_new_exe_path(&call.e);
+	}
 	if (want_outcome) {
 		call.e.outcome = OUTCOME_NO_SYN;
 		call.e.error = -ctx->ret;
