@@ -53,6 +53,8 @@ def missing_pid() -> int:
     (["-c", "-d"], "-d/--dns cannot be used with -c/--count"),
     (["-c", "-j"], "-j/--json cannot be used with -c/--count"),
     (["-i", "5"], "-i/--interval needs -c/--count"),
+    (["-c", "-X"], "-X/--exe cannot be used with -c/--count"),
+    (["--args"], "--args needs -j/--json"),
     (["-c", "-i", "0"], "invalid interval '0'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--cgroup", "/tmp"], "--cgroup /tmp: not a cgroup v2 directory"),

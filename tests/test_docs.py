@@ -74,9 +74,9 @@ def man_paragraph(start: str) -> str:
 
 
 def test_man_page_json_section_names_every_key():
-    # A row with every option that adds keys: -t, -L, -d, --outcome.
+    # A row with every option that adds keys: -t, -L, -d, --outcome, --args.
     formatter = JsonFormatter(Columns(timestamp=True, lport=True, dns=True, outcome=True),
-                              query=lambda e: ("x.test", 2_500_000))
+                              query=lambda e: ("x.test", 2_500_000), args=lambda e: "[]")
     record = EventRecord(
         ts_ns=1, pid=1, tid=1, uid=0, lport=1, dport=1, family=4, comm=bytes(16), cgroup_id=1,
         mntns_id=1, netns=1, latency_ns=1, outcome=0, error=0, syn_retries=0, drops=0,

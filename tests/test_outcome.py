@@ -490,7 +490,8 @@ def test_json_fields(trace, veth):
         assert event.pop("netns") == os.stat("/proc/self/ns/net").st_ino
         assert {name: event.pop(name) for name in ATTRIBUTION_FIELDS}["cgroup"] == cgroup_path_of(ME)
     common = {"uid": 0, "pid": ME, "tid": ME, "comm": my_comm(), "ppid": os.getppid(),
-              "pcomm": comm_of(os.getppid()), "ns_pid": ME, "ns_tid": ME}
+              "pcomm": comm_of(os.getppid()), "ns_pid": ME, "ns_tid": ME,
+              "exe": os.path.realpath(sys.executable)}
     assert ok == {**common, "ip": 6, "saddr": "::1", "lport": lport, "daddr": "::1",
                   "dport": port, "result": "ok", "errno": None, "errno_code": 0,
                   "syn_retries": 0, "drop_reason": None, "icmp_type": None, "icmp_code": None,

@@ -13,7 +13,8 @@ import pytest
 
 from tcpconnect.attribution import Attribution
 from tcpconnect.records import EventRecord, decoded
-from tcpconnect.output import Columns, JsonFormatter, TextFormatter, escape
+from tcpconnect.exe import path_of
+from tcpconnect.output import Columns, JsonFormatter, TextFormatter, escape, exe_column_paths
 from tcpconnect.wallclock import WallClock
 
 # Never loads BPF: the kernel matrix leaves it to the host run.
@@ -177,7 +178,7 @@ def test_json_row():
         "saddr": "10.0.0.1", "lport": 51234, "daddr": "93.184.216.34", "dport": 443,
         "cgroup_id": 7, "mntns_id": 4026531841, "netns": 4026531840, "cgroup": None,
         "unit": None, "container_id": None, "container_name": None, "pod_uid": None, "pod": None,
-        "namespace": None, "query": "x.test", "query_age_ms": 512.004,
+        "namespace": None, "exe": None, "query": "x.test", "query_age_ms": 512.004,
     }
     assert "\x1b" not in row(formatter, event(comm=b"cu\x1brl"))
 
@@ -275,3 +276,48 @@ def test_every_column_combination_lines_up_under_its_header(columns):
     json_line = row(JsonFormatter(columns, query=(lambda e: ("example.com", 3))
                                   if columns.dns else None, wall=WALL), event())
     assert json.loads(json_line)["dport"] == 443
+
+
+def exe_record(names: list[bytes], dev: int = 0x800001, ino: int = 99, deleted: bool = False,
+               cut: bool = False) -> tuple:
+    """An exe record as the ring reader hands it over: names leaf first."""
+    raw = b"".join(name + b"\0" for name in names)
+    return (ino, dev, int(deleted), len(names), int(cut), raw.ljust(768, b"\0"))
+
+
+@pytest.mark.parametrize("names,deleted,cut,path", [
+    ([b"python3.11", b"bin", b"usr"], False, False, "/usr/bin/python3.11"),
+    ([b"sshd", b"tmp"], True, False, "/tmp/sshd (deleted)"),
+    ([b"sshd", b"c", b"b"], False, True, ".../b/c/sshd"),
+    # Not UTF-8: kept as surrogate escapes, as Python keeps file names.
+    ([b"\xffx", b"tmp"], False, False, "/tmp/\udcffx"),
+])
+def test_exe_path_of_a_record(names, deleted, cut, path):
+    assert path_of(exe_record(names, deleted=deleted, cut=cut)) == path
+
+
+def test_exe_in_rows_by_key_and_unknown_keys_counted_and_forgotten():
+    forgotten = []
+    text = TextFormatter(Columns(exe=True), exe=exe_column_paths(
+        lambda dev, ino: forgotten.append((dev, ino))))
+    jsonl = JsonFormatter(Columns())
+    assert text.header() == ("PID     COMM         EXE                      IP SADDR            "
+                             "DADDR            DPORT ")
+    for formatter in (text, jsonl):
+        formatter.exe.note([exe_record([b"e\x1bvil", b"tmp"])])
+    known = event(exe_dev=0x800001, exe_ino=99)
+    assert row(text, known) == "%-7d %-12s %-24s %-2d %-16s %-16s %-6d " % (
+        4242, "curl", "/tmp/e\\x1bvil", 4, "10.0.0.1", "93.184.216.34", 443)
+    assert json.loads(row(jsonl, known))["exe"] == "/tmp/e\x1bvil"
+    # The record was lost: the row says so, it is counted, and the kernel
+    # is asked to send the path again.
+    lost = event(exe_dev=0x800001, exe_ino=100)
+    assert row(text, lost).split()[2] == "?"
+    assert json.loads(row(jsonl, lost))["exe"] is None
+    assert (text.exe.unknown, jsonl.exe.unknown, forgotten) == (1, 1, [(0x800001, 100)])
+    # No executable at all (a kernel thread): null, not a loss.
+    assert json.loads(row(jsonl, event()))["exe"] is None
+    assert jsonl.exe.unknown == 1
+    # Sent again once unlinked: later rows say so.
+    jsonl.exe.note([exe_record([b"e\x1bvil", b"tmp"], deleted=True)])
+    assert json.loads(row(jsonl, known))["exe"] == "/tmp/e\x1bvil (deleted)"

@@ -17,6 +17,7 @@ from tcpconnect.privileges import (
     CAP_BPF,
     CAP_DAC_READ_SEARCH,
     CAP_SYS_ADMIN,
+    CAP_SYS_PTRACE,
     kept_after_attach,
 )
 
@@ -69,6 +70,9 @@ def test_which_capabilities_are_kept():
     everything = (1 << 41) - 1
     assert kept_after_attach(everything, attribution=False) == BPF
     assert kept_after_attach(everything, attribution=True) == BPF | DAC_READ_SEARCH
+    # --args reads /proc/PID/exe of processes that may hold more than it.
+    assert kept_after_attach(everything, attribution=True, command_lines=True) == (
+        BPF | DAC_READ_SEARCH | 1 << CAP_SYS_PTRACE)
     # BPF rights from CAP_SYS_ADMIN alone: that one is kept instead.
     admin = 1 << CAP_SYS_ADMIN | DAC_READ_SEARCH
     assert kept_after_attach(admin, attribution=True) == admin

@@ -391,7 +391,7 @@ def test_json_rows(trace):
         "cgroup_id": cgroup_id, "mntns_id": os.stat("/proc/self/ns/mnt").st_ino,
         "netns": os.stat("/proc/self/ns/net").st_ino, "cgroup": cgroup, "unit": names.unit,
         "container_id": names.container_id, "container_name": None, "pod_uid": names.pod_uid,
-        "pod": None, "namespace": None,
+        "pod": None, "namespace": None, "exe": os.path.realpath(sys.executable),
     }
 
 

@@ -16,13 +16,22 @@ class BoundedCache(dict):
     (cachetools' LRUCache costs a hit several dict operations; here a hit
     is one dict lookup, and the rows of a busy host are nearly all hits)."""
 
-    def __init__(self, make: Callable[[Any], Any], size: int = CACHE_SIZE) -> None:
+    def __init__(self, make: Callable[[Any], Any] | None = None, size: int = CACHE_SIZE) -> None:
+        """Without `make`, values come only from put() and a miss is a
+        KeyError (get() gives None)."""
         super().__init__()
         self._make = make
         self._size = size
 
     def __missing__(self, key: Any) -> Any:
-        if len(self) >= self._size:
-            self.clear()
-        value = self[key] = self._make(key)
+        if self._make is None:
+            raise KeyError(key)
+        value = self._make(key)
+        self.put(key, value)
         return value
+
+    def put(self, key: Any, value: Any) -> None:
+        """Keeps a value made elsewhere, within the same bound."""
+        if key not in self and len(self) >= self._size:
+            self.clear()
+        self[key] = value

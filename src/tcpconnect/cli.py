@@ -278,6 +278,11 @@ def build_parser() -> Parser:
     parser.add_argument("-U", "--print-uid", action="store_true", help="include a UID column")
     parser.add_argument("--ppid", action="store_true",
                         help="include a PPID column: the connecting process's parent")
+    parser.add_argument("-X", "--exe", action="store_true",
+                        help="include an EXE column: the path of the connecting process's "
+                             "executable")
+    parser.add_argument("--args", action="store_true",
+                        help="with -j: add each process's command line (args)")
     parser.add_argument("-u", "--uid", type=parse_uid, help="trace this UID (or user) only")
     parser.add_argument("-c", "--count", action="store_true",
                         help="count connects per source IP and destination IP/port")
@@ -361,6 +366,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("-j/--json cannot be used with -c/--count")
     if args.count and args.container:
         parser.error("--container cannot be used with -c/--count")
+    if args.args and not args.json:
+        parser.error("--args needs -j/--json")
+    if args.count and args.exe:
+        parser.error("-X/--exe cannot be used with -c/--count")
     if args.interval is not None and not args.count:
         parser.error("-i/--interval needs -c/--count")
     if args.count and args.time:
@@ -400,7 +409,8 @@ def check_metrics(parser: Parser, args: argparse.Namespace) -> None:
         for option, value in (("-c/--count", args.count), ("-d/--dns", args.dns),
                               ("-j/--json", args.json), ("-t/--timestamp", args.timestamp),
                               ("-L/--lport", args.lport), ("-U/--print-uid", args.print_uid),
-                              ("-T/--time", args.time), ("--container", args.container)):
+                              ("-T/--time", args.time), ("--container", args.container),
+                              ("-X/--exe", args.exe)):
             if value:
                 parser.error(f"{option} cannot be used with -q/--quiet: there are no rows")
     if args.metrics_labels is None:

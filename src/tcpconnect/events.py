@@ -47,6 +47,30 @@ class Event(Structure):
         ("answer_type", c_uint8),
         ("answer_code", c_uint8),
         ("answer_ttl", c_uint8),
+        ("exe_dev", c_uint32),
+        ("exe_ino", c_uint64),
+    ]
+
+
+EXE_NAMES_MAX = 512
+EXE_NAME_SLOT = 256
+
+
+class ExeKey(Structure):
+    _fields_ = [
+        ("ino", c_uint64),
+        ("dev", c_uint32),
+    ]
+
+
+class ExeRecord(Structure):
+    _fields_ = [
+        ("ino", c_uint64),
+        ("dev", c_uint32),
+        ("deleted", c_uint32),
+        ("components", c_uint32),
+        ("cut", c_uint32),
+        ("names", c_char * (EXE_NAMES_MAX + EXE_NAME_SLOT)),
     ]
 
 
@@ -92,6 +116,8 @@ MIRRORS: dict[str, type[Structure]] = {
     "event": Event,
     "count_key": CountKey,
     "dns_event": DnsEvent,
+    "exe_key": ExeKey,
+    "exe_record": ExeRecord,
 }
 
 _STRUCT_CODES = {c_uint8: "B", c_uint16: "H", c_uint32: "I", c_uint64: "Q", c_char: "c"}
@@ -143,6 +169,7 @@ EVENT_FORMAT = struct_format(Event)
 RECORD_FORMAT = struct_format(Event, joined=IDENTITY)
 IDENTITY_FORMAT = struct_format(Event, only=IDENTITY)
 DNS_EVENT_FORMAT = struct_format(DnsEvent)
+EXE_RECORD_FORMAT = struct_format(ExeRecord)
 
 
 # Positions of fields in a decoded record, then in a decoded identity.
@@ -150,11 +177,11 @@ _NAMES = [name for name, _ in Event._fields_]
 _SPLIT, _END = _NAMES.index(IDENTITY[0]), _NAMES.index(IDENTITY[1]) + 1
 _RECORD = [*_NAMES[:_SPLIT], "identity", *_NAMES[_END:]]
 (TS_NS, LATENCY_NS, LPORT, OUTCOME, ERROR, SYN_RETRIES, DROPS, DROP_REASON, ANSWER_FROM,
- IDENTITY_BYTES, ANSWER_KIND, ANSWER_TYPE, ANSWER_CODE, ANSWER_TTL) = (
+ IDENTITY_BYTES, ANSWER_KIND, ANSWER_TYPE, ANSWER_CODE, ANSWER_TTL, EXE_DEV, EXE_INO) = (
     _RECORD.index(name) for name in (
         "ts_ns", "latency_ns", "lport", "outcome", "error", "syn_retries", "drops",
         "drop_reason", "answer_from", "identity", "answer_kind", "answer_type", "answer_code",
-        "answer_ttl"))
+        "answer_ttl", "exe_dev", "exe_ino"))
 (CGROUP_ID, MNTNS_ID, SADDR, DADDR, PID, TID, UID, NETNS, PPID, NS_PID, NS_TID, DPORT, FAMILY,
  COMM, PCOMM) = (
     _NAMES[_SPLIT:_END].index(name) for name in (
@@ -162,3 +189,5 @@ _RECORD = [*_NAMES[:_SPLIT], "identity", *_NAMES[_END:]]
         "ns_pid", "ns_tid", "dport", "family", "comm", "pcomm"))
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
+EXE_RECORD_INO, EXE_RECORD_DEV, EXE_RECORD_DELETED, EXE_RECORD_COMPONENTS, EXE_RECORD_CUT, \
+    EXE_RECORD_NAMES = range(len(ExeRecord._fields_))

@@ -5,8 +5,9 @@ reaches whoever reads what it shipped. So with -j each loss report is also a
 line of the stream, written after the rows read before it was noticed:
 {"type": "lost", "timestamp": ..., "ring": "events", "events": N} for
 connects the ring had no room for, "dns_events"/"dns_responses" for DNS
-answers, and {"type": "lost", ..., "skipped_runs": N} for runs of the
-tracing programs the kernel skipped. Rows have no "type" field; that is how
+answers, "exe_paths" for paths of executables (rows show "exe": null until
+the path is sent again), and {"type": "lost", ..., "skipped_runs": N} for
+runs of the tracing programs the kernel skipped. Rows have no "type" field; that is how
 a consumer tells the two apart (one that ignores unknown records keeps
 working). Text output keeps bcc's stderr lines only.
 """
@@ -24,6 +25,7 @@ _KINDS = (
     ("events", {"ring": "events"}, "events"),
     ("dns_events", {"ring": "dns_events"}, "dns_responses"),
     ("skipped_runs", {}, "skipped_runs"),
+    ("exe_records", {"ring": "events"}, "exe_paths"),
 )
 
 

@@ -47,6 +47,7 @@ from .events import (
     CountKey,
 )
 from .cache import BoundedCache
+from .exe import ExePaths
 from .outcome import TEXT_HEADER as OUTCOME_HEADER
 from .outcome import (
     COUNT_RESULT_HEADER,
@@ -119,7 +120,7 @@ def container_text(attribution: Attribution) -> str:
     return "%-16s" % escape(attribution.short or "-")
 
 
-def _json_text(text: str | None) -> str:
+def json_text(text: str | None) -> str:
     if text is None:
         return "null"
     # Bytes that are not UTF-8 (surrogateescape from the file system) become
@@ -128,10 +129,23 @@ def _json_text(text: str | None) -> str:
                       ensure_ascii=True)
 
 
+def exe_column(path: str) -> str:
+    """The EXE column: padded, and like CONTAINER never cut."""
+    return "%-24s" % escape(path)
+
+
+def exe_column_paths(forget: Callable[[int, int], None] | None = None) -> ExePaths:
+    return ExePaths(exe_column, "%-24s" % "?", forget)
+
+
+def exe_json_paths(forget: Callable[[int, int], None] | None = None) -> ExePaths:
+    return ExePaths(json_text, "null", forget)
+
+
 def attribution_json(attribution: Attribution) -> str:
     a = attribution
     return (', "cgroup": %s, "unit": %s, "container_id": %s, "container_name": %s, '
-            '"pod_uid": %s, "pod": %s, "namespace": %s' % tuple(map(_json_text, (
+            '"pod_uid": %s, "pod": %s, "namespace": %s' % tuple(map(json_text, (
                 a.cgroup, a.unit, a.container_id, a.container_name, a.pod_uid, a.pod,
                 a.namespace))))
 
@@ -140,6 +154,7 @@ class Columns(NamedTuple):
     timestamp: bool = False
     uid: bool = False
     ppid: bool = False
+    exe: bool = False  # -X
     lport: bool = False
     dns: bool = False
     container: bool = False
@@ -235,6 +250,7 @@ class _CompiledFormatter:
     """Rows from the comprehension a subclass compiled into `_rows`."""
 
     columns: Columns
+    exe: ExePaths
     _clock: RelativeClock
     _rows: Callable[[list[tuple], int], list[str]]
 
@@ -267,6 +283,7 @@ TEXT_COLUMNS = (
     TextColumn(None, "%-7s %-12s " % ("PID", "COMM"),
                [("%-7d %s ", "i[PID], comm[i[COMM]]", not VARIES)]),
     TextColumn("ppid", "%-7s " % "PPID", [("%-7d ", "i[PPID]", not VARIES)]),
+    TextColumn("exe", "%-24s " % "EXE", [("%s ", "exe(e)", VARIES)]),
     TextColumn("container", "%-16s " % "CONTAINER",
                [("%s", "container[i[CGROUP_ID]]", not VARIES)]),
     TextColumn(None, "%-2s %-16s " % ("IP", "SADDR"),
@@ -284,8 +301,9 @@ class TextFormatter(_CompiledFormatter):
 
     def __init__(self, columns: Columns, query: Callable[[tuple], str] | None = None,
                  attribute: Attribute | None = None, clock: RelativeClock | None = None,
-                 wall: WallClock | None = None) -> None:
+                 wall: WallClock | None = None, exe: ExePaths | None = None) -> None:
         self.columns = columns
+        self.exe = exe or exe_column_paths()
         self._clock = clock or RelativeClock()
         self._wall = wall or WallClock()
         # bcc's COMM is cut to 12 characters; the escaped text is cut, as bcc
@@ -308,7 +326,8 @@ class TextFormatter(_CompiledFormatter):
         self._rows = _compile_rows([piece for column in on for piece in column.pieces], dict(
             local=self._wall.local_seconds, offset=self._wall.offset_ns, comm=comm,
             seconds=seconds, ports=ports, container=container, addr=ADDRESS_TEXT,
-            text_columns=text_columns, escape_query=escape_query, query=query))
+            text_columns=text_columns, escape_query=escape_query, query=query,
+            exe=self.exe.text))
 
     def header(self) -> str:
         return self._header
@@ -322,8 +341,10 @@ class JsonFormatter(_CompiledFormatter):
 
     def __init__(self, columns: Columns, query: Callable[[tuple], Query] | None = None,
                  attribute: Attribute | None = None, clock: RelativeClock | None = None,
-                 wall: WallClock | None = None) -> None:
+                 wall: WallClock | None = None, exe: ExePaths | None = None,
+                 args: Callable[[tuple], str] | None = None) -> None:
         self.columns = columns
+        self.exe = exe or exe_json_paths()
         known = attribute or _unknown
         attribution = BoundedCache(lambda cgroup_id: attribution_json(known(cgroup_id)))
         self._clock = clock or RelativeClock()
@@ -347,13 +368,15 @@ class JsonFormatter(_CompiledFormatter):
             ('"daddr": "%s", "dport": %d, "cgroup_id": %d, "mntns_id": %d, "netns": %d%s',
              "addr[i[FAMILY]][i[DADDR]], i[DPORT], i[CGROUP_ID], i[MNTNS_ID], i[NETNS], "
              "attribution[i[CGROUP_ID]]", not VARIES),
+            (', "exe": %s', "exe(e)", VARIES),
+            *_when(args is not None, (', "args": %s', "args(e)", VARIES)),
             *_when(columns.outcome, ("%s", "json_fields(e)", VARIES)),
             *_when(query is not None, ("%s", "_query_fields(*query(e))", VARIES)),
             ("}", "", not VARIES),
         ], dict(stamps=stamps, THREE_DIGITS=THREE_DIGITS, NS_PER_MS=NS_PER_MS,
                 offset=self._wall.offset_ns, comm=comm,
                 addr=ADDRESS_TEXT, attribution=attribution, json_fields=json_fields,
-                _query_fields=_query_fields, query=query))
+                _query_fields=_query_fields, query=query, exe=self.exe.text, args=args))
 
     def header(self) -> None:
         return None

@@ -93,6 +93,7 @@ class TracerConfig(NamedTuple):
     timestamps: bool = False
     task_ids: bool = False  # cgroup_id, mntns_id and netns
     lineage: bool = False  # ppid, pcomm, ns_pid and ns_tid
+    exe: bool = False  # the executable's key, and its path once (exe_path.bpf.h)
     # --outcome: each attempt reported (or counted) when it leaves SYN_SENT;
     # failed_only (--failed) drops those that succeed in the kernel.
     outcome: bool = False
@@ -155,7 +156,9 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     # Counting never keys on the local port, so it never waits for one.
     lport = config.lport and events
     suffix = "" if env.own_btf else "_raw"
-    programs = ["handle_set_state" + suffix]
+    # handle_exe_path first: it must run before handle_set_state (see there).
+    programs = ["handle_exe_path" + suffix] if config.exe else []
+    programs.append("handle_set_state" + suffix)
     # With --outcome the port is read when the attempt ends instead, and a SYN
     # dropped on this host is noted on its attempt (its CAUSE).
     # The ICMP error or RST that ended a failed attempt is noted for its row
@@ -209,6 +212,7 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         ("want_ts", flag, config.timestamps),
         ("want_ids", flag, config.task_ids),
         ("want_lineage", flag, config.lineage),
+        ("want_exe", flag, config.exe),
         ("want_outcome", flag, config.outcome),
         ("failed_only", flag, config.failed_only),
         ("want_answers", flag, answers),

@@ -12,7 +12,10 @@ by then. What a running tracer still does:
   Ubuntu), so the capability that gave BPF rights is kept: CAP_BPF, or
   CAP_SYS_ADMIN where the run had no CAP_BPF;
 - open_by_handle_at(2) for the attribution of cgroup ids (-j, --container,
-  --metrics): CAP_DAC_READ_SEARCH is kept for those runs, if it was held.
+  --metrics): CAP_DAC_READ_SEARCH is kept for those runs, if it was held;
+- --args checks /proc/PID/exe, which the kernel shows only to a reader
+  that may ptrace the process (a root process holds capabilities this one
+  dropped): CAP_SYS_PTRACE is kept for those runs, if it was held.
 
 Everything else (closing its links and maps, reading rings through their
 mappings, writing to descriptors already open) needs no capability.
@@ -24,6 +27,7 @@ import ctypes
 import os
 
 CAP_DAC_READ_SEARCH = 2
+CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
 CAP_BPF = 39
 # capset(2)'s 64-bit interface.
@@ -56,7 +60,7 @@ def _effective() -> int:
     return data[0].effective | data[1].effective << 32
 
 
-def kept_after_attach(effective: int, attribution: bool) -> int:
+def kept_after_attach(effective: int, attribution: bool, command_lines: bool = False) -> int:
     """The capabilities of `effective` a running tracer still needs."""
     def held(cap: int) -> int:
         return effective & 1 << cap
@@ -64,13 +68,15 @@ def kept_after_attach(effective: int, attribution: bool) -> int:
     keep = held(CAP_BPF) or held(CAP_SYS_ADMIN)
     if attribution:
         keep |= held(CAP_DAC_READ_SEARCH)
+    if command_lines:
+        keep |= held(CAP_SYS_PTRACE)
     return keep
 
 
-def drop_after_attach(attribution: bool) -> int:
+def drop_after_attach(attribution: bool, command_lines: bool = False) -> int:
     """Keeps only kept_after_attach() in the effective and permitted sets
     (the inheritable set emptied); returns what was kept."""
-    keep = kept_after_attach(_effective(), attribution)
+    keep = kept_after_attach(_effective(), attribution, command_lines)
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_Data * 2)()
     for i in range(2):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 from .attribution import CgroupResolver
 from .cause import drop_reasons
+from .cmdline import CommandLines
 from .events import DNS_TS_NS, TS_NS
 from .heap import keep_batch_buffers
 from .loss_records import loss_records
@@ -21,6 +22,8 @@ from .output import (
     TextFormatter,
     count_header,
     count_rows,
+    exe_column_paths,
+    exe_json_paths,
     tolerate_unencodable,
     whole_writes,
 )
@@ -63,6 +66,8 @@ TOTAL_MESSAGES = (
     ("dns_unreadable", "{} DNS responses could not be read: their payload was in page "
                        "fragments, which tracing programs on this kernel cannot read (Linux "
                        "6.12 can)"),
+    ("exe_records", "{} paths of executables found no room in the ring: the rows before each "
+                    "was sent again show no executable"),
     ("dns_uncheckable", "{} received packets were not checked for DNS responses: their headers "
                         "were in page fragments, which tracing programs on this kernel cannot "
                         "read (Linux 6.12 can)"),
@@ -106,6 +111,7 @@ def tracer_config(args: argparse.Namespace) -> TracerConfig:
         timestamps=args.timestamp or args.dns or args.json or args.time,
         task_ids=args.json or args.container,
         lineage=args.json or args.ppid,
+        exe=args.json or args.exe,
         outcome=args.outcome,
         failed_only=args.failed,
         exclude_ports=tuple(args.exclude_port or ()),
@@ -133,7 +139,7 @@ class Session:
         # Connects left out of the -c tables taken from the exporter, in all.
         self._table_missing = 0
         columns = Columns(timestamp=args.timestamp, uid=args.print_uid, ppid=args.ppid,
-                          lport=args.lport,
+                          exe=args.exe, lport=args.lport,
                           dns=args.dns, container=args.container, outcome=args.outcome,
                           time_of_day=args.time)
         if args.btf:
@@ -144,9 +150,16 @@ class Session:
         # With --outcome rows come as attempts end, not in the order they
         # began: -t counts from the start of tracing instead of the first row.
         clock = RelativeClock(time.monotonic_ns() if args.outcome else None)
+        self._tracer: Tracer | None = None
+        exe = (exe_json_paths if args.json else exe_column_paths)(self._forget_exe)
+        self._command_lines = CommandLines(exe.paths) if args.args else None
+        json_extra = dict(args=self._command_lines.json) if self._command_lines else {}
         if not args.dns:
-            formatter = JsonFormatter if args.json else TextFormatter
-            self.formatter = formatter(columns, attribute=attribute, clock=clock)
+            if args.json:
+                self.formatter = JsonFormatter(columns, attribute=attribute, clock=clock, exe=exe,
+                                               **json_extra)
+            else:
+                self.formatter = TextFormatter(columns, attribute=attribute, clock=clock, exe=exe)
             return
         from .dns import DnsCache, query_column, query_of
 
@@ -154,11 +167,15 @@ class Session:
         if args.json:
             self.formatter = JsonFormatter(columns, lambda e: query_of(
                 cache, *destination(e), e[TS_NS]),
-                attribute=attribute, clock=clock)
+                attribute=attribute, clock=clock, exe=exe, **json_extra)
         else:
             self.formatter = TextFormatter(columns, lambda e: query_column(
                 cache, *destination(e), e[TS_NS]),
-                attribute=attribute, clock=clock)
+                attribute=attribute, clock=clock, exe=exe)
+
+    def _forget_exe(self, dev: int, ino: int) -> None:
+        if self._tracer is not None:
+            self._tracer.forget_exe(dev, ino)
 
     def run(self, stop: Stop) -> int:
         config = tracer_config(self.args)
@@ -174,7 +191,7 @@ class Session:
                                           config.count_capacity if self.args.count else None,
                                           serving=False, web=self.args.web_config)
                 stack.callback(self._exporter.close)
-            tracer = stack.enter_context(Tracer(config))
+            tracer = self._tracer = stack.enter_context(Tracer(config))
             if tracer.connect_calls_unseen:
                 self._warn("tcpconnect: connect() calls that fail before a SYN is sent (no route, "
                            "refused by a cgroup BPF program or an LSM) are not traced: "
@@ -217,7 +234,7 @@ class Session:
         the threads of its requests hold no more."""
         attribution = self._resolver is not None or bool(self.args.metrics)
         try:
-            drop_after_attach(attribution)
+            drop_after_attach(attribution, command_lines=self._command_lines is not None)
         except PrivilegeError as exc:
             self._warn(f"tcpconnect: could not drop capabilities after attaching "
                        f"({exc.strerror}); running with those it started with")
@@ -280,6 +297,7 @@ class Session:
         self._reported = self._reported._replace(count_failures=now.count_failures)
 
     def _emit(self, batch: Batch, tracer: Tracer) -> None:
+        self.formatter.exe.note(batch.exe_paths)
         if self._dns_cache is not None and batch.answers:
             rows = self._rows_after_answers(batch, self._dns_cache)
         else:
@@ -333,6 +351,12 @@ class Session:
             total = getattr(totals, field)
             if total:
                 self._warn(message.format(total, missing=missing))
+        if self.formatter.exe.unknown:
+            self._warn(f"{self.formatter.exe.unknown} rows show no executable: its path was not "
+                       "known (lost, or forgotten by a full cache) and is asked for again")
+        if self._command_lines is not None and self._command_lines.unread:
+            self._warn(f"{self._command_lines.unread} rows show args null: the process had "
+                       "exited, or run another executable, by the time its row was read")
         if self._dns_cache is not None and self._dns_cache.malformed:
             self._warn(f"Skipped {self._dns_cache.malformed} malformed DNS responses")
         if self._dns_cache is not None and self._dns_cache.refused:

@@ -5,9 +5,18 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
-from .events import DNS_EVENT_FORMAT, FILTERS, RECORD_FORMAT, CountKey, Event
+from .events import (
+    DNS_EVENT_FORMAT,
+    EXE_RECORD_FORMAT,
+    FILTERS,
+    RECORD_FORMAT,
+    CountKey,
+    Event,
+    ExeKey,
+)
 from .kernel import probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
@@ -54,6 +63,9 @@ class Batch(NamedTuple):
 
     events: list[tuple]
     answers: list[tuple]
+    # The paths of executables (EXE_RECORD_FORMAT tuples), each in the ring
+    # before the first event that carries its key.
+    exe_paths: Sequence[tuple] = ()
 
 
 class LossCounters(NamedTuple):
@@ -70,6 +82,8 @@ class LossCounters(NamedTuple):
     # whose headers, lay in page fragments it cannot read.
     dns_unreadable: int = 0
     dns_uncheckable: int = 0
+    # Paths of executables the events ring had no room for.
+    exe_records: int = 0
 
 
 def open_filter_map(path: str, option: str, layout: tuple[int, int]) -> Map:
@@ -158,7 +172,7 @@ class Tracer:
             self._dns_bss = self._dns_obj.live_variables(".bss")
         rings = []
         if plan.events_ring:
-            self._events = self._reader(obj.map("events"), RECORD_FORMAT)
+            self._events = self._reader(obj.map("events"), RECORD_FORMAT, EXE_RECORD_FORMAT)
             rings.append(self._events)
         if plan.dns_ring:
             self._answers = self._reader(obj.map("dns_events"), DNS_EVENT_FORMAT)
@@ -204,10 +218,10 @@ class Tracer:
             self.programs.append(DNS_DYNPTR_PROGRAM)
 
     @staticmethod
-    def _reader(ring: Map, record: struct.Struct) -> RingReader:
+    def _reader(ring: Map, *records: struct.Struct) -> RingReader:
         memory = MappedRing(ring)
         try:
-            return RingReader(memory, [record])
+            return RingReader(memory, records)
         except LibatomicError as exc:
             memory.close()
             raise BpfError(str(exc)) from None
@@ -250,8 +264,9 @@ class Tracer:
 
     def _read(self) -> Batch:
         # Events first: see Batch.
-        return Batch(self._events.read()[0] if self._events is not None else [],
-                     self._answers.read()[0] if self._answers is not None else [])
+        events, exe_paths = self._events.read() if self._events is not None else ([], [])
+        return Batch(events, self._answers.read()[0] if self._answers is not None else [],
+                     exe_paths)
 
     def finish(self) -> Batch:
         """Stops tracing and returns everything still in the kernel, including,
@@ -302,6 +317,7 @@ class Tracer:
             skipped_runs=self._skipped_runs(),
             dns_unreadable=int(read("dns_unreadable", ctypes.c_uint64)),
             dns_uncheckable=int(read("dns_uncheckable", ctypes.c_uint64)),
+            exe_records=int(read("lost_exe_records", ctypes.c_uint64)),
         )
 
     def filtered(self) -> dict[str, int]:
@@ -315,6 +331,12 @@ class Tracer:
             counts.lookup(ctypes.c_uint32(index), per_cpu)
             found[name] = sum(per_cpu)
         return found
+
+    def forget_exe(self, dev: int, ino: int) -> None:
+        """Makes the kernel send this executable's path again at its next
+        connect (user space lost it)."""
+        assert self._obj is not None
+        self._obj.map("exe_seen").take(ExeKey(ino=ino, dev=dev), ctypes.c_uint8())
 
     def _skipped_runs(self) -> int:
         assert self._obj is not None

@@ -19,7 +19,8 @@
  *
  * This file holds the programs and what each hook does; the concerns they
  * share are headers: counting.bpf.h (-c, --metrics), connect_capture.bpf.h
- * (reading and filtering an attempt, the events ring), attempt_state.bpf.h
+ * (reading and filtering an attempt, the events ring), exe_path.bpf.h (the
+ * executable's path, sent once per executable), attempt_state.bpf.h
  * (the `pending` table), answers.bpf.h (the ICMP errors and RSTs that end
  * attempts), connect_calls.bpf.h (connect() calls that fail before
  * SYN_SENT) and dns_packet.bpf.h (finding a DNS answer in a packet, shared
@@ -35,6 +36,7 @@
 #include "dns_packet.bpf.h"
 #include "counting.bpf.h"
 #include "connect_capture.bpf.h"
+#include "exe_path.bpf.h"
 #include "attempt_state.bpf.h"
 #include "connect_calls.bpf.h"
 
@@ -83,6 +85,8 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	}
 	if (want_lineage)
 		read_lineage(&e);
+	if (want_exe)
+		read_exe_key(&e);
 	/* With --outcome an attempt is counted when it ends. */
 	if (count_mode && !want_outcome) {
 		count_connect(&e);
@@ -133,6 +137,33 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, int 
 
 TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
 	      on_set_state((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
+
+/* With want_exe: the path of a wanted attempt's executable, the first time
+ * (exe_path.bpf.h). A program of its own on the same tracepoint, attached
+ * before handle_set_state (programs on one tracepoint run in attach order),
+ * so the path is in the ring before the first event that carries its key:
+ * with -L or --outcome handle_set_state's stack is full, which leaves no
+ * room for the walk's frame. It applies the filters again, without counting
+ * (handle_set_state counts), so that an excluded connect sends no path. */
+static __always_inline void exe_of_connect(const struct sock *sk, bool typed, int oldstate,
+					   int newstate)
+{
+	struct task_struct *task;
+	struct event e = {};
+
+	if (oldstate != TCP_CLOSE || newstate != TCP_SYN_SENT ||
+	    READ_FIELD(typed, sk, sk_protocol) != IPPROTO_TCP)
+		return;
+	task = typed_current_task(typed);
+	if (task_filter(task, &e) || !read_addresses(sk, typed, &e) || connection_filter(&e) ||
+	    source_filter(&e) || netns_filter(sk, typed, &e) || container_filter(task, &e))
+		return;
+	read_exe_key(&e);
+	send_new_exe_path(&e);
+}
+
+TYPED_AND_RAW(inet_sock_set_state, handle_exe_path,
+	      exe_of_connect((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
 
 /* connect() calls that fail before SYN_SENT: see connect_calls.bpf.h.
  * Task and destination filters only: the rest need the socket, looked up
@@ -186,6 +217,10 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 		bpf_get_current_comm(call.e.comm, sizeof(call.e.comm));
 	if (want_lineage)
 		read_lineage(&call.e);
+	if (want_exe) {
+		read_exe_key(&call.e);
+		send_new_exe_path(&call.e);
+	}
 	if (want_outcome) {
 		call.e.outcome = OUTCOME_NO_SYN;
 		call.e.error = -ctx->ret;
@@ -285,6 +320,7 @@ TYPED_AND_RAW(netif_receive_skb, handle_receive_answer,
  * type: this pointer puts the struct into BTF, where tests check its mirror;
  * likewise the enum of outcome codes. */
 const struct dns_event *btf_anchor_dns_event __attribute__((unused));
+const struct exe_record *btf_anchor_exe_record __attribute__((unused));
 const enum outcome_code btf_anchor_outcome_code __attribute__((unused));
 const enum answer_kind btf_anchor_answer_kind __attribute__((unused));
 const enum filter_kind btf_anchor_filter_kind __attribute__((unused));

@@ -107,8 +107,40 @@ struct event {
 	__u8 answer_type;
 	__u8 answer_code;
 	__u8 answer_ttl;
+	/* Filled with want_exe: the executable (the task's mm->exe_file) as
+	 * the key of its path, which arrives as a struct exe_record (see
+	 * exe_path.bpf.h); exe_ino 0 when the task has none (a kernel thread). */
+	__u32 exe_dev; /* the kernel's dev_t of its file system */
+	__u64 exe_ino;
 };
 
+/* Path components a struct exe_record holds at most, and the bytes they
+ * may start in: each is written whole (NAME_MAX + 1 bytes at most) into
+ * names[], so names[] has room for one past the bound. */
+#define EXE_DEPTH_MAX 24
+#define EXE_NAMES_MAX 512
+#define EXE_NAME_SLOT 256
+
+/* Key of the exe_seen map: the executable as struct event gives it. */
+struct exe_key {
+	__u64 ino;
+	__u32 dev;
+};
+
+/* The path of an executable, sent on the events ring the first time a
+ * traced connect runs it (per key in the exe_seen LRU map); later connects
+ * carry only the key. names[] holds `components` NUL-terminated names, the
+ * file's own first, up to the root the walk stopped at; `cut` is set when
+ * the walk stopped at a bound instead (more components or bytes than the
+ * bounds above) and the names are the path's last ones. */
+struct exe_record {
+	__u64 ino;
+	__u32 dev;
+	__u32 deleted;
+	__u32 components;
+	__u32 cut;
+	char names[EXE_NAMES_MAX + EXE_NAME_SLOT];
+};
 /* Key of the in-kernel connection counters (-c, --metrics). Only the fields
  * user space asks for before load are filled; the others stay 0, so they
  * split no counts. family is set whenever an address is. */
