@@ -7,7 +7,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from .events import DNS_EVENT_FORMAT, FILTERS, RECORD_FORMAT, CountKey, Event
+from .events import DNS_EVENT_FORMAT, FILTERS, RECORD_FORMAT, CountKey
 from .kernel import probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
@@ -29,7 +29,6 @@ from .plan import (
     TracerConfig,
     plan_load,
 )
-from .records import decode_event
 from .ringbuf import LibatomicError, MappedRing, RingReader, RingWaiter
 from .tracefs import connect_tracepoints
 
@@ -281,10 +280,12 @@ class Tracer:
         taken: list[tuple] = []
         if self.plan.parks:
             pending = self._obj.map("pending")
+            # A parked attempt (struct attempt) begins with its event; what
+            # follows is the kernel side's own.
+            attempt = (ctypes.c_uint8 * pending.info().value_size)()
             for key in pending.keys(ctypes.c_uint64):
-                event = Event()
-                if pending.take(key, event):
-                    taken.append(decode_event(event))
+                if pending.take(key, attempt):
+                    taken.append(RECORD_FORMAT.unpack_from(attempt))
         return taken
 
     def losses(self) -> LossCounters:
