@@ -7,7 +7,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from .events import DNS_EVENT_FORMAT, FILTERS, RECORD_FORMAT, CountKey
+from .events import DNS_EVENT_FORMAT, FILTERS, RECORD_FORMAT, CountKey, Event
 from .kernel import probe_kernel
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
@@ -29,6 +29,7 @@ from .plan import (
     TracerConfig,
     plan_load,
 )
+from .records import decode_event
 from .ringbuf import LibatomicError, MappedRing, RingReader, RingWaiter
 from .tracefs import connect_tracepoints
 
@@ -285,7 +286,7 @@ class Tracer:
             attempt = (ctypes.c_uint8 * pending.info().value_size)()
             for key in pending.keys(ctypes.c_uint64):
                 if pending.take(key, attempt):
-                    taken.append(RECORD_FORMAT.unpack_from(attempt))
+                    taken.append(decode_event(Event.from_buffer(attempt)))
         return taken
 
     def losses(self) -> LossCounters:
