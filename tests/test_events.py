@@ -76,6 +76,17 @@ def test_mirror_matches_btf(btf_types, name):
     assert fields == members
 
 
+def test_a_parked_attempt_begins_with_its_event(btf_types):
+    # User space reads an attempt still parked at exit as the event at the
+    # start of the table's value (Tracer.take_pending), whatever follows it.
+    [attempt] = [t for t in btf_types.values()
+                 if t["kind"] == "STRUCT" and t["name"] == "attempt"]
+    first = attempt["members"][0]
+    assert first["bits_offset"] == 0
+    assert btf_types[first["type_id"]]["name"] == "event"
+    assert attempt["size"] >= ctypes.sizeof(Event)
+
+
 def test_batch_format_decodes_like_the_mirror():
     # The struct format the reader decodes batches with is derived from the
     # mirror; both must read the same bytes the same way.

@@ -296,10 +296,12 @@ class Tracer:
         taken: list[tuple] = []
         if self.plan.parks:
             pending = self._obj.map("pending")
+            # A parked attempt (struct attempt) begins with its event; what
+            # follows is the kernel side's own.
+            attempt = (ctypes.c_uint8 * pending.info().value_size)()
             for key in pending.keys(ctypes.c_uint64):
-                event = Event()
-                if pending.take(key, event):
-                    taken.append(decode_event(event))
+                if pending.take(key, attempt):
+                    taken.append(decode_event(Event.from_buffer(attempt)))
         return taken
 
     def losses(self) -> LossCounters:

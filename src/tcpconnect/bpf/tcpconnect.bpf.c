@@ -54,21 +54,23 @@ struct {
 static __always_inline void on_connect(const struct sock *sk, bool typed)
 {
 	struct task_struct *task = typed_current_task(typed);
-	struct event e = {};
+	/* The event as a parked attempt holds it: see struct attempt. */
+	struct attempt attempt = {};
+	struct event *e = &attempt.report;
 	__u32 filter;
 
-	filter = task_filter(task, &e);
-	if (!filter && !read_addresses(sk, typed, &e))
+	filter = task_filter(task, e);
+	if (!filter && !read_addresses(sk, typed, e))
 		return;
-	filter = filter ?: connection_filter(&e);
+	filter = filter ?: connection_filter(e);
 	/* The attempt reached SYN_SENT: its connect() call, if any, has nothing
 	 * left to report, whatever the filters below say. A call is followed
 	 * only once it passed the filters above. */
 	if (!filter && follow_connect_calls)
-		bpf_map_delete_elem(&connect_calls, &e.tid);
-	filter = filter ?: source_filter(&e);
-	filter = filter ?: netns_filter(sk, typed, &e);
-	filter = filter ?: container_filter(task, &e);
+		bpf_map_delete_elem(&connect_calls, &e->tid);
+	filter = filter ?: source_filter(e);
+	filter = filter ?: netns_filter(sk, typed, e);
+	filter = filter ?: container_filter(task, e);
 	if (filter) {
 		count_filtered(filter);
 		return;
@@ -79,40 +81,40 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	 * keys by the text they give. */
 	if (want_events || count_comm) {
 		if (task)
-			__builtin_memcpy(e.comm, task->comm, sizeof(e.comm));
+			__builtin_memcpy(e->comm, task->comm, sizeof(e->comm));
 		else
-			bpf_get_current_comm(e.comm, sizeof(e.comm));
+			bpf_get_current_comm(e->comm, sizeof(e->comm));
 	}
 	if (want_lineage)
-		read_lineage(&e);
+		read_lineage(e);
 	if (want_exe)
-		read_exe_key(&e);
+		read_exe_key(e);
 	/* With --outcome an attempt is counted when it ends. */
 	if (count_mode && !want_outcome) {
-		count_connect(&e);
+		count_connect(e);
 		if (!want_events)
 			return;
 	}
 	if (want_ts || want_outcome)
-		e.ts_ns = bpf_ktime_get_ns();
+		e->ts_ns = bpf_ktime_get_ns();
 	if (want_lport || want_outcome) {
 		__u64 key = (__u64)sk;
 
 		if (want_outcome)
-			e.outcome = TCP_SYN_SENT;
-		if (bpf_map_update_elem(&pending, &key, &e, BPF_ANY) == 0) {
+			e->outcome = TCP_SYN_SENT;
+		if (bpf_map_update_elem(&pending, &key, &attempt, BPF_ANY) == 0) {
 			__sync_fetch_and_add(&pending_count, 1);
 			return;
 		}
 		/* No room to wait for the port or the outcome: report the attempt
 		 * without them rather than not at all. */
 		__sync_fetch_and_add(&pending_failures, 1);
-		e.outcome = 0;
+		e->outcome = 0;
 		if (count_mode && want_outcome)
-			count_connect(&e);
+			count_connect(e);
 	}
 	if (want_events)
-		submit(&e);
+		submit(e);
 }
 
 static __always_inline void on_set_state(const struct sock *sk, bool typed, int oldstate,
