@@ -256,7 +256,8 @@ def test_a_run_that_cannot_mount_tracefs_says_so_and_traces(trace):
     stderr = traced_with_warning(trace, ("unshare", "-m", "sh", "-c", hide + ' && exec "$@"',
                                          "sh", *LEAST_PRIVILEGE))
     assert stderr == UNTRACED + ("tracefs is not mounted at /sys/kernel/tracing and mounting it "
-                                 "failed: Operation not permitted\n")
+                                 "failed: Operation not permitted (in a container, mount the "
+                                 "host's /sys/kernel/tracing)\n")
 
 
 def test_perf_events_refused_without_cap_sys_admin_is_named(trace):
