@@ -25,7 +25,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup install uninstall deb apt-deb bpf run wheel test test-kernels bench bench-peers bench-syscalls bench-ring bench-paths clean apt apt-test
+.PHONY: setup install uninstall deb apt-deb bpf run wheel test test-kernels bench bench-peers bench-reader bench-syscalls bench-ring bench-paths clean apt apt-test
 
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
 setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
@@ -241,6 +241,10 @@ bench-syscalls: setup $(BUILD)/syscall_loop
 # The ring reader's CPU per record, with and without its memory ordering (bench/ring_reader.py).
 bench-ring: setup
 	$(VENV)/bin/python bench/ring_reader.py $(ARGS)
+
+# Rows per second one reader serves in each mode, and what past it is lost (bench/reader_limit.py).
+bench-reader: setup $(BUILD)/connect_loop
+	$(VENV)/bin/python bench/reader_limit.py $(ARGS)
 
 # BPF run time per program run on each kernel path (see bench/kernel_paths.py).
 bench-paths: setup apt-test $(BUILD)/connect_loop

@@ -54,6 +54,7 @@ PEER_DIRS = (Path("/usr/sbin"), Path("/usr/lib/libbpf-tools"), Path("/usr/bin"))
 STOP_TIMEOUT_S = 60
 ATTACH_TIMEOUT_S = 20
 PEER_ATTACH_TIMEOUT_S = 300
+DRAIN_CHECK_S = 0.1
 # The name libbpf-tools' tcpconnect has once our Debian package is installed
 # (which diverts it), then the one it has without it.
 LIBBPF_TCPCONNECT = ("tcpconnect.libbpf-tools", "tcpconnect")
@@ -240,6 +241,22 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def wait_drained(pid: int, cpu_share: float = 1.0) -> float:
+    """The tracer's CPU time once it has caught up with what the loop made:
+    when it used under a quarter of the CPU it may have (cpu_share of one)
+    over DRAIN_CHECK_S (an idle reader's polls take a few percent; one still
+    reading takes all of it). A tool stopped before then would not count what
+    it still had to read, and bcc's tools drop what they have not read when
+    interrupted. The figure includes up to two checks' worth of idle polls."""
+    last = cpu_seconds(pid)
+    while True:
+        time.sleep(DRAIN_CHECK_S)
+        now = cpu_seconds(pid)
+        if now - last < DRAIN_CHECK_S * cpu_share / 4:
+            return now
+        last = now
+
+
 def waits_in_poll(pid: int) -> bool:
     """Whether a thread of the process sleeps in poll(), select() or
     epoll_wait(): where every tool waits for events once it is set up."""
@@ -417,8 +434,8 @@ def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, max_rou
                 started = cpu_seconds(tracer.proc.pid)
                 bpf_started = bpf_run_ns(tracer.proc.pid)
                 traced = run_loop(workload, seconds)
+                cpu_s = wait_drained(tracer.proc.pid) - started
                 bpf_ns = bpf_run_ns(tracer.proc.pid) - bpf_started
-                cpu_s = cpu_seconds(tracer.proc.pid) - started
                 if mode.metrics:
                     scraped = scraped_connects(metrics_port, workload.port)
             finally:
