@@ -29,7 +29,8 @@ from run import (CONNECT_LOOP, MODES, TracerRun, lost_events, ports_nobody_uses,
 MODE_NAMES = ("default", "-t -U -L", "-j", "-d", "-c", "--metrics -q")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
-QUOTA_PERIOD_US = 10_000
+# The kernel's smallest quota is 1 ms a period: 1% of a CPU needs a 100 ms one.
+QUOTA_PERIOD_US = 100_000
 
 
 class CpuQuota:
@@ -81,14 +82,15 @@ def measure(mode_name: str, share: float | None, seconds: float, port: int,
     rows = "-" if "-c" in mode.options or "-q" in mode.options else f"{shown / cpu_s:,.0f}"
     return [mode_name, f"{share:.0%} of a CPU" if share else "free",
             f"{made / seconds:,.0f}", f"{made:,}", f"{shown:,}", f"{lost:,}",
-            f"{made - shown - lost:,}", f"{cpu_s:.2f}", f"{elapsed:.1f}", rows]
+            f"{made - shown - lost:,}", f"{cpu_s:.3f}", f"{elapsed:.1f}", rows]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each load")
-    parser.add_argument("--share", type=float, default=0.1,
-                        help="share of one CPU for the held-back runs (default 0.1)")
+    parser.add_argument("--share", type=float, default=0.01,
+                        help="share of one CPU for the held-back runs (default 0.01: "
+                        "less than the loops need, so that the ring fills)")
     parser.add_argument("--mode", action="append", choices=MODE_NAMES,
                         help="measure only this mode (repeatable; default: all)")
     args = parser.parse_args()
