@@ -51,10 +51,11 @@ WORKLOAD_CPU = 0
 TRACEFS = Path("/sys/kernel/tracing")
 # Where the Debian packages put the peers (not $PATH: ours is tcpconnect too).
 PEER_DIRS = (Path("/usr/sbin"), Path("/usr/lib/libbpf-tools"), Path("/usr/bin"))
-STOP_TIMEOUT_S = 60
-# bcc compiles its programs at start: over a minute in a TCG guest, where
-# even our start can take tens of seconds while other guests share the host.
+# bcc compiles its programs at start (and detaches them at the end): over a
+# minute in a TCG guest, where even our start can take tens of seconds while
+# other guests share the host.
 ATTACH_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 300
 DRAIN_CHECK_S = 0.1
 # The name libbpf-tools' tcpconnect has once our Debian package is installed
 # (which diverts it), then the one it has without it.
@@ -769,32 +770,37 @@ def run_peers(modes: list[Mode], rounds: int, seconds: float, launches: int) -> 
           f"CPU {WORKLOAD_CPU}; ratio = median over rounds of traced / mean of the untraced "
           "runs either side\n", flush=True)
     refused, listener, other = ports_nobody_uses(3)
-    results = overhead_table(modes, rounds, rounds, seconds, (refused, listener, other),
-                             metrics_port=0)
-    # Each tool in its row mode, if it started.
-    starts = [(mode.name, first_row(mode.command(other, None, 0), other, launches))
-              for mode in modes if "-c" not in mode.options
-              and not any(r.failed for (_, name), r in results.items() if name == mode.name)]
+    # Start-up first, each tool in its row mode: a peer that cannot start
+    # here is known in minutes, not after the rounds.
+    starts = []
+    for mode in modes:
+        if "-c" in mode.options:
+            continue
+        print(f"# start-up: {mode.name}", file=sys.stderr, flush=True)
+        try:
+            starts.append([mode.name, *first_row(mode.command(other, None, 0), other, launches)])
+        except PeerFailed as failed:
+            starts.append([mode.name, f"did not start: {failed}", "", ""])
     print(f"Start-up: launch to the first row of a connect on a terminal, {launches} launches "
           "(a connect every 20 ms from launch on)")
-    print(table(["tool", "median ms", "max ms", "peak RSS MB"],
-                [[name, f"{statistics.median(times):,.0f}", f"{max(times):,.0f}",
-                  f"{rss / 1024:.1f}"] for name, (times, rss) in starts]))
+    print(table(["tool", "median ms", "max ms", "peak RSS MB"], starts) + "\n", flush=True)
+    overhead_table(modes, rounds, rounds, seconds, (refused, listener, other), metrics_port=0)
     return 0
 
 
-def first_row(command: list[str], port: int, launches: int) -> tuple[list[float], int]:
+def first_row(command: list[str], port: int, launches: int) -> list[str]:
     """Milliseconds from launch to the first row for a connect to port, the
     tracer writing to a terminal (where every tool writes each row as it
-    comes), and the peak RSS (kB) of the tracer just after."""
+    comes): median and max, and the peak RSS (MB) of the tracer just after."""
     times, rss = [], 0
     for _ in range(launches):
         shown = threading.Event()
         primary, secondary = pty.openpty()
 
         def read() -> None:
+            # To the end: a tracer writing to a terminal nobody reads blocks.
             pending = b""
-            while not shown.is_set():
+            while True:
                 try:
                     pending += os.read(primary, 65536)
                 except OSError:  # EIO: the tracer closed the terminal
@@ -812,18 +818,20 @@ def first_row(command: list[str], port: int, launches: int) -> tuple[list[float]
             deadline = start + ATTACH_TIMEOUT_S
             while not shown.wait(0.02) and time.perf_counter() < deadline:
                 if tracer.proc.poll() is not None:
-                    raise SystemExit(f"bench: {command[0]} exited: {tracer.stderr().strip()}")
+                    break
                 refused_connect(port)
             elapsed = (time.perf_counter() - start) * 1000
-            tracer.stop()
+            exited = tracer.proc.poll()
+            if exited is None:
+                tracer.stop()
             os.close(primary)
             reader.join(timeout=5)
             if not shown.is_set():
-                raise SystemExit(f"bench: {command[0]} showed no row in {elapsed / 1000:.0f} s: "
-                                 f"{tracer.stderr().strip()}")
+                raise PeerFailed(f"no row in {elapsed / 1000:.0f} s (exit {exited}): "
+                                 f"{decisive_error(tracer.stderr())}")
             times.append(elapsed)
             rss = max(rss, tracer.peak_rss_kb)
-    return times, rss
+    return [f"{statistics.median(times):,.0f}", f"{max(times):,.0f}", f"{rss / 1024:.1f}"]
 
 
 def spread(values: list[float], fmt: str) -> str:
