@@ -376,7 +376,7 @@ def reported_events(mode: Mode, path: Path, port: int) -> int:
                        if len(f) >= 4 and f[2] == str(port))
         if "-j" in mode.options:
             return sum(1 for line in out
-                       if line.startswith("{") and json.loads(line)["dport"] == port)
+                       if line.startswith("{") and json.loads(line).get("dport") == port)
         # Rows follow the header (after our banner, bpftrace's two lines); DPORT
         # is found by name because -L and -d move columns around.
         column = next((line.split().index("DPORT") for line in out
