@@ -5,7 +5,9 @@ Prints what tracing costs a tight loopback connect() loop (build/connect_loop)
 in each output mode, whether every connect was reported, start-up time, peak
 memory and how long a lone connect takes to show up; runs libbpf-tools
 tcpstates on the same loop as a reference, and shows why the other tcpconnect
-implementations cannot run on this kernel.
+implementations cannot run on this kernel. With --peers (make bench-peers runs
+it in guests whose kernels have kprobes) it measures those instead, against
+our default, -L and -c modes, and their start-up to a first row.
 
 Traced and untraced runs alternate (untraced, traced, untraced, traced, ...,
 untraced) and each traced run is compared with the mean of the untraced runs
