@@ -25,7 +25,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup install uninstall deb apt-deb bpf run wheel test test-kernels bench bench-syscalls bench-ring bench-paths clean apt apt-test
+.PHONY: setup install uninstall deb apt-deb bpf run wheel test test-kernels bench bench-peers bench-reader bench-syscalls bench-ring bench-paths clean apt apt-test
 
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
 setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
@@ -224,6 +224,16 @@ bench: setup apt-test $(BUILD)/connect_loop
 	-@$(MAKE) --no-print-directory apt APT_PACKAGES="bpfcc-tools bpftrace"
 	$(VENV)/bin/python bench/run.py $(ARGS)
 
+# The real peers (bcc, libbpf-tools and bpftrace tcpconnect need kprobes) against this tool's
+# default, -L and -c modes, in guests of Debian's 6.1 and 6.12 kernels (kernels/bench-peers says
+# how; PEER_KERNELS, BENCH_ARGS narrow it). The guests see this machine's root, so the peers are
+# installed here; bcc's kernel headers are fetched for each guest's kernel.
+PEER_KERNELS ?= 6.1 6.12
+bench-peers: setup $(BUILD)/connect_loop
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="bpfcc-tools libbpf-tools bpftrace \
+	  qemu-system-x86 busybox-static kmod xz-utils zstd"
+	kernels/bench-peers $(PEER_KERNELS)
+
 # What the connect() syscall tracepoints cost every other syscall (bench/syscall_cost.py).
 bench-syscalls: setup $(BUILD)/syscall_loop
 	$(VENV)/bin/python bench/syscall_cost.py $(ARGS)
@@ -231,6 +241,10 @@ bench-syscalls: setup $(BUILD)/syscall_loop
 # The ring reader's CPU per record, with and without its memory ordering (bench/ring_reader.py).
 bench-ring: setup
 	$(VENV)/bin/python bench/ring_reader.py $(ARGS)
+
+# Rows per second one reader serves in each mode, and what past it is lost (bench/reader_limit.py).
+bench-reader: setup $(BUILD)/connect_loop
+	$(VENV)/bin/python bench/reader_limit.py $(ARGS)
 
 # BPF run time per program run on each kernel path (see bench/kernel_paths.py).
 bench-paths: setup apt-test $(BUILD)/connect_loop

@@ -37,9 +37,10 @@ MODES = (("default", ()), ("-L", ("-L",)), ("-d", ("-d",)), ("--outcome", ("--ou
 PORT = 9
 
 
-def program_stats(pid: int) -> dict[str, tuple[int, int]]:
-    """(runs, run time in ns) of each program the process holds, from its
-    file descriptors' fdinfo (the kernel keeps both per program)."""
+def program_runs(pid: int) -> dict[int, tuple[int, int]]:
+    """(runs, run time in ns) of each program the process holds, by program
+    id, from its file descriptors' fdinfo (the kernel keeps both per program;
+    a program held by several descriptors is counted once)."""
     stats = {}
     for info in Path(f"/proc/{pid}/fdinfo").iterdir():
         try:
@@ -48,9 +49,13 @@ def program_stats(pid: int) -> dict[str, tuple[int, int]]:
         except OSError:
             continue
         if "prog_type" in fields and "run_time_ns" in fields and "link_type" not in fields:
-            prog_id = int(fields["prog_id"])
-            stats[program_name(prog_id)] = (int(fields["run_cnt"]), int(fields["run_time_ns"]))
+            stats[int(fields["prog_id"])] = (int(fields["run_cnt"]), int(fields["run_time_ns"]))
     return stats
+
+
+def program_stats(pid: int) -> dict[str, tuple[int, int]]:
+    """program_runs by program name."""
+    return {program_name(prog_id): runs for prog_id, runs in program_runs(pid).items()}
 
 
 _names: dict[int, str] = {}

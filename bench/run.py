@@ -5,7 +5,9 @@ Prints what tracing costs a tight loopback connect() loop (build/connect_loop)
 in each output mode, whether every connect was reported, start-up time, peak
 memory and how long a lone connect takes to show up; runs libbpf-tools
 tcpstates on the same loop as a reference, and shows why the other tcpconnect
-implementations cannot run on this kernel.
+implementations cannot run on this kernel. With --peers (make bench-peers runs
+it in guests whose kernels have kprobes) it measures those instead, against
+our default, -L and -c modes, and their start-up to a first row.
 
 Traced and untraced runs alternate (untraced, traced, untraced, traced, ...,
 untraced) and each traced run is compared with the mean of the untraced runs
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import pty
 import re
 import signal
 import socket
@@ -40,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from tcpconnect.output import BANNER, count_header  # noqa: E402
 
-from kernel_paths import BPF_STATS, program_stats  # noqa: E402  (bench/ is sys.path[0])
+from kernel_paths import BPF_STATS, program_runs  # noqa: E402  (bench/ is sys.path[0])
 
 BUILD = ROOT / "build"
 CONNECT_LOOP = BUILD / "connect_loop"
@@ -50,14 +53,15 @@ WORKLOAD_CPU = 0
 TRACEFS = Path("/sys/kernel/tracing")
 # Where the Debian packages put the peers (not $PATH: ours is tcpconnect too).
 PEER_DIRS = (Path("/usr/sbin"), Path("/usr/lib/libbpf-tools"), Path("/usr/bin"))
-STOP_TIMEOUT_S = 60
-ATTACH_TIMEOUT_S = 20
-# Peers that cannot run here; each is run once to show how it fails.
-FAILING_PEERS = (
-    ("bcc tcpconnect", "bpfcc-tools", ("tcpconnect-bpfcc",)),
-    ("libbpf-tools tcpconnect", "libbpf-tools", ("tcpconnect",)),
-    ("bpftrace tcpconnect.bt", "bpftrace", ("tcpconnect.bt",)),
-)
+# bcc compiles its programs at start (and detaches them at the end): over a
+# minute in a TCG guest, where even our start can take tens of seconds while
+# other guests share the host.
+ATTACH_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 300
+DRAIN_CHECK_S = 0.1
+# The name libbpf-tools' tcpconnect has once our Debian package is installed
+# (which diverts it), then the one it has without it.
+LIBBPF_TCPCONNECT = ("tcpconnect.libbpf-tools", "tcpconnect")
 ERROR_LINE = re.compile(r"error|fail|unable|cannot|not found|denied", re.IGNORECASE)
 
 
@@ -72,11 +76,49 @@ class Workload:
         return command + ["-l"] if self.listener else command
 
 
+# Stands for the loop's port in a peer's options.
+PORT = "{port}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another tool, run on the same loops as ours."""
+    package: str
+    names: tuple[str, ...]  # its file in PEER_DIRS, the first found
+    options: tuple[str, ...]
+    # How it says it lost events, on stdout or stderr (one match per report).
+    lost: str
+    # A row per connect, for a peer whose rows have no DPORT column.
+    row: str | None = None
+
+    def tool(self) -> Path | None:
+        return next((t for t in map(find_tool, self.names) if t is not None), None)
+
+    def command(self, port: int) -> list[str]:
+        return [str(self.tool()), *(str(port) if o == PORT else o for o in self.options)]
+
+
+TCPSTATES = Peer("libbpf-tools", ("tcpstates",), ("-D", PORT), r"lost (\d+) events",
+                 row="CLOSE       -> SYN_SENT")
+# The real peers. They need kprobes (and bcc the kernel's headers), which
+# this host lacks: make bench shows how each fails, make bench-peers runs them
+# in the kernel matrix's guests. Each with its port filter where it has one
+# (bpftrace's script has none: its rows are counted by DPORT).
+KPROBE_PEERS = (
+    ("bcc tcpconnect", Peer("bpfcc-tools", ("tcpconnect-bpfcc",), ("-P", PORT),
+                            r"Possibly lost (\d+) samples")),
+    ("libbpf-tools tcpconnect", Peer("libbpf-tools", LIBBPF_TCPCONNECT, ("-P", PORT),
+                                     r"Lost (\d+) events on CPU")),
+    ("bpftrace tcpconnect.bt", Peer("bpftrace", ("tcpconnect.bt",), (),
+                                    r"^Lost (\d+) events")),
+)
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str
     options: tuple[str, ...] = ()
-    peer: bool = False  # libbpf-tools tcpstates
+    peer: Peer | None = None
     floor: bool = False  # bench/noop.bpf.c
     metrics: bool = False  # --metrics on a loopback port; counts read with a scrape
     # A filter that removes every connect of the loop: what an excluded
@@ -85,7 +127,7 @@ class Mode:
 
     def command(self, port: int, noop_object: Path | None, metrics_port: int) -> list[str]:
         if self.peer:
-            return [str(find_tool("tcpstates")), "-D", str(port)]
+            return self.peer.command(port)
         if self.floor:
             return [sys.executable, __file__, "--attach-noop", str(noop_object)]
         metrics = ["--metrics", f"127.0.0.1:{metrics_port}"] if self.metrics else []
@@ -112,7 +154,14 @@ MODES = (
     Mode("--container", ("--container",)),
     Mode("--metrics -q", ("-q",), metrics=True),
     Mode("--metrics, rows", metrics=True),
-    Mode("tcpstates (libbpf-tools)", peer=True),
+    Mode("tcpstates (libbpf-tools)", peer=TCPSTATES),
+)
+# make bench-peers: ours in the modes the peers have, and the peers.
+PEER_MODES = (
+    Mode("default"),
+    Mode("-L", ("-L",)),
+    Mode("-c", ("-c",)),
+    *(Mode(name, peer=peer) for name, peer in KPROBE_PEERS),
 )
 
 
@@ -135,6 +184,7 @@ class Result:
     events: int = 0
     lost: int = 0
     peak_rss_kb: int = 0
+    failed: str = ""  # why a peer did not start (no more rounds then)
 
     def stable(self) -> bool:
         if len(self.cpu_us) < 3:
@@ -188,20 +238,58 @@ def peak_rss_kb(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a running process, in ns resolution
-    (the scheduler's own account; /proc/PID/stat rounds to clock ticks)."""
-    with open(f"/proc/{pid}/schedstat") as schedstat:
-        return int(schedstat.read().split()[0]) / 1e9
-
-
-def open_files(pid: int) -> set[str]:
-    found = set()
-    for fd in os.scandir(f"/proc/{pid}/fd"):
+    """User plus system CPU time of a running process's threads, in ns
+    resolution (the scheduler's own account; /proc/PID/stat rounds to clock
+    ticks, and /proc/PID/schedstat is the main thread's alone)."""
+    total = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
         try:
-            found.add(os.readlink(fd.path))
-        except FileNotFoundError:  # closed while we looked
+            with open(f"{task.path}/schedstat") as schedstat:
+                total += int(schedstat.read().split()[0])
+        except FileNotFoundError:  # the thread ended while we looked
             continue
-    return found
+    return total / 1e9
+
+
+def wait_drained(pid: int, cpu_share: float = 1.0) -> float:
+    """The tracer's CPU time once it has caught up with what the loop made:
+    when it used under a quarter of the CPU it may have (cpu_share of one)
+    over DRAIN_CHECK_S (an idle reader's polls take a few percent; one still
+    reading takes all of it). A tool stopped before then would not count what
+    it still had to read, and bcc's tools drop what they have not read when
+    interrupted. The figure includes up to two checks' worth of idle polls."""
+    last = cpu_seconds(pid)
+    while True:
+        time.sleep(DRAIN_CHECK_S)
+        now = cpu_seconds(pid)
+        if now - last < DRAIN_CHECK_S * cpu_share / 4:
+            return now
+        last = now
+
+
+def waits_in_poll(pid: int) -> bool:
+    """Whether a thread of the process sleeps in poll(), select() or
+    epoll_wait(): where every tool waits for events once it is set up."""
+    for task in os.scandir(f"/proc/{pid}/task"):
+        try:
+            with open(f"{task.path}/wchan") as wchan:
+                if any(word in wchan.read() for word in ("poll", "select")):
+                    return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
+def refused_connect(port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            pass
+
+
+class PeerFailed(Exception):
+    """A peer that did not start: the bench goes on without it."""
 
 
 class TracerRun:
@@ -217,21 +305,31 @@ class TracerRun:
                                      stdout=self._out if stdout is None else stdout)
         self.peak_rss_kb = 0
 
-    def wait_attached(self, peer: bool) -> None:
-        """Our tool (and --attach-noop) prints its banner once attached;
-        tcpstates buffers its output, but opens its perf buffer's epoll only
-        after attaching."""
+    def wait_attached(self, probe_port: int | None = None) -> None:
+        """Our tool (and --attach-noop) prints its banner once attached. The
+        peers buffer their output when it is a file, so a peer is attached
+        once its programs run for a connect to probe_port (no loop's port)
+        and it waits for their events."""
         deadline = time.monotonic() + ATTACH_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._close()
+                if probe_port is not None:
+                    said = self.stderr() + self.out_path.read_text(errors="replace")
+                    raise PeerFailed(f"exit {self.proc.returncode}: {decisive_error(said)}")
                 raise SystemExit(f"bench: {self.proc.args[0]} exited: {self.stderr().strip()}")
-            if peer:
-                if "anon_inode:[eventpoll]" in open_files(self.proc.pid):
+            if probe_port is not None:
+                runs = bpf_runs(self.proc.pid)
+                refused_connect(probe_port)
+                if bpf_runs(self.proc.pid) > runs and waits_in_poll(self.proc.pid):
                     return
+                time.sleep(0.05)
             elif BANNER in self.banner_stream().read_text(errors="replace"):
                 return
             time.sleep(0.005)
         self.stop()
+        if probe_port is not None:
+            raise PeerFailed(f"not attached after {ATTACH_TIMEOUT_S} s")
         raise SystemExit(f"bench: {self.proc.args[0]} did not attach: {self.stderr().strip()}")
 
     def stop(self) -> None:
@@ -247,9 +345,12 @@ class TracerRun:
             self.proc.wait()
             raise SystemExit(f"bench: {self.proc.args[0]} did not stop on SIGINT") from None
         finally:
-            self._err.close()
-            if self._out is not None:
-                self._out.close()
+            self._close()
+
+    def _close(self) -> None:
+        self._err.close()
+        if self._out is not None:
+            self._out.close()
 
     def stderr(self) -> str:
         return self.err_path.read_text(errors="replace")
@@ -271,8 +372,8 @@ def scraped_connects(metrics_port: int, port: int) -> int:
 def reported_events(mode: Mode, path: Path, port: int) -> int:
     """Connects to port that the tracer's output (in path) accounts for."""
     with open(path, errors="replace") as out:
-        if mode.peer:
-            return sum(1 for line in out if "CLOSE       -> SYN_SENT" in line)
+        if mode.peer and mode.peer.row:
+            return sum(1 for line in out if mode.peer.row in line)
         if "-c" in mode.options:
             # CONNECTS is the last column (--outcome adds RESULT before it).
             header = count_header("--outcome" in mode.options)
@@ -285,47 +386,65 @@ def reported_events(mode: Mode, path: Path, port: int) -> int:
             # Loss records ({"type": "lost", ...}) are lines of the stream too.
             return sum(1 for line in out
                        if line.startswith("{") and json.loads(line).get("dport") == port)
-        # Text rows follow the banner and the header; DPORT is found by name
-        # because -L and -d move columns around.
-        next(out, None)
-        column = next(out, "DPORT").split().index("DPORT")
+        # Rows follow the header (after our banner, bpftrace's two lines); DPORT
+        # is found by name because -L and -d move columns around.
+        column = next((line.split().index("DPORT") for line in out
+                       if "DPORT" in line.split()), None)
+        if column is None:
+            return 0
         return sum(1 for line in out if line.split()[column:column + 1] == [str(port)])
 
 
-def lost_events(mode: Mode, stderr: str) -> int:
-    pattern = r"lost (\d+) events" if mode.peer else r"Possibly lost (\d+) events"
-    return sum(int(n) for n in re.findall(pattern, stderr))
+def lost_events(mode: Mode, tracer: TracerRun) -> int:
+    """Events the tracer says it lost. Ours reports on stderr; bpftrace on
+    stdout, among its rows."""
+    if mode.peer is None:
+        return sum(int(n) for n in re.findall(r"Possibly lost (\d+) events", tracer.stderr()))
+    said = tracer.stderr() + tracer.out_path.read_text(errors="replace")
+    return sum(int(n) for n in re.findall(mode.peer.lost, said, re.MULTILINE))
 
 
 def bpf_run_ns(pid: int) -> int:
-    """Run time of all the BPF programs a process holds, so far."""
-    return sum(ns for _, ns in program_stats(pid).values())
+    """Run time of all the BPF programs a process holds, so far (kprobe
+    programs included: the kernel counts every program it runs)."""
+    return sum(ns for _, ns in program_runs(pid).values())
 
 
-def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, seconds: float,
-                     workdir: Path, noop_object: Path | None,
-                     metrics_port: int) -> dict[str, Result]:
+def bpf_runs(pid: int) -> int:
+    return sum(runs for runs, _ in program_runs(pid).values())
+
+
+def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, max_rounds: int,
+                     seconds: float, workdir: Path, noop_object: Path | None,
+                     metrics_port: int, probe_port: int) -> dict[str, Result]:
     results = {mode.name: Result() for mode in modes}
     run_loop(workload, 0.5)  # warm-up: page cache, first socket allocations
     before = run_loop(workload, seconds)
     done = 0
-    # Rounds go on, up to twice as many, while a mode's figures still move.
-    while done < rounds or (done < 2 * rounds
+    # Rounds go on, up to max_rounds, while a mode's figures still move.
+    while done < rounds or (done < max_rounds
                             and not all(r.stable() for r in results.values() if r.cpu_us)):
         done += 1
         for mode in modes:
+            result = results[mode.name]
+            if result.failed:
+                continue
             print(f"# {workload.name} loop, round {done} (at least {rounds}): {mode.name}",
                   file=sys.stderr, flush=True)
-            result = results[mode.name]
             tracer = TracerRun(mode.command(workload.port, noop_object, metrics_port), workdir)
+            try:
+                tracer.wait_attached(probe_port if mode.peer else None)
+            except PeerFailed as failed:
+                result.failed = str(failed)
+                print(f"bench: {mode.name} did not start: {failed}", file=sys.stderr)
+                continue
             scraped = None
             try:
-                tracer.wait_attached(mode.peer)
                 started = cpu_seconds(tracer.proc.pid)
                 bpf_started = bpf_run_ns(tracer.proc.pid)
                 traced = run_loop(workload, seconds)
+                cpu_s = wait_drained(tracer.proc.pid) - started
                 bpf_ns = bpf_run_ns(tracer.proc.pid) - bpf_started
-                cpu_s = cpu_seconds(tracer.proc.pid) - started
                 if mode.metrics:
                     scraped = scraped_connects(metrics_port, workload.port)
             finally:
@@ -348,7 +467,7 @@ def measure_overhead(workload: Workload, modes: list[Mode], rounds: int, seconds
                           "connects", file=sys.stderr)
                 result.events += (scraped if scraped is not None and "-q" in mode.options
                                   else reported_events(mode, tracer.out_path, workload.port))
-                result.lost += lost_events(mode, tracer.stderr())
+                result.lost += lost_events(mode, tracer)
                 result.peak_rss_kb = max(result.peak_rss_kb, tracer.peak_rss_kb)
     return results
 
@@ -388,7 +507,7 @@ def measure_latency(options: tuple[str, ...], port: int, connects: int,
                            stdout=subprocess.PIPE)
         assert tracer.proc.stdout is not None
         if tracer.banner_stream() == tracer.err_path:
-            tracer.wait_attached(peer=False)
+            tracer.wait_attached()
         elif tracer.proc.stdout.readline().decode().rstrip("\n") != BANNER:
             tracer.stop()
             raise SystemExit(f"bench: tracer did not start: {tracer.stderr().strip()}")
@@ -416,22 +535,27 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def failing_peer(package: str, names: tuple[str, ...]) -> str:
-    """How a peer fails to start here: its decisive error line, the last one
-    naming an error (earlier ones tend to be warnings; bcc prints its
-    reason on stdout, after the traceback on stderr)."""
-    tool = next((t for t in map(find_tool, names) if t is not None), None)
+def failing_peer(peer: Peer) -> str:
+    """How a peer fails to start here."""
+    tool = peer.tool()
     if tool is None:
-        return f"not installed (apt-get install {package})"
+        return f"not installed (apt-get install {peer.package})"
     try:
         done = subprocess.run([str(tool)], stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=60, check=False)
     except subprocess.TimeoutExpired:
         return "still running after 60 s: it attached"
-    output = (done.stderr + done.stdout).splitlines()
-    errors = [line.strip() for line in output
+    return f"exit {done.returncode}: {decisive_error(done.stderr + done.stdout)}"
+
+
+def decisive_error(output: str) -> str:
+    """The last line of a tool's output naming an error (earlier ones tend to
+    be warnings; bcc prints its reason on stdout, after the traceback on
+    stderr)."""
+    lines = output.splitlines()
+    errors = [line.strip() for line in lines
               if ERROR_LINE.search(line) and not line.startswith(" ")]
-    return f"exit {done.returncode}: {(errors or output or ['(no output)'])[-1]}"
+    return (errors or lines or ["(no output)"])[-1]
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -526,30 +650,41 @@ def main() -> int:
                         help="one short round per mode: under a minute, rough figures")
     parser.add_argument("--rounds", type=int, help="traced/untraced pairs per mode (default 5)")
     parser.add_argument("--seconds", type=float, help="length of each run (default 1.5)")
-    parser.add_argument("--mode", action="append", choices=[m.name for m in MODES],
+    parser.add_argument("--mode", action="append",
+                        choices=list(dict.fromkeys(m.name for m in MODES + PEER_MODES)),
                         help="measure only this mode (repeatable; default: all)")
+    parser.add_argument("--peers", action="store_true",
+                        help="ours (default, -L, -c) against bcc, libbpf-tools and bpftrace "
+                        "tcpconnect, which need kprobes: what make bench-peers runs in a guest")
+    parser.add_argument("--launches", type=int, default=3,
+                        help="--peers: launches per tool for its start-up (default 3)")
     parser.add_argument("--attach-noop", metavar="OBJECT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.attach_noop:
         return attach_noop(args.attach_noop)
     rounds = args.rounds or (1 if args.quick else 5)
     seconds = args.seconds or (1.0 if args.quick else 1.5)
-    if rounds < 1 or seconds <= 0:
-        parser.error("--rounds and --seconds must be positive")
+    if rounds < 1 or seconds <= 0 or args.launches < 1:
+        parser.error("--rounds, --seconds and --launches must be positive")
     for needed in (CONNECT_LOOP, TRACER):
         if not needed.exists():
             print(f"bench: {needed} is missing: run `make bench`", file=sys.stderr)
             return 1
 
-    modes = [m for m in MODES if not args.mode or m.name in args.mode]
-    if find_tool("tcpstates") is None:
-        print("bench: tcpstates not installed (apt-get install libbpf-tools): "
-              "no reference row", file=sys.stderr)
-        modes = [m for m in modes if not m.peer]
+    modes = [m for m in (PEER_MODES if args.peers else MODES)
+             if not args.mode or m.name in args.mode]
+    for mode in [m for m in modes if m.peer and m.peer.tool() is None]:
+        print(f"bench: {mode.name} is not installed (apt-get install {mode.peer.package}): "
+              "no row", file=sys.stderr)
+        modes.remove(mode)
     mounted = ensure_tracefs()
     stats_before = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1\n")
     try:
+        if args.peers:
+            # A peer's start costs tens of seconds in a TCG guest (bcc compiles
+            # its programs): no rounds beyond those asked for.
+            return run_peers(modes, rounds, seconds, args.launches)
         return run(modes, rounds, seconds)
     finally:
         BPF_STATS.write_text(stats_before + "\n")
@@ -557,26 +692,31 @@ def main() -> int:
             subprocess.run(["umount", str(TRACEFS)], check=False)
 
 
-def run(modes: list[Mode], rounds: int, seconds: float) -> int:
-    print(f"machine: {machine()}")
-    print(f"{rounds} round(s) or more of {seconds:g} s per mode and workload; connect loop pinned to "
-          f"CPU {WORKLOAD_CPU}; ratio = median over rounds of traced / mean of the untraced "
-          "runs either side\n", flush=True)
-    refused, listener, other, metrics_port = ports_nobody_uses(4)
+def overhead_table(modes: list[Mode], rounds: int, max_rounds: int, seconds: float,
+                   ports: tuple[int, int, int],
+                   metrics_port: int) -> dict[tuple[str, str], Result]:
+    """Measures each mode on both loops and prints the table."""
+    refused, listener, probe = ports
     workloads = [Workload("refused", refused, listener=False),
                  Workload("listener", listener, listener=True)]
     results: dict[tuple[str, str], Result] = {}
     rows = []
+    failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tcpconnect-bench-") as tmp:
-        noop_object = build_noop(Path(tmp))
+        noop_object = build_noop(Path(tmp)) if any(m.floor for m in modes) else None
         if noop_object is None:
             modes = [m for m in modes if not m.floor]
         load = OtherLoad()
         for workload in workloads:
-            measured = measure_overhead(workload, modes, rounds, seconds, Path(tmp), noop_object,
-                                        metrics_port)
+            measured = measure_overhead(workload, modes, rounds, max_rounds, seconds, Path(tmp),
+                                        noop_object, metrics_port, probe)
             for mode in modes:
                 r = results[workload.name, mode.name] = measured[mode.name]
+                if r.failed:
+                    failures.append(f"{workload.name} loop, {mode.name}: did not start "
+                                    f"({r.failed}), {len(r.traced)} round(s) measured")
+                if not r.traced:
+                    continue
                 wanted = 0 if mode.excluded else r.connects
                 reported = [f"{r.events:,}", "yes" if r.events == wanted else "NO",
                             f"{r.lost:,}", f"{r.peak_rss_kb / 1024:.1f}",
@@ -593,9 +733,21 @@ def run(modes: list[Mode], rounds: int, seconds: float) -> int:
     print(table(["workload", "mode", "untraced/s", "traced/s", "ratio", "BPF ns/connect",
                  "connects", "reported", "all?", "lost", "peak RSS MB",
                  "tracer CPU us/connect", "stable?"], rows))
-    print("tcpstates reports the CLOSE -> SYN_SENT transitions it printed.")
+    for failure in failures:
+        print(failure)
     print(load.report() + "\n")
+    return results
 
+
+def run(modes: list[Mode], rounds: int, seconds: float) -> int:
+    print(f"machine: {machine()}")
+    print(f"{rounds} round(s) or more of {seconds:g} s per mode and workload; connect loop pinned to "
+          f"CPU {WORKLOAD_CPU}; ratio = median over rounds of traced / mean of the untraced "
+          "runs either side\n", flush=True)
+    refused, listener, other, metrics_port = ports_nobody_uses(4)
+    results = overhead_table(modes, rounds, 2 * rounds, seconds, (refused, listener, other),
+                             metrics_port)
+    print("tcpstates reports the CLOSE -> SYN_SENT transitions it printed.")
     startups = {options: measure_startup(options, other, launches=5)
                 for options in ((), ("-d",))}
     print("Start-up: launch to banner (attached), 5 launches")
@@ -615,12 +767,81 @@ def run(modes: list[Mode], rounds: int, seconds: float) -> int:
 
     print("Peers that cannot start on this kernel (no kprobes, no kernel headers):")
     print(table(["tool", "result"],
-                [[name, failing_peer(package, names)]
-                 for name, package, names in FAILING_PEERS]) + "\n")
+                [[name, failing_peer(peer)] for name, peer in KPROBE_PEERS]) + "\n")
 
     print("Issue 6 and 11 targets (goals, not pass/fail of the tool)")
     print(table(["target", "measured", "met?"], targets(results, startups, latencies)))
     return 0
+
+
+def run_peers(modes: list[Mode], rounds: int, seconds: float, launches: int) -> int:
+    print(f"machine: {machine()}")
+    print(f"{rounds} round(s) of {seconds:g} s per tool and workload; connect loop pinned to "
+          f"CPU {WORKLOAD_CPU}; ratio = median over rounds of traced / mean of the untraced "
+          "runs either side\n", flush=True)
+    refused, listener, other = ports_nobody_uses(3)
+    # Start-up first, each tool in its row mode: a peer that cannot start
+    # here is known in minutes, not after the rounds.
+    starts = []
+    for mode in modes:
+        if "-c" in mode.options:
+            continue
+        print(f"# start-up: {mode.name}", file=sys.stderr, flush=True)
+        try:
+            starts.append([mode.name, *first_row(mode.command(other, None, 0), other, launches)])
+        except PeerFailed as failed:
+            starts.append([mode.name, f"did not start: {failed}", "", ""])
+    print(f"Start-up: launch to the first row of a connect on a terminal, {launches} launches "
+          "(a connect every 20 ms from launch on)")
+    print(table(["tool", "median ms", "max ms", "peak RSS MB"], starts) + "\n", flush=True)
+    overhead_table(modes, rounds, rounds, seconds, (refused, listener, other), metrics_port=0)
+    return 0
+
+
+def first_row(command: list[str], port: int, launches: int) -> list[str]:
+    """Milliseconds from launch to the first row for a connect to port, the
+    tracer writing to a terminal (where every tool writes each row as it
+    comes): median and max, and the peak RSS (MB) of the tracer just after."""
+    times, rss = [], 0
+    for _ in range(launches):
+        shown = threading.Event()
+        primary, secondary = pty.openpty()
+
+        def read() -> None:
+            # To the end: a tracer writing to a terminal nobody reads blocks.
+            pending = b""
+            while True:
+                try:
+                    pending += os.read(primary, 65536)
+                except OSError:  # EIO: the tracer closed the terminal
+                    return
+                *lines, pending = pending.split(b"\n")
+                if any(line.split()[-1:] == [str(port).encode()] for line in lines):
+                    shown.set()
+
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            tracer = TracerRun(command, Path(tmp), stdout=secondary)
+            os.close(secondary)
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            deadline = start + ATTACH_TIMEOUT_S
+            while not shown.wait(0.02) and time.perf_counter() < deadline:
+                if tracer.proc.poll() is not None:
+                    break
+                refused_connect(port)
+            elapsed = (time.perf_counter() - start) * 1000
+            exited = tracer.proc.poll()
+            if exited is None:
+                tracer.stop()
+            os.close(primary)
+            reader.join(timeout=5)
+            if not shown.is_set():
+                raise PeerFailed(f"no row in {elapsed / 1000:.0f} s (exit {exited}): "
+                                 f"{decisive_error(tracer.stderr())}")
+            times.append(elapsed)
+            rss = max(rss, tracer.peak_rss_kb)
+    return [f"{statistics.median(times):,.0f}", f"{max(times):,.0f}", f"{rss / 1024:.1f}"]
 
 
 def spread(values: list[float], fmt: str) -> str:
