@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import comm_of, free_port, row
 
 from tcpconnect.cmdline import ARGS_MAX, args_json, user_dev
@@ -169,6 +171,9 @@ def test_exe_path_past_the_bounds_is_cut_at_the_root_end(trace, tmp_path):
                          ".../" + "d/" * 23 + "sshd"]
 
 
+# The column's text is user space's; the path under it is the kernel's, which the
+# other exe tests check on every kernel.
+@pytest.mark.host_only
 def test_exe_column(trace, tmp_path):
     port = free_port()
     exe = bash_at(tmp_path / "x\x1b[31m" / "sshd")
@@ -193,6 +198,8 @@ def test_exe_column(trace, tmp_path):
 CONNECT_AND_WAIT = "{{ : >/dev/tcp/127.0.0.1/{port}; }} 2>/dev/null; read -r _"
 
 
+# --args is read from /proc in user space: the same on every kernel.
+@pytest.mark.host_only
 def test_args_are_the_command_line_as_given(trace, tmp_path):
     port = free_port()
     exe = bash_at(tmp_path / "sshd")
@@ -210,6 +217,7 @@ def test_args_are_the_command_line_as_given(trace, tmp_path):
     assert (first["pid"], t.stderr) == (proc.pid, "")
 
 
+@pytest.mark.host_only
 def test_args_of_a_process_gone_before_its_row_is_null_and_counted(trace, tmp_path):
     port = free_port()
     exe = bash_at(tmp_path / "brief")
@@ -228,6 +236,8 @@ def test_args_of_a_process_gone_before_its_row_is_null_and_counted(trace, tmp_pa
                         "executable, by the time its row was read\n")
 
 
+# Pure: the same on every kernel.
+@pytest.mark.host_only
 def test_args_json_from_cmdline_bytes():
     assert json.loads(args_json(b"curl\0-H\0a: b\0\0")) == ["curl", "-H", "a: b", ""]
     assert args_json(b"") == "[]"
