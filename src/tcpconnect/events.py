@@ -70,6 +70,7 @@ class ExeRecord(Structure):
         ("deleted", c_uint32),
         ("components", c_uint32),
         ("cut", c_uint32),
+        ("names_len", c_uint32),
         ("names", c_char * (EXE_NAMES_MAX + EXE_NAME_SLOT)),
     ]
 
@@ -190,4 +191,4 @@ _RECORD = [*_NAMES[:_SPLIT], "identity", *_NAMES[_END:]]
 DNS_TS_NS, DNS_LEN, DNS_PAYLOAD = (
     [name for name, _ in DnsEvent._fields_].index(name) for name in ("ts_ns", "len", "payload"))
 EXE_RECORD_INO, EXE_RECORD_DEV, EXE_RECORD_DELETED, EXE_RECORD_COMPONENTS, EXE_RECORD_CUT, \
-    EXE_RECORD_NAMES = range(len(ExeRecord._fields_))
+    EXE_RECORD_NAMES_LEN, EXE_RECORD_NAMES = range(len(ExeRecord._fields_))

@@ -23,6 +23,7 @@ from .events import (
     EXE_RECORD_DEV,
     EXE_RECORD_INO,
     EXE_RECORD_NAMES,
+    EXE_RECORD_NAMES_LEN,
 )
 
 # What a path cut at the walk's bounds starts with instead of "/": no
@@ -36,7 +37,8 @@ def path_of(record: tuple) -> str:
     """The path an exe record holds: its names, the file's own first,
     joined from the root down; bytes that are not UTF-8 kept as surrogate
     escapes, as file names are in Python."""
-    names = record[EXE_RECORD_NAMES].split(b"\0")[:record[EXE_RECORD_COMPONENTS]]
+    names = record[EXE_RECORD_NAMES][:record[EXE_RECORD_NAMES_LEN]].split(b"\0")
+    names = names[:record[EXE_RECORD_COMPONENTS]]
     path = "/" + "/".join(name.decode("utf-8", "surrogateescape") for name in reversed(names))
     if record[EXE_RECORD_CUT]:
         path = CUT_MARK + path

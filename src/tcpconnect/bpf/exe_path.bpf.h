@@ -46,7 +46,15 @@ static __always_inline const struct vfsmount *vfs_mount(const struct mount *mnt)
 	return (const void *)mnt + bpf_core_field_offset(struct mount, mnt);
 }
 
-/* Fills r->names from the file's dentry up to the task's root. */
+/* Fills r->names from the file's dentry up to the task's root.
+ *
+ * The bytes written so far are kept in r->names_len, ring memory, and not
+ * in a local: the verifier tracks a register's or stack slot's range but
+ * reads ring memory back as any value, so each pass of the loop starts from
+ * the same state whatever the passes before wrote (the mask bounds it
+ * again). Kept in a local, every pass's offset was a range of its own and
+ * no two states matched: 94,000 instructions verified, 40 ms, in each of
+ * the two programs that call send_exe_path, against 5,500 (6 ms) so. */
 static __always_inline void walk_exe_path(const struct task_struct *task,
 					  const struct file *file, struct exe_record *r)
 {
@@ -55,12 +63,15 @@ static __always_inline void walk_exe_path(const struct task_struct *task,
 	const struct mount *mnt = real_mount(vfsmnt);
 	const struct dentry *root = BPF_CORE_READ(task, fs, root.dentry);
 	const struct vfsmount *root_mnt = BPF_CORE_READ(task, fs, root.mnt);
-	__u32 offset = 0, components = 0;
+	volatile __u32 *names_len = &r->names_len;
 	bool whole = false;
 
+	*names_len = 0;
+	r->components = 0;
 	for (int i = 0; i < EXE_DEPTH_MAX; i++) {
 		const struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 		const struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+		__u32 offset = *names_len;
 		int n;
 
 		if (dentry == root && vfsmnt == root_mnt) {
@@ -88,11 +99,10 @@ static __always_inline void walk_exe_path(const struct task_struct *task,
 					      EXE_NAME_SLOT, BPF_CORE_READ(dentry, d_name.name));
 		if (n <= 0)
 			break;
-		offset += n;
-		components++;
+		*names_len = offset + n;
+		r->components++;
 		dentry = parent;
 	}
-	r->components = components;
 	r->cut = !whole;
 }
 

@@ -132,13 +132,15 @@ struct exe_key {
  * carry only the key. names[] holds `components` NUL-terminated names, the
  * file's own first, up to the root the walk stopped at; `cut` is set when
  * the walk stopped at a bound instead (more components or bytes than the
- * bounds above) and the names are the path's last ones. */
+ * bounds above) and the names are the path's last ones; names_len is the
+ * bytes of names[] they take. */
 struct exe_record {
 	__u64 ino;
 	__u32 dev;
 	__u32 deleted;
 	__u32 components;
 	__u32 cut;
+	__u32 names_len;
 	char names[EXE_NAMES_MAX + EXE_NAME_SLOT];
 };
 /* Key of the in-kernel connection counters (-c, --metrics). Only the fields
