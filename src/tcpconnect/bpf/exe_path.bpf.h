@@ -131,33 +131,43 @@ __noinline int send_exe_path(__u64 ino, __u32 dev, __u32 deleted)
 }
 
 /* The executable's key into *e: a few probe reads, in every traced
- * connect's program. */
-static __always_inline void read_exe_key(struct event *e)
+ * connect's program. Returns the executable's dentry, NULL for a task
+ * without one (a kernel thread). */
+static __always_inline const struct dentry *read_exe_key(struct event *e)
 {
 	const struct task_struct *task = (const void *)bpf_get_current_task();
 	const struct dentry *dentry = BPF_CORE_READ(task, mm, exe_file, f_path.dentry);
 
 	if (!dentry)
-		return;
+		return NULL;
 	e->exe_ino = BPF_CORE_READ(dentry, d_inode, i_ino);
 	e->exe_dev = BPF_CORE_READ(dentry, d_inode, i_sb, s_dev);
+	return dentry;
+}
+
+/* d_unlinked(): out of the dentry hash, and not a root. */
+static __always_inline __u8 exe_unlinked(const struct dentry *dentry)
+{
+	return !BPF_CORE_READ(dentry, d_hash.pprev) && BPF_CORE_READ(dentry, d_parent) != dentry;
+}
+
+/* Whether the path of e's executable went out already, unlinked or not as
+ * it is now: what nearly every connect finds, in one lookup. */
+static __always_inline bool exe_path_sent(const struct event *e, __u8 deleted)
+{
+	struct exe_key key = { .ino = e->exe_ino, .dev = e->exe_dev };
+	__u8 *sent = bpf_map_lookup_elem(&exe_seen, &key);
+
+	return sent && *sent == deleted;
 }
 
 /* The path of e's executable into the ring the first time its key is seen,
- * and again if the file was unlinked since (the path then says so). Called
- * from handle_exe_path, a program of its own: see tcpconnect.bpf.c. */
-static __always_inline void send_new_exe_path(const struct event *e)
+ * and again if the file was unlinked since (the path then says so). */
+static __always_inline void send_new_exe_path(const struct event *e, __u8 deleted)
 {
-	const struct task_struct *task = (const void *)bpf_get_current_task();
-	const struct dentry *dentry = BPF_CORE_READ(task, mm, exe_file, f_path.dentry);
 	struct exe_key key = { .ino = e->exe_ino, .dev = e->exe_dev };
-	__u8 deleted, *sent;
+	__u8 *sent = bpf_map_lookup_elem(&exe_seen, &key);
 
-	if (!dentry)
-		return;
-	/* d_unlinked(): out of the dentry hash, and not a root. */
-	deleted = !BPF_CORE_READ(dentry, d_hash.pprev) && BPF_CORE_READ(dentry, d_parent) != dentry;
-	sent = bpf_map_lookup_elem(&exe_seen, &key);
 	if (sent) {
 		/* Not atomic: two CPUs may both send the unlinked path, which
 		 * costs a record and changes nothing. */

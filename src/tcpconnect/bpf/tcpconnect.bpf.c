@@ -145,23 +145,32 @@ TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
  * before handle_set_state (programs on one tracepoint run in attach order),
  * so the path is in the ring before the first event that carries its key:
  * with -L or --outcome handle_set_state's stack is full, which leaves no
- * room for the walk's frame. It applies the filters again, without counting
- * (handle_set_state counts), so that an excluded connect sends no path. */
+ * room for the walk's frame. A path not sent yet is sent only if the
+ * filters pass the connect (applied again, without counting: handle_set_state
+ * counts), so that an excluded connect sends no path; a path already sent,
+ * nearly every connect's case, is known before any filter runs. */
 static __always_inline void exe_of_connect(const struct sock *sk, bool typed, int oldstate,
 					   int newstate)
 {
+	const struct dentry *dentry;
 	struct task_struct *task;
 	struct event e = {};
+	__u8 deleted;
 
 	if (oldstate != TCP_CLOSE || newstate != TCP_SYN_SENT ||
 	    READ_FIELD(typed, sk, sk_protocol) != IPPROTO_TCP)
+		return;
+	dentry = read_exe_key(&e);
+	if (!dentry)
+		return;
+	deleted = exe_unlinked(dentry);
+	if (exe_path_sent(&e, deleted))
 		return;
 	task = typed_current_task(typed);
 	if (task_filter(task, &e) || !read_addresses(sk, typed, &e) || connection_filter(&e) ||
 	    source_filter(&e) || netns_filter(sk, typed, &e) || container_filter(task, &e))
 		return;
-	read_exe_key(&e);
-	send_new_exe_path(&e);
+	send_new_exe_path(&e, deleted);
 }
 
 TYPED_AND_RAW(inet_sock_set_state, handle_exe_path,
@@ -220,8 +229,10 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
 	if (want_lineage)
 		read_lineage(&call.e);
 	if (want_exe) {
-		read_exe_key(&call.e);
-		send_new_exe_path(&call.e);
+		const struct dentry *dentry = read_exe_key(&call.e);
+
+		if (dentry)
+			send_new_exe_path(&call.e, exe_unlinked(dentry));
 	}
 	if (want_outcome) {
 		call.e.outcome = OUTCOME_NO_SYN;
