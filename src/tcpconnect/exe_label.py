@@ -2,13 +2,13 @@
 
 The kernel keys its counts on the executable's (device, inode) and sends
 each path once, as an exe record on the events ring (exe_path.bpf.h), before
-the first count that has its key. Here keys become paths. Without rows the
-exporter reads the ring itself, right after taking the counts, so a path
-sent is always read before its counts are labelled. With rows the tracer's
-loop reads the ring and hands the paths on, which a scrape's drain can
-overtake: so a count whose path is not known yet waits WAIT_SECONDS (later
-drains label it), and only then, still unknown (its record lost, or the
-cache of paths emptied), is counted under UNKNOWN. Either way the kernel is told to send
+the first count that has its key (but for a key another CPU saw first and
+is still sending). Here keys become paths. Without rows the exporter reads
+the ring itself, right after taking the counts; with rows the tracer's loop
+reads it and hands the paths on, which a scrape's drain can overtake. So a
+count whose path is not known yet waits WAIT_SECONDS (later drains label
+it), and only then, still unknown (its record lost, or the cache of paths
+emptied), is counted under UNKNOWN. Either way the kernel is told to send
 that path again at the executable's next connect.
 """
 
