@@ -113,6 +113,32 @@ def test_exe_beside_rows(trace, tmp_path, options):
     assert (t.returncode, t.stderr) == (0, "")
 
 
+EVERY_FIELD = frozenset(("saddr", "daddr", "dport", "uid", "comm", "cgroup", "exe"))
+
+
+@pytest.mark.parametrize("config", [
+    dict(),
+    dict(outcome=True),
+    dict(outcome=True, failed_only=True),
+    dict(events_with_counts=True, lport=True),
+    dict(events_with_counts=True, lport=True, outcome=True, exe=True, timestamps=True,
+         task_ids=True, lineage=True),
+    dict(count_fields=EVERY_FIELD, events_with_counts=True, lport=True, outcome=True),
+], ids=["count", "outcome", "failed", "rows -L", "rows -j -L --outcome", "every field"])
+def test_every_counting_mode_loads_and_keys_on_the_executable(tmp_path, config):
+    # The count key is built in a scratch map: on the stack, beside the
+    # event or parked attempt, it took the object past the 512 bytes of BPF
+    # stack. Each kernel's verifier must take every mode.
+    port = free_port()
+    agent = python_at(tmp_path / "agent")
+    config = {"count_fields": frozenset({"exe", "dport"}), **config}
+    with Tracer(TracerConfig(count=True, ports=(port,), **config)) as tracer:
+        connect_from(agent, port, 2)
+        counts = tracer.take_counts()
+    assert [(key.exe_ino, key.dport, n) for key, n in counts] == [
+        (os.stat(agent).st_ino, port, 2)]
+
+
 def test_a_path_never_read_is_counted_as_unknown_and_sent_again(tmp_path, monkeypatch):
     # An exporter told that rows hand it the paths, and no rows read: the
     # path stays unknown, as if its record had been lost.

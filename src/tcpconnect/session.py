@@ -66,8 +66,8 @@ TOTAL_MESSAGES = (
     ("dns_unreadable", "{} DNS responses could not be read: their payload was in page "
                        "fragments, which tracing programs on this kernel cannot read (Linux "
                        "6.12 can)"),
-    ("exe_records", "{} paths of executables found no room in the ring: the rows before each "
-                    "was sent again show no executable"),
+    ("exe_records", "{} paths of executables found no room in the ring: the rows (and the "
+                    "metrics' exe label) before each was sent again show no executable"),
     ("dns_uncheckable", "{} received packets were not checked for DNS responses: their headers "
                         "were in page fragments, which tracing programs on this kernel cannot "
                         "read (Linux 6.12 can)"),
