@@ -32,7 +32,7 @@ class ExeLabel:
     def __init__(self, forget: Callable[[int, int], None]) -> None:
         self._forget = forget
         self._paths: BoundedCache = BoundedCache()
-        # (counts, when they were taken)
+        # (key, count, when it was taken)
         self._waiting: list[tuple[CountKey, int, float]] = []
         # Connects counted under UNKNOWN.
         self.unknown = 0
