@@ -160,9 +160,11 @@ wheel: setup
 # The second pass hides the kernel's BTF from the tool and hands it over with
 # --btf: the raw_tp programs of kernels without BTF, against the same rows.
 # One file per kernel-side path: attribution's netns read is in test_trace's
-# JSON rows, the metrics' count key in test_count's tables.
+# JSON rows, the metrics' count key in test_count's tables, the executable's
+# path program and key in test_metrics_exe's series.
 RAW_TP_TESTS := tests/test_trace.py tests/test_count.py tests/test_containers.py \
-	tests/test_dns_trace.py tests/test_outcome.py tests/test_answers.py tests/test_failures.py
+	tests/test_dns_trace.py tests/test_outcome.py tests/test_answers.py tests/test_failures.py \
+	tests/test_metrics_exe.py
 
 test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 	$(VENV)/bin/pytest -q

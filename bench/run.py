@@ -153,6 +153,8 @@ MODES = (
     Mode("-T", ("-T",)),
     Mode("--container", ("--container",)),
     Mode("--metrics -q", ("-q",), metrics=True),
+    Mode("--metrics -q, exe label", ("-q", "--metrics-labels", "comm,daddr,dport,exe"),
+         metrics=True),
     Mode("--metrics, rows", metrics=True),
     Mode("tcpstates (libbpf-tools)", peer=TCPSTATES),
 )

@@ -14,6 +14,7 @@ from tcpconnect.plan import (
     ANSWER_CAPACITY,
     CONNECT_CALL_PROGRAMS,
     DNS_RING_BYTES,
+    EXE_RING_BYTES,
     Environment,
     FilterMap,
     TracerConfig,
@@ -47,6 +48,18 @@ def test_count_mode_reads_no_ring_unless_rows_are_wanted_too():
     assert dict(plan.max_entries)["events"] == mmap.PAGESIZE
     with_rows = plan_load(TracerConfig(count=True, events_with_counts=True), ENV)
     assert with_rows.events_ring and flags(with_rows)["want_events"] is True
+
+
+def test_counts_keyed_on_the_executable_read_the_ring_for_its_paths_alone():
+    plan = plan_load(TracerConfig(count=True, count_fields=frozenset({"exe", "dport"})), ENV)
+    assert plan.programs[:2] == ("handle_exe_path", "handle_set_state")
+    assert (flags(plan)["want_exe"], flags(plan)["count_exe"]) == (True, True)
+    # No rows: the ring carries only paths, and is sized for them.
+    assert plan.events_ring and flags(plan)["want_events"] is False
+    assert dict(plan.max_entries)["events"] == EXE_RING_BYTES
+    assert flags(plan)["wakeup_bytes"] == DNS_RING_BYTES // 4
+    # The key is the executable's only when asked.
+    assert flags(plan_load(TracerConfig(count=True, exe=True), ENV))["count_exe"] is False
 
 
 def test_parked_attempts_are_resolved_when_their_socket_is_destroyed():

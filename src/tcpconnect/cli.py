@@ -341,8 +341,8 @@ def build_parser() -> Parser:
                              "counted in the kernel")
     parser.add_argument("--metrics-labels", type=parse_labels, metavar="LABELS",
                         help="labels of tcpconnect_connects_total, comma-separated, from "
-                             "comm, saddr, daddr, dport, uid, container, unit, result (default: "
-                             "comm,daddr,dport)")
+                             "comm, saddr, daddr, dport, uid, container, unit, exe (the "
+                             "executable's path), result (default: comm,daddr,dport)")
     parser.add_argument("--metrics-max-series", type=parse_max_series, metavar="N",
                         help="at most N label sets; connects past them count as 'other' "
                              "(default: 10000)")

@@ -78,9 +78,11 @@ class ExeRecord(Structure):
 class CountKey(Structure):
     _fields_ = [
         ("cgroup_id", c_uint64),
+        ("exe_ino", c_uint64),
         ("saddr", c_uint8 * 16),
         ("daddr", c_uint8 * 16),
         ("uid", c_uint32),
+        ("exe_dev", c_uint32),
         ("dport", c_uint16),
         ("family", c_uint16),
         ("outcome", c_uint16),

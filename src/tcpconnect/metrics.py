@@ -19,11 +19,12 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .attribution import CgroupResolver
 from .events import CountKey
+from .exe_label import UNKNOWN, ExeLabel
 from .outcome import result_name
 from .output import Attribute, escape
 from .plan import ADDRESS_COUNT_FIELDS
@@ -45,15 +46,21 @@ OTHER = "other"
 LABEL_VALUE_MAX = 128
 
 
+class Sources(NamedTuple):
+    """What an exporter's label values are looked up in."""
+
+    attribute: Attribute  # cgroup id -> attribution (container, unit)
+    exe: ExeLabel | None  # with the exe label
+
+
 class Label(NamedTuple):
     """A label of tcpconnect_connects_total: the count_key fields the kernel
     must fill for it, and a factory of the function giving its value for a
-    key, called once per exporter with the exporter's cgroup id ->
-    attribution lookup (the container and unit labels use it). Values are
-    computed once per kernel key and drain."""
+    key, called once per exporter with its Sources. Values are computed once
+    per kernel key and drain."""
 
     fields: frozenset[str]
-    make: Callable[[Attribute], Callable[[CountKey], str]]
+    make: Callable[[Sources], Callable[[CountKey], str]]
 
 
 LABELS: dict[str, Label] = {
@@ -68,9 +75,12 @@ LABELS: dict[str, Label] = {
     "uid": Label(frozenset({"uid"}), lambda _: lambda key: str(key.uid)),
     # From the cgroup id, as --container and -j name them; "" where the
     # cgroup names none.
-    "container": Label(frozenset({"cgroup"}),
-                       lambda known: lambda key: known(key.cgroup_id).container_id or ""),
-    "unit": Label(frozenset({"cgroup"}), lambda known: lambda key: known(key.cgroup_id).unit or ""),
+    "container": Label(frozenset({"cgroup"}), lambda sources: lambda key: sources.attribute(
+        key.cgroup_id).container_id or ""),
+    "unit": Label(frozenset({"cgroup"}),
+                  lambda sources: lambda key: sources.attribute(key.cgroup_id).unit or ""),
+    # The executable's path (exe_label.py): an exporter with this label has sources.exe.
+    "exe": Label(frozenset({"exe"}), lambda sources: sources.exe.value),
     # Needs --outcome, which counts each attempt when it ends.
     "result": Label(frozenset(), lambda _: lambda key: result_name(key.outcome, key.error)),
 }
@@ -159,7 +169,10 @@ class Exporter:
 
     def __init__(self, host: str, port: int, labels: tuple[str, ...], max_series: int,
                  table_capacity: int | None = None, serving: bool = True,
-                 web: WebConfig | None = None) -> None:
+                 web: WebConfig | None = None, reads_ring: bool = True) -> None:
+        """reads_ring: no rows are read, so the exporter reads the events
+        ring for the executables' paths itself; otherwise they are handed
+        to note_exe_paths()."""
         from prometheus_client import CollectorRegistry, make_wsgi_app
         from prometheus_client.gc_collector import GCCollector
         from prometheus_client.platform_collector import PlatformCollector
@@ -168,7 +181,10 @@ class Exporter:
         self.labels = labels
         # Its own resolver, not the rows': scrapes run on the server's thread.
         self._resolver = CgroupResolver()
-        self._values = [LABELS[name].make(self._resolver.lookup) for name in labels]
+        self._exe = ExeLabel(self._forget_exe) if "exe" in labels else None
+        self._reads_ring = reads_ring
+        self._values = [LABELS[name].make(Sources(self._resolver.lookup, self._exe))
+                        for name in labels]
         self._series = Tally(max_series)
         # -c's table, when it is printed beside the metrics: both come from
         # the same drains, as a table read is also a reset.
@@ -215,6 +231,16 @@ class Exporter:
             with self._lock:
                 self._tracer = self._dns_cache = None
 
+    def _forget_exe(self, dev: int, ino: int) -> None:
+        if self._tracer is not None:
+            self._tracer.forget_exe(dev, ino)
+
+    def note_exe_paths(self, records: Sequence[tuple]) -> None:
+        """The executables' paths the rows' reader took from the ring."""
+        if self._exe is not None and records:
+            with self._lock:
+                self._exe.note(records)
+
     def drain_due(self) -> None:
         """Drains the kernel's table if DRAIN_SECONDS have passed since the last time."""
         now = time.monotonic()
@@ -227,10 +253,17 @@ class Exporter:
         if self._tracer is None:
             return
         values, series, table = self._values, self._series, self._table
-        for key, n in self._tracer.take_counts():
-            series.add(tuple(self._label_value(value(key)) for value in values), n)
-            if table is not None:
+        counts = self._tracer.take_counts()
+        if table is not None:
+            for key, n in counts:
                 table.add(_table_key(key), n)
+        if self._exe is not None:
+            # After the counts: every path sent before them is in the ring.
+            if self._reads_ring:
+                self._exe.note(self._tracer.take_exe_paths())
+            counts = self._exe.settle(counts)
+        for key, n in counts:
+            series.add(tuple(self._label_value(value(key)) for value in values), n)
 
     def _label_value(self, text: str) -> str:
         """A label value as the scraper may see it: escaped like the text
@@ -260,6 +293,7 @@ class Exporter:
             series = dict(self._series.counts)
             dropped = self._series.overflow
             cut = self._cut_values
+            exe_unknown = self._exe.unknown if self._exe is not None else None
             losses = self._tracer.losses() if self._tracer is not None else None
             filtered = self._tracer.filtered() if self._tracer is not None else None
             dns_cache = self._dns_cache
@@ -281,6 +315,12 @@ class Exporter:
             "tcpconnect_label_values_cut",
             f"Label values cut to {LABEL_VALUE_MAX} characters (once per count key drained "
             "with one).", value=cut)
+        if exe_unknown is not None:
+            yield CounterMetricFamily(
+                "tcpconnect_exe_unknown_connects",
+                f"Connects counted with exe=\"{UNKNOWN}\": the path of their executable was not "
+                "known (its record lost, or forgotten by a full cache); it is asked for again.",
+                value=exe_unknown)
         if losses is None:
             return
         lost = CounterMetricFamily(

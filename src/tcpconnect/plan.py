@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 WAKEUP_FRACTION = 4
 # The DNS ring keeps its fixed size: answers arrive far more slowly.
 DNS_RING_BYTES = 1 << 20
+# The events ring when it carries only executables' paths (the exe label
+# of counts without rows): about 1,300 paths, each sent once per
+# executable and read at least once a second.
+EXE_RING_BYTES = 1 << 20
 # Pinned filter maps use bcc's layouts: (key size, value size).
 CGROUP_MAP_LAYOUT = (8, 8)
 MNTNS_MAP_LAYOUT = (8, 4)
@@ -44,7 +48,7 @@ PENDING_CAPACITY = 65536
 ANSWER_CAPACITY = 4096
 # Fields of count_key the kernel can fill, each chosen before load (its
 # count_<name> flag); -c keys on the addresses and the port.
-COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup")
+COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup", "exe")
 ADDRESS_COUNT_FIELDS = frozenset(("saddr", "daddr", "dport"))
 # The port numbers -P and --exclude-port choose from.
 ALL_PORTS = range(65536)
@@ -153,11 +157,15 @@ class LoadPlan(NamedTuple):
 
 def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     events = not config.count or config.events_with_counts
+    # The executable's key, and its path sent on the events ring: for rows,
+    # or for counts keyed on it (then the ring is read for the paths alone).
+    exe = config.exe or (config.count and "exe" in config.count_fields)
+    events_ring = events or exe
     # Counting never keys on the local port, so it never waits for one.
     lport = config.lport and events
     suffix = "" if env.own_btf else "_raw"
     # handle_exe_path first: it must run before handle_set_state (see there).
-    programs = ["handle_exe_path" + suffix] if config.exe else []
+    programs = ["handle_exe_path" + suffix] if exe else []
     programs.append("handle_set_state" + suffix)
     # With --outcome the port is read when the attempt ends instead, and a SYN
     # dropped on this host is noted on its attempt (its CAUSE).
@@ -178,7 +186,8 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         programs.append("handle_receive_linear" + suffix)
     if env.connect_tracepoints:
         programs += CONNECT_CALL_PROGRAMS
-    ring_bytes = config.ring_bytes or events_ring_bytes(env.cpus)
+    ring_bytes = ((config.ring_bytes or events_ring_bytes(env.cpus)) if events
+                  else EXE_RING_BYTES if events_ring else mmap.PAGESIZE)
     ports = config.ports
     if config.exclude_ports:
         excluded = frozenset(config.exclude_ports)
@@ -207,12 +216,13 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         *(("count_" + name, flag, name in config.count_fields) for name in COUNT_FIELDS),
         ("want_lport", flag, lport),
         # One threshold for both rings of this object: a quarter of the
-        # smaller still wakes the reader before either fills.
-        ("wakeup_bytes", ctypes.c_uint64, min(ring_bytes, DNS_RING_BYTES) // WAKEUP_FRACTION),
+        # smaller one read still wakes the reader before either fills.
+        ("wakeup_bytes", ctypes.c_uint64,
+         min(ring_bytes if events_ring else DNS_RING_BYTES, DNS_RING_BYTES) // WAKEUP_FRACTION),
         ("want_ts", flag, config.timestamps),
         ("want_ids", flag, config.task_ids),
         ("want_lineage", flag, config.lineage),
-        ("want_exe", flag, config.exe),
+        ("want_exe", flag, exe),
         ("want_outcome", flag, config.outcome),
         ("failed_only", flag, config.failed_only),
         ("want_answers", flag, answers),
@@ -225,7 +235,7 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         # Exactly as large as what goes in (an empty one still needs a slot).
         *((name, max(len(keys), 1)) for name, keys in map_keys),
         # A ring nobody reads would still pin its memory in the kernel.
-        ("events", ring_bytes if events else mmap.PAGESIZE),
+        ("events", ring_bytes),
         ("dns_events", DNS_RING_BYTES if config.dns else mmap.PAGESIZE),
     ]
     filter_maps = tuple(
@@ -241,7 +251,7 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         max_entries=tuple(max_entries),
         filter_maps=filter_maps,
         map_keys=tuple((name, keys) for name, keys in map_keys if keys),
-        events_ring=events,
+        events_ring=events_ring,
         dns_ring=config.dns,
         parks=lport or config.outcome,
     )

@@ -66,8 +66,8 @@ TOTAL_MESSAGES = (
     ("dns_unreadable", "{} DNS responses could not be read: their payload was in page "
                        "fragments, which tracing programs on this kernel cannot read (Linux "
                        "6.12 can)"),
-    ("exe_records", "{} paths of executables found no room in the ring: the rows before each "
-                    "was sent again show no executable"),
+    ("exe_records", "{} paths of executables found no room in the ring: the rows (and the "
+                    "metrics' exe label) before each was sent again show no executable"),
     ("dns_uncheckable", "{} received packets were not checked for DNS responses: their headers "
                         "were in page fragments, which tracing programs on this kernel cannot "
                         "read (Linux 6.12 can)"),
@@ -189,7 +189,8 @@ class Session:
                 self._exporter = Exporter(host, port, self.args.metrics_labels,
                                           self.args.metrics_max_series,
                                           config.count_capacity if self.args.count else None,
-                                          serving=False, web=self.args.web_config)
+                                          serving=False, web=self.args.web_config,
+                                          reads_ring=bool(self.args.count or self.args.quiet))
                 stack.callback(self._exporter.close)
             tracer = self._tracer = stack.enter_context(Tracer(config))
             if tracer.connect_calls_unseen:
@@ -298,6 +299,8 @@ class Session:
 
     def _emit(self, batch: Batch, tracer: Tracer) -> None:
         self.formatter.exe.note(batch.exe_paths)
+        if self._exporter is not None:
+            self._exporter.note_exe_paths(batch.exe_paths)
         if self._dns_cache is not None and batch.answers:
             rows = self._rows_after_answers(batch, self._dns_cache)
         else:

@@ -268,6 +268,12 @@ class Tracer:
         return Batch(events, self._answers.read()[0] if self._answers is not None else [],
                      exe_paths)
 
+    def take_exe_paths(self) -> list[tuple]:
+        """The executables' paths queued on the events ring, for counts
+        keyed on the executable when no rows are read (the ring then
+        carries nothing else)."""
+        return self._events.read()[1] if self._events is not None else []
+
     def finish(self) -> Batch:
         """Stops tracing and returns everything still in the kernel, including,
         without a local port, the attempts still waiting for one (a

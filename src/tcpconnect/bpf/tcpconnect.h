@@ -145,12 +145,15 @@ struct exe_record {
 };
 /* Key of the in-kernel connection counters (-c, --metrics). Only the fields
  * user space asks for before load are filled; the others stay 0, so they
- * split no counts. family is set whenever an address is. */
+ * split no counts. family is set whenever an address is. No padding: the
+ * key is hashed by its bytes. */
 struct count_key {
 	__u64 cgroup_id;
+	__u64 exe_ino; /* the executable, as struct event gives it */
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u32 uid;
+	__u32 exe_dev;
 	__u16 dport;
 	__u16 family;
 	__u16 outcome; /* as in struct event; 0 without --outcome */
