@@ -42,10 +42,10 @@ COUNT_TABLES = ("counts_0", "counts_1")
 # Attempts waiting at once for their local port (-L) or outcome (--outcome);
 # allocated on demand too.
 PENDING_CAPACITY = 65536
-# ICMP errors and RSTs kept until their attempt ends (answers.bpf.h): an LRU
-# table, preallocated (~100 bytes an entry), so it is made full size only
-# when its program runs.
-ANSWER_CAPACITY = 4096
+# The last ICMP error or RST received for each local port number
+# (answers.bpf.h): an array, one slot per port, preallocated (48 bytes a slot,
+# 3 MiB), so it is made full size only when its program runs.
+ANSWER_CAPACITY = 65536
 # Fields of count_key the kernel can fill, each chosen before load (its
 # count_<name> flag); -c keys on the addresses and the port.
 COUNT_FIELDS = ("saddr", "daddr", "dport", "uid", "comm", "cgroup", "exe")

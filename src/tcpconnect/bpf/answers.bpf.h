@@ -5,7 +5,7 @@
  * them (netif_receive_skb, before netfilter and TCP) and kept in `answers`
  * until the attempt ends (take_answer, from resolve_pending).
  *
- * They are keyed by the attempt's local address and port only. On its way
+ * They are found by the attempt's local address and port only. On its way
  * in, an answer still carries the addresses of the wire: where this host
  * rewrote the destination on the way out (DNAT, e.g. a Kubernetes service
  * address), the RST comes from the real backend and the ICMP error quotes
@@ -32,160 +32,185 @@
 /* The quoted header's first four bytes: the TCP ports. */
 #define ICMP_HEADER_LEN 8
 
-struct answer_key {
-	__u8 local[16];
-	__u16 lport;
-	__u16 family;
-};
-
+/* The last answer received for one local port: `answers` has a slot per port
+ * number, and the attempt's end takes the one of its own port if the local
+ * address and family are its own too. An array, not a table keyed by address
+ * and port: its lookup is an address computation the verifier inlines, where
+ * an LRU table's update (per received answer) and lookup and delete (per
+ * failed attempt) took locks; measured in docs/performance.md. Two attempts
+ * on one port number at once (different local addresses or namespaces) may
+ * overwrite each other's answer: the one that lost it shows no sender. */
 struct answer {
 	__u64 ts_ns;
+	__u8 local[16];
 	__u8 from[16];
+	__u16 family;
 	__u8 kind;
 	__u8 type;
 	__u8 code;
 	__u8 ttl;
 };
 
-/* Every RST the host receives while an attempt is parked lands here, not
- * only those of attempts: an LRU table, so the others age out. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct answer_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
 	__type(value, struct answer);
 } answers SEC(".maps");
 
+/* A packet's network header and the transport header after it, read with
+ * one helper call: the program reads every packet received while an attempt
+ * waits, and most are no answer. Any answer is at least this long (a RST
+ * without options; an ICMP error quotes an IP header and 8 bytes more). */
+struct v4_headers {
+	struct iphdr ip;
+	union {
+		struct tcphdr tcp;
+		struct icmphdr icmp;
+	};
+};
+
+struct v6_headers {
+	struct ipv6hdr ip;
+	union {
+		struct tcphdr tcp;
+		struct icmp6hdr icmp;
+	};
+};
+
 /* An IPv4 packet that answers an attempt: a RST to it, or an ICMP error
  * quoting a TCP segment it sent. */
-static __always_inline bool v4_answer(const struct sk_buff *skb, bool typed,
-				      struct answer_key *key, struct answer *a)
+static __always_inline bool v4_answer(const struct sk_buff *skb, bool typed, __u16 *port,
+				      struct answer *a)
 {
-	struct iphdr ip, quoted;
-	struct tcphdr tcp;
-	struct icmphdr icmp;
+	struct v4_headers h;
+	struct iphdr quoted;
 	__u32 offset;
 	__u16 lport;
 
-	if (read_packet(skb, typed, NULL, 0, &ip, sizeof(ip)) || ip.ihl < 5 ||
-	    (bpf_ntohs(ip.frag_off) & 0x1fff))
+	if (read_packet(skb, typed, NULL, 0, &h, sizeof(h)) || h.ip.ihl < 5 ||
+	    (bpf_ntohs(h.ip.frag_off) & 0x1fff))
 		return false;
-	offset = ip.ihl * 4;
-	if (ip.protocol == IPPROTO_TCP) {
-		if (read_packet(skb, typed, NULL, offset, &tcp, sizeof(tcp)) || !tcp.rst)
+	offset = h.ip.ihl * 4;
+	/* IP options put the transport header further on. */
+	if (offset != sizeof(h.ip) && read_packet(skb, typed, NULL, offset, &h.tcp, sizeof(h.tcp)))
+		return false;
+	if (h.ip.protocol == IPPROTO_TCP) {
+		if (!h.tcp.rst)
 			return false;
-		__builtin_memcpy(key->local, &ip.daddr, 4);
-		key->lport = bpf_ntohs(tcp.dest);
+		__builtin_memcpy(a->local, &h.ip.daddr, 4);
+		*port = bpf_ntohs(h.tcp.dest);
 		a->kind = ANSWER_RST;
-	} else if (ip.protocol == IPPROTO_ICMP) {
-		if (read_packet(skb, typed, NULL, offset, &icmp, sizeof(icmp)) ||
-		    (icmp.type != ICMP_DEST_UNREACH && icmp.type != ICMP_TIME_EXCEEDED &&
-		     icmp.type != ICMP_PARAMETERPROB))
+	} else if (h.ip.protocol == IPPROTO_ICMP) {
+		if (h.icmp.type != ICMP_DEST_UNREACH && h.icmp.type != ICMP_TIME_EXCEEDED &&
+		    h.icmp.type != ICMP_PARAMETERPROB)
 			return false;
 		offset += ICMP_HEADER_LEN;
 		if (read_packet(skb, typed, NULL, offset, &quoted, sizeof(quoted)) ||
 		    quoted.protocol != IPPROTO_TCP || quoted.ihl < 5 ||
 		    read_packet(skb, typed, NULL, offset + quoted.ihl * 4, &lport, sizeof(lport)))
 			return false;
-		__builtin_memcpy(key->local, &quoted.saddr, 4);
-		key->lport = bpf_ntohs(lport);
+		__builtin_memcpy(a->local, &quoted.saddr, 4);
+		*port = bpf_ntohs(lport);
 		a->kind = ANSWER_ICMP;
-		a->type = icmp.type;
-		a->code = icmp.code;
+		a->type = h.icmp.type;
+		a->code = h.icmp.code;
 	} else {
 		return false;
 	}
-	__builtin_memcpy(a->from, &ip.saddr, 4);
-	a->ttl = ip.ttl;
-	key->family = 4;
+	__builtin_memcpy(a->from, &h.ip.saddr, 4);
+	a->ttl = h.ip.ttl;
+	a->family = 4;
 	return true;
 }
 
 /* The same for IPv6. A RST or a quoted segment behind extension headers is
  * not looked for: TCP over IPv6 rarely carries any. */
-static __always_inline bool v6_answer(const struct sk_buff *skb, bool typed,
-				      struct answer_key *key, struct answer *a)
+static __always_inline bool v6_answer(const struct sk_buff *skb, bool typed, __u16 *port,
+				      struct answer *a)
 {
-	struct ipv6hdr ip, quoted;
-	struct tcphdr tcp;
-	struct icmp6hdr icmp;
-	__u32 offset = sizeof(ip);
+	struct v6_headers h;
+	struct ipv6hdr quoted;
+	__u32 offset = sizeof(h.ip);
 	__u16 lport;
 
-	if (read_packet(skb, typed, NULL, 0, &ip, sizeof(ip)))
+	if (read_packet(skb, typed, NULL, 0, &h, sizeof(h)))
 		return false;
-	if (ip.nexthdr == IPPROTO_TCP) {
-		if (read_packet(skb, typed, NULL, offset, &tcp, sizeof(tcp)) || !tcp.rst)
+	if (h.ip.nexthdr == IPPROTO_TCP) {
+		if (!h.tcp.rst)
 			return false;
-		__builtin_memcpy(key->local, &ip.daddr, sizeof(key->local));
-		key->lport = bpf_ntohs(tcp.dest);
+		__builtin_memcpy(a->local, &h.ip.daddr, sizeof(a->local));
+		*port = bpf_ntohs(h.tcp.dest);
 		a->kind = ANSWER_RST;
-	} else if (ip.nexthdr == IPPROTO_ICMPV6) {
-		if (read_packet(skb, typed, NULL, offset, &icmp, sizeof(icmp)) ||
-		    (icmp.icmp6_type != ICMPV6_DEST_UNREACH && icmp.icmp6_type != ICMPV6_TIME_EXCEED &&
-		     icmp.icmp6_type != ICMPV6_PARAMPROB))
+	} else if (h.ip.nexthdr == IPPROTO_ICMPV6) {
+		if (h.icmp.icmp6_type != ICMPV6_DEST_UNREACH &&
+		    h.icmp.icmp6_type != ICMPV6_TIME_EXCEED && h.icmp.icmp6_type != ICMPV6_PARAMPROB)
 			return false;
 		offset += ICMP_HEADER_LEN;
 		if (read_packet(skb, typed, NULL, offset, &quoted, sizeof(quoted)) ||
 		    quoted.nexthdr != IPPROTO_TCP ||
 		    read_packet(skb, typed, NULL, offset + sizeof(quoted), &lport, sizeof(lport)))
 			return false;
-		__builtin_memcpy(key->local, &quoted.saddr, sizeof(key->local));
-		key->lport = bpf_ntohs(lport);
+		__builtin_memcpy(a->local, &quoted.saddr, sizeof(a->local));
+		*port = bpf_ntohs(lport);
 		a->kind = ANSWER_ICMP;
-		a->type = icmp.icmp6_type;
-		a->code = icmp.icmp6_code;
+		a->type = h.icmp.icmp6_type;
+		a->code = h.icmp.icmp6_code;
 	} else {
 		return false;
 	}
-	__builtin_memcpy(a->from, &ip.saddr, sizeof(a->from));
-	a->ttl = ip.hop_limit;
-	key->family = 6;
+	__builtin_memcpy(a->from, &h.ip.saddr, sizeof(a->from));
+	a->ttl = h.ip.hop_limit;
+	a->family = 6;
 	return true;
 }
 
 static __always_inline void note_answer(const struct sk_buff *skb, bool typed)
 {
-	struct answer_key key = {};
 	struct answer a = {};
+	struct answer *slot;
 	__u16 proto;
+	__u32 port;
+	__u16 lport;
 
 	proto = bpf_ntohs(READ_FIELD(typed, skb, protocol));
 	if (proto == ETH_P_IP) {
-		if (!v4_answer(skb, typed, &key, &a))
+		if (!v4_answer(skb, typed, &lport, &a))
 			return;
 	} else if (proto == ETH_P_IPV6) {
-		if (!v6_answer(skb, typed, &key, &a))
+		if (!v6_answer(skb, typed, &lport, &a))
 			return;
 	} else {
 		return;
 	}
 	a.ts_ns = bpf_ktime_get_ns();
-	bpf_map_update_elem(&answers, &key, &a, BPF_ANY);
+	port = lport;
+	slot = bpf_map_lookup_elem(&answers, &port);
+	if (slot)
+		__builtin_memcpy(slot, &a, sizeof(a));
 }
 
-/* Fills e's answer fields from the answer kept for its local address and
- * port, if one arrived after the attempt began (an older one answered an
- * earlier user of the port). */
+/* Fills e's answer fields from the answer kept for its local port, if it was
+ * to e's local address and arrived after the attempt began (an older one
+ * answered an earlier user of the port, and is never taken again: every
+ * later attempt on the port begins after it). */
 static __always_inline void take_answer(struct event *e)
 {
-	struct answer_key key = {};
-	struct answer *a;
+	__u32 port = e->lport;
+	struct answer *a = bpf_map_lookup_elem(&answers, &port);
+	__u64 mine[2], theirs[2];
 
-	__builtin_memcpy(key.local, e->saddr, sizeof(key.local));
-	key.lport = e->lport;
-	key.family = e->family;
-	a = bpf_map_lookup_elem(&answers, &key);
-	if (!a)
+	if (!a || a->family != e->family || a->ts_ns < e->ts_ns)
 		return;
-	if (a->ts_ns >= e->ts_ns) {
-		__builtin_memcpy(e->answer_from, a->from, sizeof(e->answer_from));
-		e->answer_kind = a->kind;
-		e->answer_type = a->type;
-		e->answer_code = a->code;
-		e->answer_ttl = a->ttl;
-	}
-	bpf_map_delete_elem(&answers, &key);
+	__builtin_memcpy(mine, e->saddr, sizeof(mine));
+	__builtin_memcpy(theirs, a->local, sizeof(theirs));
+	if (mine[0] != theirs[0] || mine[1] != theirs[1])
+		return;
+	__builtin_memcpy(e->answer_from, a->from, sizeof(e->answer_from));
+	e->answer_kind = a->kind;
+	e->answer_type = a->type;
+	e->answer_code = a->code;
+	e->answer_ttl = a->ttl;
 }
 
 #endif
