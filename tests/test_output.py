@@ -282,7 +282,7 @@ def exe_record(names: list[bytes], dev: int = 0x800001, ino: int = 99, deleted: 
                cut: bool = False) -> tuple:
     """An exe record as the ring reader hands it over: names leaf first."""
     raw = b"".join(name + b"\0" for name in names)
-    return (ino, dev, int(deleted), len(names), int(cut), raw.ljust(768, b"\0"))
+    return (ino, dev, int(deleted), len(names), int(cut), len(raw), raw.ljust(768, b"\0"))
 
 
 @pytest.mark.parametrize("names,deleted,cut,path", [
