@@ -9,8 +9,10 @@ whose labels are all "other" (and in tcpconnect_series_dropped_total), so
 connects to random addresses cannot grow this process without bound; the
 kernel's table has a fixed capacity of its own (tcpconnect_uncounted_connects_total).
 
-prometheus_client is imported only when the exporter starts: the rest of the
-tool, option parsing included, does not need it.
+prometheus_client and the WSGI server are imported only when the exporter
+starts: the rest of the tool, option parsing included, does not need them, and
+every run imports this module for ExporterError (the server's imports were a
+third of the default mode's start-up).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import threading
 import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .attribution import CgroupResolver
 from .events import CountKey
@@ -31,6 +32,8 @@ from .plan import ADDRESS_COUNT_FIELDS
 from .records import format_address
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from .dns import DnsCache
     from .tracer import Tracer
     from .web_config import WebConfig
@@ -130,6 +133,8 @@ def _bind(host: str, port: int, app: Callable, web: WebConfig | None) -> WSGISer
     the capabilities the tracer drops once attached (they are per thread,
     and each request's thread inherits the server thread's). With
     --web-config, behind basic authentication and TLS (web_config.py)."""
+    from wsgiref.simple_server import make_server
+
     from prometheus_client.exposition import ThreadingWSGIServer
 
     if web is not None and web.users:
@@ -139,7 +144,7 @@ def _bind(host: str, port: int, app: Callable, web: WebConfig | None) -> WSGISer
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     server_class = type("MetricsServer", (ThreadingWSGIServer,), {
         "address_family": family, "handle_error": _ignore_error})
-    server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+    server = make_server(host, port, app, server_class, handler_class=_quiet_handler())
     if web is not None and web.tls is not None:
         # The handshake happens on the request's own thread, at its first
         # read: a client that never finishes one holds only that thread.
@@ -153,13 +158,18 @@ def _ignore_error(self: object, request: object, client_address: object) -> None
     business: no traceback on the tracer's stderr."""
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No line on stderr per scrape; a client silent for 10 s is dropped."""
+def _quiet_handler() -> type:
+    """A request handler that writes no line on stderr per scrape and drops
+    a client silent for 10 s."""
+    from wsgiref.simple_server import WSGIRequestHandler
 
-    timeout = 10
+    class QuietHandler(WSGIRequestHandler):
+        timeout = 10
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return QuietHandler
 
 
 class Exporter:
