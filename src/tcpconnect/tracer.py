@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -373,8 +374,16 @@ class Tracer:
         return taken
 
     def _detach(self) -> None:
-        for link in self._links:
-            link.close()
+        # Closing a syscall tracepoint's link waits for the kernel's RCU
+        # grace periods (~70 ms each here, seconds in the TCG guests); the
+        # waits overlap when the links close on threads of their own (ctypes
+        # lets go of the GIL in the call). Every link is closed on return.
+        closing = [threading.Thread(target=link.close, name=f"detach {link.program}")
+                   for link in self._links]
+        for thread in closing:
+            thread.start()
+        for thread in closing:
+            thread.join()
         self._links.clear()
 
     def close(self) -> None:
