@@ -161,6 +161,7 @@ def test_dns_without_its_libraries():
                           code=1)
 
 
+@pytest.mark.host_only
 def test_dns_with_a_dnslib_that_fails_to_import(tmp_path):
     # Found but broken: noticed once tracing has started (dnslib is imported
     # then, so as not to delay it), and the run ends before any row.
@@ -226,6 +227,7 @@ def test_thread_id_is_refused_for_pid():
     assert_one_line_error(result, f"-p {tid}: is a thread of process {os.getpid()}")
 
 
+@pytest.mark.host_only
 def test_full_output_device_is_a_one_line_error():
     with open("/dev/full", "w") as full:
         result = subprocess.run([*TOOL, "-P", "80"], stdout=full, stderr=subprocess.PIPE,

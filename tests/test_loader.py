@@ -34,6 +34,7 @@ def test_missing_tracepoint_is_named():
                                   "(the kernel has no tracepoint no_such_tracepoint)")
 
 
+@pytest.mark.host_only
 def test_not_an_object_file(tmp_path):
     junk = tmp_path / "junk.o"
     junk.write_bytes(b"not an ELF file")

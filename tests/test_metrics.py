@@ -113,6 +113,7 @@ def test_rows_and_metrics_together_over_ipv6(trace):
     assert t.stderr == ""
 
 
+@pytest.mark.host_only
 def test_series_cap_counts_the_rest_as_other(trace):
     ports = [free_port() for _ in range(5)]
     metrics = free_port()
@@ -132,6 +133,7 @@ def test_series_cap_counts_the_rest_as_other(trace):
     assert (t.returncode, t.stderr) == (0, "")
 
 
+@pytest.mark.host_only
 def test_a_process_called_other_shares_the_other_series(trace, tmp_path):
     # Its own series while under the cap, then the overflow adds to it: one
     # series with those labels, as Prometheus accepts only one.
@@ -393,6 +395,7 @@ def test_container_and_unit_labels_name_the_cgroup(trace, workload, cgroups):
     assert (t.returncode, t.stderr) == (0, "")
 
 
+@pytest.mark.host_only
 def test_hostile_and_long_label_values_are_escaped_and_cut(trace, workload, cgroups):
     # Anyone who can make a cgroup (or a systemd scope) names it: control
     # characters reach /metrics only escaped, a long name only cut (and

@@ -62,6 +62,7 @@ def test_series_carry_the_path_of_the_renamed_process_executable(trace, tmp_path
     assert (t.returncode, t.stdout, t.stderr) == (0, "", "")
 
 
+@pytest.mark.host_only
 def test_quote_newline_and_backslash_in_the_path_are_escaped(trace, tmp_path):
     port, metrics = free_port(), free_port()
     agent = python_at(tmp_path / 'a"b\nc\\d' / "agent")
