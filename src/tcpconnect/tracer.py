@@ -375,7 +375,7 @@ class Tracer:
 
     def _detach(self) -> None:
         # Closing a syscall tracepoint's link waits for the kernel's RCU
-        # grace periods (~70 ms each here, seconds in the TCG guests); the
+        # grace periods (~70 ms each on this 6.18 host); the
         # waits overlap when the links close on threads of their own (ctypes
         # lets go of the GIL in the call). Every link is closed on return.
         closing = [threading.Thread(target=link.close, name=f"detach {link.program}")
