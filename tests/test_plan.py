@@ -15,10 +15,12 @@ from tcpconnect.plan import (
     CONNECT_CALL_PROGRAMS,
     DNS_RING_BYTES,
     EXE_RING_BYTES,
+    PORT_HOOK_PROGRAMS,
     Environment,
     FilterMap,
     TracerConfig,
     plan_load,
+    port_hook_wanted,
 )
 from tcpconnect.tracer import OBJECT_PATH
 
@@ -77,6 +79,21 @@ def test_local_port_parks_until_the_syn_leaves_but_never_when_only_counting():
     counting = plan_load(TracerConfig(lport=True, count=True), ENV)
     assert not counting.parks and flags(counting)["want_lport"] is False
     assert "handle_xmit" not in counting.programs
+
+
+def test_local_port_from_the_port_hook_parks_nothing():
+    hook = ENV._replace(port_hook=True)
+    plan = plan_load(TracerConfig(lport=True), hook)
+    assert plan.programs == (*PORT_HOOK_PROGRAMS, *CONNECT_CALL_PROGRAMS)
+    assert not plan.parks and flags(plan)["want_lport"] is True
+    # With -j the path is still sent from the state change, before the row.
+    assert plan_load(TracerConfig(lport=True, exe=True), hook).programs[:3] == (
+        "handle_exe_path", *PORT_HOOK_PROGRAMS)
+    # --outcome reads the port as the attempt ends; counts keep none.
+    for config in (TracerConfig(lport=True, outcome=True), TracerConfig(lport=True, count=True)):
+        assert not port_hook_wanted(config)
+        assert not set(PORT_HOOK_PROGRAMS) & set(plan_load(config, hook).programs)
+    assert port_hook_wanted(TracerConfig(lport=True, count=True, events_with_counts=True))
 
 
 def test_outcome_parks_and_watches_drops_and_answers_not_transmits():

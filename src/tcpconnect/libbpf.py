@@ -27,6 +27,7 @@ from ctypes import (
 )
 
 BTF_KIND_ENUM = 6
+BTF_KIND_FUNC = 12
 BTF_KIND_VAR = 14
 BTF_KIND_DATASEC = 15
 LIBBPF_WARN = 0
@@ -35,6 +36,8 @@ LIBBPF_ERRNO__FORMAT = 4001
 BPF_FS_MAGIC = 0xCAFE4A11
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_FEXIT = 25
 
 
 class BpfError(Exception):
@@ -68,6 +71,16 @@ class BpfMapInfo(Structure):
         """libbpf's name for the map type ("hash", "array", ...)."""
         name = _lib.libbpf_bpf_map_type_str(self.type)
         return name.decode() if name else f"type {self.type}"
+
+
+class _ProgLoadOpts(Structure):
+    """struct bpf_prog_load_opts up to attach_btf_obj_fd; sz tells libbpf
+    where it ends, the rest takes its defaults."""
+
+    _fields_ = [("sz", c_size_t), ("attempts", c_int), ("expected_attach_type", c_uint32),
+                ("prog_btf_fd", c_uint32), ("prog_flags", c_uint32), ("prog_ifindex", c_uint32),
+                ("kern_version", c_uint32), ("attach_btf_id", c_uint32),
+                ("attach_prog_fd", c_uint32), ("attach_btf_obj_fd", c_uint32)]
 
 
 class _ObjectOpenOpts(Structure):
@@ -138,6 +151,9 @@ for _name, _res, _args in [
     ("btf__type_by_id", POINTER(_BtfType), [c_void_p, c_uint32]),
     ("btf__name_by_offset", c_char_p, [c_void_p, c_uint32]),
     ("libbpf_num_possible_cpus", c_int, []),
+    ("btf__load_vmlinux_btf", c_void_p, []),
+    ("bpf_prog_load", c_int, [c_uint32, c_char_p, c_char_p, c_void_p, c_size_t,
+                              POINTER(_ProgLoadOpts)]),
 ]:
     _declare(_name, _res, *_args)
 
@@ -471,6 +487,35 @@ def map_creation_error(map_type: int, max_entries: int) -> int:
         return -fd
     os.close(fd)
     return 0
+
+
+# r0 = 0; exit: a program that does nothing, for probing where one may attach.
+_RETURN_ZERO = (ctypes.c_uint64 * 2)(0xB7, 0x95)
+
+
+def fexit_refusal(functions: tuple[str, ...]) -> str | None:
+    """None if the kernel loads a BPF fexit program on each of these
+    functions of its own (vmlinux; BPF trampolines, CONFIG_FUNCTION_TRACER),
+    else why not. Loading, as libbpf would, not attaching: an attach would
+    cost its detach's RCU wait on every start."""
+    btf = _lib.btf__load_vmlinux_btf()
+    if not btf:
+        return f"the kernel's BTF cannot be read: {os.strerror(ctypes.get_errno())}"
+    try:
+        for function in functions:
+            type_id = _lib.btf__find_by_name_kind(btf, function.encode(), BTF_KIND_FUNC)
+            if type_id < 0:
+                return f"the kernel's BTF has no function {function}"
+            opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts),
+                                 expected_attach_type=BPF_TRACE_FEXIT, attach_btf_id=type_id)
+            fd = _lib.bpf_prog_load(BPF_PROG_TYPE_TRACING, b"probe", b"GPL", _RETURN_ZERO,
+                                    len(_RETURN_ZERO), ctypes.byref(opts))
+            if fd < 0:
+                return f"an fexit program on {function} was refused: {os.strerror(-fd)}"
+            os.close(fd)
+        return None
+    finally:
+        _lib.btf__free(btf)
 
 
 class BpfObject:

@@ -124,6 +124,26 @@ class Environment(NamedTuple):
     # dns_dynptr.bpf.o loaded: -d reads whole packets, not the linear area.
     whole_packet_dns: bool
     cpus: int
+    # fexit programs load on PORT_HOOK_FUNCTIONS (probed only when
+    # port_hook_wanted): -L's attempts are seen once their port is chosen.
+    port_hook: bool = False
+
+
+# Where the kernel chooses a connecting socket's local port.
+PORT_HOOK_FUNCTIONS = ("inet_hash_connect", "inet6_hash_connect")
+PORT_HOOK_PROGRAMS = ("handle_port_chosen", "handle_port_chosen6")
+
+
+def port_hook_wanted(config: TracerConfig) -> bool:
+    """Rows with -L, whose attempts otherwise wait in the kernel until their
+    SYN leaves. --outcome waits for the attempt's end anyway, and reads the
+    port then."""
+    return config.lport and events_wanted(config) and not config.outcome
+
+
+def events_wanted(config: TracerConfig) -> bool:
+    """Attempts are sent to user space one by one (rows), not only counted."""
+    return not config.count or config.events_with_counts
 
 
 class FilterMap(NamedTuple):
@@ -156,7 +176,7 @@ class LoadPlan(NamedTuple):
 
 
 def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
-    events = not config.count or config.events_with_counts
+    events = events_wanted(config)
     # The executable's key, and its path sent on the events ring: for rows,
     # or for counts keyed on it (then the ring is read for the paths alone).
     exe = config.exe or (config.count and "exe" in config.count_fields)
@@ -164,9 +184,10 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     # Counting never keys on the local port, so it never waits for one.
     lport = config.lport and events
     suffix = "" if env.own_btf else "_raw"
+    port_hook = env.port_hook and port_hook_wanted(config)
     # handle_exe_path first: it must run before handle_set_state (see there).
     programs = ["handle_exe_path" + suffix] if exe else []
-    programs.append("handle_set_state" + suffix)
+    programs += PORT_HOOK_PROGRAMS if port_hook else ["handle_set_state" + suffix]
     # With --outcome the port is read when the attempt ends instead, and a SYN
     # dropped on this host is noted on its attempt (its CAUSE).
     # The ICMP error or RST that ended a failed attempt is noted for its row
@@ -176,11 +197,12 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         programs.append("handle_drop" + suffix)
         if answers:
             programs.append("handle_receive_answer" + suffix)
-    elif lport:
+    elif lport and not port_hook:
         programs += ["handle_xmit" + suffix, "handle_drop" + suffix]
     # A parked attempt whose end the kernel skipped is reported when its
     # socket is destroyed.
-    if lport or config.outcome:
+    parks = (lport and not port_hook) or config.outcome
+    if parks:
         programs.append("handle_destroy" + suffix)
     if config.dns and not env.whole_packet_dns:
         programs.append("handle_receive_linear" + suffix)
@@ -253,5 +275,5 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         map_keys=tuple((name, keys) for name, keys in map_keys if keys),
         events_ring=events_ring,
         dns_ring=config.dns,
-        parks=lport or config.outcome,
+        parks=parks,
     )

@@ -26,18 +26,21 @@ from .libbpf import (
     GlobalVariables,
     Link,
     Map,
+    fexit_refusal,
     possible_cpus,
 )
 from .plan import (
     CONNECT_CALL_PROGRAMS,
     COUNT_TABLES,
     DNS_RING_BYTES,
+    PORT_HOOK_FUNCTIONS,
     PRESENT,
     WAKEUP_FRACTION,
     Environment,
     LoadPlan,
     TracerConfig,
     plan_load,
+    port_hook_wanted,
 )
 from .records import decode_event
 from .ringbuf import LibatomicError, MappedRing, RingReader, RingWaiter
@@ -134,6 +137,10 @@ class Tracer:
         # Why -d reads only packets' linear area, if it does: the kernel's
         # refusal of the whole-packet capture.
         self.dns_dynptr_refused: str | None = None
+        # Why -L's attempts wait for their SYN (handle_xmit) rather than
+        # being seen as their port is chosen (handle_port_chosen), if -L is
+        # asked and they do.
+        self.port_hook_refused: str | None = None
         self.plan: LoadPlan | None = None
 
     def __enter__(self) -> Tracer:
@@ -158,11 +165,16 @@ class Tracer:
         if config.dns and support.own_btf:
             self._dns_obj = self._load_dns_dynptr()
         self.connect_calls_unseen = connect_tracepoints()
+        port_hook = port_hook_wanted(config)
+        if port_hook:
+            self.port_hook_refused = (fexit_refusal(PORT_HOOK_FUNCTIONS) if support.own_btf
+                                      else "the kernel has no BTF of its own")
         self.plan = plan = plan_load(config, Environment(
             own_btf=support.own_btf,
             connect_tracepoints=self.connect_calls_unseen is None,
             whole_packet_dns=self._dns_obj is not None,
-            cpus=os.cpu_count() or 1))
+            cpus=os.cpu_count() or 1,
+            port_hook=port_hook and self.port_hook_refused is None))
         self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
         self._configure(obj, plan)
         obj.load()

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Kernel side of tcpconnect, built only on stable tracepoints (no kprobes,
- * no trampolines) and CO-RE reads, so it needs neither kernel headers nor a
- * compiler on the traced machine.
+ * Kernel side of tcpconnect, built on stable tracepoints (no kprobes) and
+ * CO-RE reads, so it needs neither kernel headers nor a compiler on the
+ * traced machine. One mode has a faster alternative on a kernel function
+ * where BPF trampolines exist: -L's handle_port_chosen.
  *
  * Every hook exists twice: as a tp_btf program (plain loads on BTF-typed
  * arguments, Linux 5.8+ with BTF) and as a raw_tp program (probe reads, for
@@ -51,7 +52,9 @@ struct {
 	__uint(max_entries, 1 << 20);
 } dns_events SEC(".maps");
 
-static __always_inline void on_connect(const struct sock *sk, bool typed)
+/* port_set: called once the local port is chosen (handle_port_chosen), so
+ * -L needs no parking. */
+static __always_inline void on_connect(const struct sock *sk, bool typed, bool port_set)
 {
 	struct task_struct *task = typed_current_task(typed);
 	/* The event as a parked attempt holds it: see struct attempt. */
@@ -97,7 +100,9 @@ static __always_inline void on_connect(const struct sock *sk, bool typed)
 	}
 	if (want_ts || want_outcome)
 		e->ts_ns = bpf_ktime_get_ns();
-	if (want_lport || want_outcome) {
+	if (want_lport && port_set)
+		e->lport = local_port(sk);
+	else if (want_lport || want_outcome) {
 		__u64 key = (__u64)sk;
 
 		if (want_outcome)
@@ -123,7 +128,7 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, int 
 	if (READ_FIELD(typed, sk, sk_protocol) != IPPROTO_TCP)
 		return;
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
-		on_connect(sk, typed);
+		on_connect(sk, typed, false);
 	else if (want_outcome && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
 		/* SYN_SENT -> SYN_RECV is a simultaneous open (or a socket that
 		 * connected to itself): still under way, it ends when it leaves
@@ -139,6 +144,36 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, int 
 
 TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
 	      on_set_state((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
+
+/* -L where the kernel has BPF trampolines (probed at load, see
+ * kernel.py): the attempt is seen once its local port is chosen, as
+ * inet_hash_connect() or inet6_hash_connect() returns inside connect() (and
+ * io_uring connect, and sendto(MSG_FASTOPEN)), in the connecting task's
+ * context, after tcp_v4_connect()/tcp_v6_connect() moved the socket to
+ * SYN_SENT. One program run per attempt replaces handle_set_state's two
+ * and the parking in `pending` until the SYN leaves (handle_xmit,
+ * handle_drop, handle_destroy: four more runs). An attempt for which no
+ * free port was found is seen here too, with local port 0, as the
+ * fallback reports it. */
+static __always_inline void on_port_chosen(const struct sock *sk)
+{
+	if (sk->sk_protocol == IPPROTO_TCP)
+		on_connect(sk, true, true);
+}
+
+SEC("fexit/inet_hash_connect")
+int BPF_PROG(handle_port_chosen, void *death_row, const struct sock *sk)
+{
+	on_port_chosen(sk);
+	return 0;
+}
+
+SEC("fexit/inet6_hash_connect")
+int BPF_PROG(handle_port_chosen6, void *death_row, const struct sock *sk)
+{
+	on_port_chosen(sk);
+	return 0;
+}
 
 /* With want_exe: the path of a wanted attempt's executable, the first time
  * (exe_path.bpf.h). A program of its own on the same tracepoint, attached

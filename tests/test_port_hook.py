@@ -1,0 +1,85 @@
+"""-L's two ways to an attempt's local port, on the running kernel: an fexit
+program on the functions that choose it (where BPF trampolines load) and
+the attempt parked until its SYN leaves (everywhere). Each test runs both
+ways; the first is skipped, with the kernel's reason, where it cannot load."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import free_port, refused_connect, sh
+from test_failures import EXHAUST, lonely  # noqa: F401 (a fixture)
+
+from tcpconnect import tracer as tracer_module
+from tcpconnect.events import DPORT, IDENTITY_BYTES, LPORT, PID
+from tcpconnect.libbpf import fexit_refusal
+from tcpconnect.plan import PORT_HOOK_FUNCTIONS, PORT_HOOK_PROGRAMS
+from tcpconnect.records import identities
+from tcpconnect.tracer import Tracer, TracerConfig
+
+REFUSAL = fexit_refusal(PORT_HOOK_FUNCTIONS)
+ASKED = "the SYN's way, asked for by the test"
+
+
+@pytest.fixture(params=["hook", "syn"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "hook" and REFUSAL:
+        pytest.skip(f"no port hook on this kernel: {REFUSAL}")
+    if request.param == "syn":
+        monkeypatch.setattr(tracer_module, "fexit_refusal", lambda functions: ASKED)
+    return request.param
+
+
+def ports_seen(tracer: Tracer) -> list[tuple[int, int, int]]:
+    """(pid, local port, destination port) of every attempt reported."""
+    return [(identities[e[IDENTITY_BYTES]][PID], e[LPORT], identities[e[IDENTITY_BYTES]][DPORT])
+            for e in tracer.finish().events]
+
+
+def test_each_way_loads_only_its_programs(way):
+    with Tracer(TracerConfig(lport=True, ports=(free_port(),))) as tracer:
+        if way == "hook":
+            assert tracer.port_hook_refused is None
+            assert set(PORT_HOOK_PROGRAMS) <= set(tracer.programs)
+            assert not {"handle_set_state", "handle_xmit", "handle_drop",
+                        "handle_destroy"} & set(tracer.programs)
+        else:
+            assert tracer.port_hook_refused == ASKED
+            assert {"handle_set_state", "handle_xmit", "handle_drop"} <= set(tracer.programs)
+            assert not set(PORT_HOOK_PROGRAMS) & set(tracer.programs)
+
+
+def test_every_family_gets_its_exact_port(way):
+    port = free_port()
+    with Tracer(TracerConfig(lport=True, ports=(port,))) as tracer:
+        made = [refused_connect(4, port), refused_connect(6, port),
+                refused_connect(6, port, "::ffff:127.0.0.1")]
+        with socket.create_server(("127.0.0.1", port)) as server:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                made.append(client.getsockname()[1])
+                server.accept()[0].close()
+        seen = ports_seen(tracer)
+    me = os.getpid()
+    assert seen == [(me, lport, port) for lport in made]
+    assert all(made)
+
+
+def test_no_free_local_port_is_seen_with_port_0(way, lonely):  # noqa: F811
+    sh("ip", "netns", "exec", lonely, "sysctl", "-qw",
+       "net.ipv4.ip_local_port_range=40000 40001")
+    with Tracer(TracerConfig(lport=True, ports=(5000,))) as tracer:
+        proc = subprocess.Popen(["ip", "netns", "exec", lonely, sys.executable, "-c", EXHAUST],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            results = [tuple(map(int, proc.stdout.readline().split())) for _ in range(3)]
+        finally:
+            proc.communicate("", timeout=10)
+        seen = ports_seen(tracer)
+    assert sorted(results[:2]) == [(40000, 0), (40001, 0)]
+    assert results[2] == (0, errno.EADDRNOTAVAIL)
+    assert seen == [(proc.pid, lport, 5000) for lport, _ in results]
