@@ -77,6 +77,26 @@ def btf_file_copy() -> Path:
     return _btf_copy[0]
 
 
+_traced_functions: list[frozenset[str]] = []
+
+
+def port_hook_expected() -> bool:
+    """Whether -L, as the suite runs the tool, sees attempts as their port is
+    chosen (an fexit program on inet_hash_connect and inet6_hash_connect):
+    where ftrace may hook both (BPF trampolines attach through it), told by
+    tracefs rather than by the tool's own probe, and not with the kernel's
+    BTF hidden, which fexit programs need."""
+    if WITHOUT_KERNEL_BTF_MODE:
+        return False
+    if not _traced_functions:
+        try:
+            text = Path("/sys/kernel/tracing/available_filter_functions").read_text()
+        except OSError:
+            text = ""
+        _traced_functions.append(frozenset(line.split(" ", 1)[0] for line in text.splitlines()))
+    return {"inet_hash_connect", "inet6_hash_connect"} <= _traced_functions[0]
+
+
 # Linux 6.12 (commit ffc83860d8c0) lets tp_btf programs make skb dynptrs.
 WHOLE_PACKET_KERNEL = (6, 12)
 
