@@ -182,7 +182,7 @@ test: setup apt-test $(VENV)/.installed-test $(HELPERS)
 # libbpf and libc, the ring reader's acquire/release through libatomic, the seccomp filter's
 # syscall numbers, the cross-built helpers. So, one test each: a connect's exact row (IPv4;
 # IPv6 through io_uring), -c, --outcome's drop reason, -d's whole-packet program (a kfunc), the
-# raw_tp programs (--btf), the selftest (every result, the connect() syscall tracepoints'
+# raw_tp programs (--btf), -L both ways (arm64 has BPF trampolines from 6.0), the selftest (every result, the connect() syscall tracepoints'
 # among them, in namespaces), the loader's libbpf message (the print callback's va_list), the
 # real ring wrapping and its accounting, and the fake ring (host_only elsewhere: on x86 the
 # host run has it). 25 tests, 88 s wall in the guest here. On 6.12, the kernel with the most
@@ -192,6 +192,8 @@ ARM64_SUBSET := -q tests/test_ringbuf.py \
 	tests/test_loader.py::test_missing_tracepoint_is_named \
 	tests/test_loader.py::test_records_that_wrap_around_the_ring_are_read_whole \
 	tests/test_loader.py::test_accounting_is_exact_while_reading \
+	tests/test_port_hook.py::test_the_probe_agrees_with_tracefs \
+	tests/test_port_hook.py::test_every_family_gets_its_exact_port \
 	'tests/test_trace.py::test_refused_loopback_connect_is_one_exact_row[4-127.0.0.1]' \
 	'tests/test_trace.py::test_io_uring_connect[6-::1-plain]' \
 	'tests/test_count.py::test_known_connects_give_exact_table[2]' \
