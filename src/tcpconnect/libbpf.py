@@ -495,7 +495,7 @@ _RETURN_ZERO = (ctypes.c_uint64 * 2)(0xB7, 0x95)
 
 def fexit_refusal(functions: tuple[str, ...]) -> str | None:
     """None if the kernel loads a BPF fexit program on each of these
-    functions of its own (vmlinux; BPF trampolines, CONFIG_FUNCTION_TRACER),
+    functions of its own (vmlinux; BPF trampolines attach through ftrace),
     else why not. Loading, as libbpf would, not attaching: an attach would
     cost its detach's RCU wait on every start."""
     btf = _lib.btf__load_vmlinux_btf()
