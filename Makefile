@@ -25,7 +25,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')
 ARGS ?=
 PIP := $(VENV)/bin/pip
 
-.PHONY: setup install uninstall deb apt-deb bpf run wheel test test-kernels bench bench-peers bench-reader bench-syscalls bench-ring bench-paths clean apt apt-test
+.PHONY: setup install uninstall deb apt-deb bpf run wheel test test-kernels bench bench-peers bench-reader bench-syscalls bench-ring bench-paths bench-ratios clean apt apt-test
 
 # The tool at .venv/bin/tcpconnect, nothing outside the checkout but apt packages.
 setup: apt $(VENV)/.installed $(VENV)/.bytecode $(BPF_OBJS)
@@ -253,6 +253,11 @@ bench-reader: setup $(BUILD)/connect_loop
 # BPF run time per program run on each kernel path (see bench/kernel_paths.py).
 bench-paths: setup apt-test $(BUILD)/connect_loop
 	$(VENV)/bin/python bench/kernel_paths.py $(ARGS)
+
+# -L and --outcome against the default mode, BPF time per connect, -L with and without its port
+# hook (bench/mode_ratios.py). In a guest: kernels/boot 6.1 'python3 bench/mode_ratios.py'.
+bench-ratios: setup apt-test $(BUILD)/connect_loop
+	$(VENV)/bin/python bench/mode_ratios.py $(ARGS)
 
 clean:
 	rm -rf $(BUILD) $(BPF_OBJS) $(VENV) dist src/*.egg-info
