@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 from conftest import (
-    ROOT,
+    BUILD,
     Workload,
     cgroup2_root,
     cgroup_id_of,
@@ -33,7 +33,6 @@ from tcpconnect.output import COUNT_HEADER
 
 ME = os.getpid()
 BPFFS = Path("/sys/fs/bpf")
-OBJECT = ROOT / "src/tcpconnect/tcpconnect.bpf.o"
 LOOPBACK = "127.0.0.1"
 
 
@@ -100,10 +99,11 @@ class Pins:
         return PinnedMap(path, value)
 
     def program(self) -> Path:
-        # Any program will do; ours is at hand. `prog load` pins the first
-        # one and attaches nothing.
+        # Any program will do: the failure tests' cgroup program, which
+        # every kernel loads (ours has fexit programs some refuse). `prog
+        # load` pins it and attaches nothing.
         path = self.path()
-        sh("bpftool", "prog", "load", str(OBJECT), str(path))
+        sh("bpftool", "prog", "load", str(BUILD / "deny_connect.bpf.o"), str(path))
         return path
 
     def directory(self) -> Path:
@@ -254,6 +254,7 @@ def expect_refusal(args: list[str], message: str, code: int) -> None:
         code, "", f"tcpconnect: {message}\n")
 
 
+@pytest.mark.host_only
 @pytest.mark.parametrize("option", ["--cgroupmap", "--mntnsmap"])
 def test_missing_or_foreign_pin_paths_are_refused(pins, tmp_path, option):
     missing = pins.path()
@@ -273,6 +274,9 @@ def test_missing_or_foreign_pin_paths_are_refused(pins, tmp_path, option):
                    f"{option}: {program} is a pinned BPF program, not a map", 1)
 
 
+# Option errors, found by user space before any program loads: the same on
+# every kernel (host_only, as the two tests around).
+@pytest.mark.host_only
 @pytest.mark.parametrize("option,kind,key,value,found", [
     ("--cgroupmap", "array", 4, 8, "array map, 4-byte keys, 8-byte values"),
     ("--cgroupmap", "lru_hash", 8, 8, "lru_hash map, 8-byte keys, 8-byte values"),
@@ -290,6 +294,7 @@ def test_map_of_wrong_type_or_layout_is_refused(pins, option, kind, key, value, 
                    f"(found: {found})", 1)
 
 
+@pytest.mark.host_only
 def test_cgroup_path_that_is_not_a_cgroup_v2_directory_is_refused(tmp_path, child_cgroup):
     missing = tmp_path / "missing"
     expect_refusal(["--cgroup", str(missing)],
