@@ -145,8 +145,8 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, int 
 TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
 	      on_set_state((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
 
-/* -L where the kernel has BPF trampolines (probed at load, see
- * kernel.py): the attempt is seen once its local port is chosen, as
+/* -L where the kernel loads fexit programs on both functions (probed at
+ * start: libbpf.py fexit_refusal): the attempt is seen once its local port is chosen, as
  * inet_hash_connect() or inet6_hash_connect() returns inside connect() (and
  * io_uring connect, and sendto(MSG_FASTOPEN)), in the connecting task's
  * context, after tcp_v4_connect()/tcp_v6_connect() moved the socket to
