@@ -1,7 +1,8 @@
 """-L's two ways to an attempt's local port, on the running kernel: an fexit
 program on the functions that choose it (where BPF trampolines load) and
 the attempt parked until its SYN leaves (everywhere). Each test runs both
-ways; the first is skipped, with the kernel's reason, where it cannot load."""
+ways; the first is skipped where tracefs says ftrace cannot hook both
+functions (this project's 6.18 host), and the probe must agree."""
 
 from __future__ import annotations
 
