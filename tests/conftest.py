@@ -7,6 +7,7 @@ namespaces these fixtures create.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -77,7 +78,15 @@ def btf_file_copy() -> Path:
     return _btf_copy[0]
 
 
-_traced_functions: list[frozenset[str]] = []
+@functools.cache
+def ftrace_functions() -> frozenset[str]:
+    """The functions ftrace may hook, as tracefs lists them (none where it
+    cannot be read)."""
+    try:
+        text = Path("/sys/kernel/tracing/available_filter_functions").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(line.split(" ", 1)[0] for line in text.splitlines())
 
 
 def port_hook_expected() -> bool:
@@ -86,15 +95,8 @@ def port_hook_expected() -> bool:
     where ftrace may hook both (BPF trampolines attach through it), told by
     tracefs rather than by the tool's own probe, and not with the kernel's
     BTF hidden, which fexit programs need."""
-    if WITHOUT_KERNEL_BTF_MODE:
-        return False
-    if not _traced_functions:
-        try:
-            text = Path("/sys/kernel/tracing/available_filter_functions").read_text()
-        except OSError:
-            text = ""
-        _traced_functions.append(frozenset(line.split(" ", 1)[0] for line in text.splitlines()))
-    return {"inet_hash_connect", "inet6_hash_connect"} <= _traced_functions[0]
+    return (not WITHOUT_KERNEL_BTF_MODE
+            and {"inet_hash_connect", "inet6_hash_connect"} <= ftrace_functions())
 
 
 # Linux 6.12 (commit ffc83860d8c0) lets tp_btf programs make skb dynptrs.
