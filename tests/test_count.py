@@ -259,6 +259,8 @@ class ScriptedStop:
     table, waits for the first interval's table, overflows the fresh table,
     then asks the session to stop."""
 
+    wakeup_fd = None
+
     def __init__(self, out: io.StringIO, port: int) -> None:
         self.out = out
         self.port = port

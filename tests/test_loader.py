@@ -7,11 +7,13 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import BANNER, BUILD, HELPERS, ROOT, TOOL, connect_burst, free_port, wait_for
+from conftest import (BANNER, BUILD, HELPERS, ROOT, TOOL, connect_burst, free_port,
+                      refused_connect, wait_for)
 
 from tcpconnect.events import COMM, DPORT, EVENT_FORMAT, FAMILY, IDENTITY_BYTES, PID, TS_NS
 from tcpconnect import libbpf
@@ -87,6 +89,22 @@ def test_accounting_is_exact_while_reading():
     # that); that every connect is delivered or counted must not.
     received, made, lost, _ = read_during_burst(TracerConfig(ports=(free_port(),)), 10)
     assert len(received) + lost == made
+
+
+def test_a_reader_asleep_is_woken_by_the_next_record():
+    # Below the wakeup threshold the kernel side asks for no wakeup, unless
+    # the reader said it sleeps (Tracer.sleep): then the connect's record
+    # ends the wait, long before its minute is up.
+    port = free_port()
+    with Tracer(TracerConfig(ports=(port,))) as tracer:
+        connecting = threading.Timer(0.5, refused_connect, (4, port))
+        connecting.start()
+        started = time.monotonic()
+        batch = tracer.sleep(60_000)
+        waited = time.monotonic() - started
+        connecting.join()
+        assert [identities[event[IDENTITY_BYTES]][DPORT] for event in batch.events] == [port]
+        assert waited < 30
 
 
 # A ring this small wraps every ~500 records, and its size is no multiple of

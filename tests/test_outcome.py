@@ -726,16 +726,18 @@ class ActThenStop:
     """Stands in for Ctrl-C, driven by the session's own loop: runs `act`
     at the first check, then asks the session to stop ~0.3 s later."""
 
+    wakeup_fd = None
+
     def __init__(self, act) -> None:
         self._act = act
-        self._checks = 0
+        self._stop_at: float | None = None
 
     @property
     def requested(self) -> bool:
-        self._checks += 1
-        if self._checks == 1:
+        if self._stop_at is None:
             self._act()
-        return self._checks > 30
+            self._stop_at = time.monotonic() + 0.3
+        return time.monotonic() > self._stop_at
 
 
 def test_attempt_without_room_to_wait_is_reported_at_once(monkeypatch, veth):

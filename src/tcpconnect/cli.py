@@ -520,6 +520,10 @@ class StopFlag:
         self.requested = False
         signal.signal(signal.SIGINT, self._request)
         signal.signal(signal.SIGTERM, self._request)
+        # The interpreter writes a byte here on every signal, which ends the
+        # main loop's wait (a long one while idle) so the request is seen.
+        self.wakeup_fd, self._wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_write, warn_on_full_buffer=False)
         # __main__ blocked them until now; one that came meanwhile arrives here.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 

@@ -577,10 +577,11 @@ class BpfObject:
 
     def live_variables(self, section: str) -> GlobalVariables:
         """Variables of a loaded section, mapped from the kernel's copy, so
-        reads see what the programs write (.bss counters) without a syscall."""
+        reads see what the programs write (.bss counters) and the programs
+        what is written (.bss flags) without a syscall."""
         map_ptr = self._find_map(section)
         mapping = MappedMemory(_lib.bpf_map__fd(map_ptr), _lib.bpf_map__value_size(map_ptr),
-                               f"section {section} of {self.path}")
+                               f"section {section} of {self.path}", writable=True)
         return GlobalVariables(section, mapping.address, self._section_layout(section), mapping)
 
     def _section_layout(self, section: str) -> dict[str, tuple[int, int]]:

@@ -46,6 +46,12 @@ POLL_TIMEOUT_MS = 10
 # docs/performance.md). The display latency stays under 50 ms.
 BUSY_POLL_TIMEOUT_MS = 40
 BUSY_BATCH = 64
+# After this many polls in a row found nothing, the reader sleeps until the
+# kernel side wakes it at the next record (Tracer.sleep): an idle tracer
+# wakes 4 times a second, not 100. The timeout bounds how late a record
+# whose program missed the hand-over is shown (ringbuf/waiter.py).
+IDLE_AFTER_POLLS = 20
+IDLE_TIMEOUT_MS = 250
 # How often count mode looks at the clock (-i) and for a stop request.
 COUNT_CHECK_SECONDS = 0.1
 
@@ -85,6 +91,8 @@ FILTER_OPTIONS = {
 
 class Stop(Protocol):
     requested: bool
+    # Readable once a stop may have been requested (a signal came), or None.
+    wakeup_fd: int | None
 
 
 def tracer_config(args: argparse.Namespace) -> TracerConfig:
@@ -215,12 +223,19 @@ class Session:
                 keep_batch_buffers()
                 header = self.formatter.header()
                 self._write([header] if header else [])
+                if stop.wakeup_fd is not None:
+                    tracer.wake_on(stop.wakeup_fd)
                 timeout_ms = POLL_TIMEOUT_MS
+                empty_polls = 0
                 while not stop.requested:
-                    batch = tracer.poll(timeout_ms)
+                    if empty_polls < IDLE_AFTER_POLLS:
+                        batch = tracer.poll(timeout_ms)
+                    else:
+                        batch = tracer.sleep(IDLE_TIMEOUT_MS)
                     self._emit(batch, tracer)
                     timeout_ms = (BUSY_POLL_TIMEOUT_MS if len(batch.events) >= BUSY_BATCH
                                   else POLL_TIMEOUT_MS)
+                    empty_polls = 0 if batch.events or batch.answers else empty_polls + 1
                     if self._exporter is not None:
                         self._exporter.drain_due()
                 self._emit(tracer.finish(), tracer)

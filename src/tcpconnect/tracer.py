@@ -275,6 +275,24 @@ class Tracer:
         self._waiter.wait(timeout_ms)
         return self._read()
 
+    def sleep(self, timeout_ms: int) -> Batch:
+        """poll() for a reader that found nothing for a while: the kernel
+        side wakes it at the next record, so timeout_ms may be long (see
+        RingWaiter.wait_asleep for the one case the timeout ends)."""
+        assert self._waiter is not None
+        self._waiter.wait_asleep(timeout_ms, self._set_asleep)
+        return self._read()
+
+    def wake_on(self, fd: int) -> None:
+        """Ends poll() and sleep() at once while fd is readable."""
+        assert self._waiter is not None
+        self._waiter.wake_on(fd)
+
+    def _set_asleep(self, asleep: bool) -> None:
+        for bss in (self._bss, self._dns_bss):
+            if bss is not None:
+                bss.set("reader_asleep", ctypes.c_uint32, int(asleep))
+
     def _read(self) -> Batch:
         # Events first: see Batch.
         events, exe_paths = self._events.read() if self._events is not None else ([], [])

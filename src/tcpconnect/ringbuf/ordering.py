@@ -24,6 +24,7 @@ import ctypes
 # C11 memory_order values, as libatomic takes them.
 ACQUIRE = 2
 RELEASE = 3
+SEQ_CST = 5
 
 
 class LibatomicError(RuntimeError):
@@ -31,7 +32,8 @@ class LibatomicError(RuntimeError):
 
 
 class Ordering:
-    """Acquire loads, release stores and acquire fences on raw addresses."""
+    """Acquire loads, release stores, acquire and full fences on raw
+    addresses."""
 
     def __init__(self) -> None:
         try:
@@ -61,3 +63,9 @@ class Ordering:
         """Every load before it is done before any load after it: plain
         loads of a header followed by this read as acquire loads."""
         self._fence(ACQUIRE)
+
+    def full_fence(self) -> None:
+        """Every load and store before it is done before any load after it
+        (mfence on x86-64, dmb ish on arm64): a store followed by this and a
+        load is one side of a store-then-load handshake."""
+        self._fence(SEQ_CST)

@@ -86,6 +86,11 @@ class RingReader:
         # its own last store; an 8-byte ctypes field is loaded whole.
         self._consumer = ctypes.c_uint64.from_address(memory.consumer_address)
 
+    def empty(self) -> bool:
+        """Nothing reserved past what was read, not even a record still
+        being written."""
+        return self._ordering.load_acquire(self._memory.producer_address) == self._consumer.value
+
     def read(self) -> tuple[list[tuple], ...]:
         """Decodes and frees every record committed so far: per kind, in the
         order of the constructor's kinds, each list oldest first."""
