@@ -493,6 +493,21 @@ def measure_startup(options: tuple[str, ...], port: int, launches: int) -> tuple
     return times, rss
 
 
+def measure_idle(options: tuple[str, ...], port: int, seconds: float) -> float:
+    """Percent of a CPU a started tracer uses while nothing it traces
+    happens (its reader's polls and sleeps)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tracer = TracerRun([str(TRACER), *options, "-P", str(port)], Path(tmp))
+        tracer.wait_attached()
+        # Past start-up's last work and the reader's first 200 ms of polls.
+        time.sleep(1)
+        before = cpu_seconds(tracer.proc.pid)
+        time.sleep(seconds)
+        used = cpu_seconds(tracer.proc.pid) - before
+        tracer.stop()
+    return 100 * used / seconds
+
+
 def measure_latency(options: tuple[str, ...], port: int, connects: int,
                     spacing_s: float) -> list[float]:
     """Milliseconds from connect() returning to its row arriving on the
@@ -766,6 +781,13 @@ def run(modes: list[Mode], rounds: int, seconds: float) -> int:
                 [[command_line(options), f"{percentile(values, 50):.1f}",
                   f"{percentile(values, 99):.1f}", f"{max(values):.1f}"]
                  for options, values in latencies.items()]) + "\n")
+
+    idle = measure_idle((), other, seconds=10)
+    spaced = measure_latency((), other, connects=10, spacing_s=0.5)
+    print("Idle: a tracer's CPU over 10 s with nothing to trace; display latency of connects "
+          "0.5 s apart (each finds the reader asleep)")
+    print(table(["CPU %", "p50 ms", "max ms"],
+                [[f"{idle:.2f}", f"{percentile(spaced, 50):.1f}", f"{max(spaced):.1f}"]]) + "\n")
 
     print("Peers that cannot start on this kernel (no kprobes, no kernel headers):")
     print(table(["tool", "result"],
