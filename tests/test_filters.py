@@ -68,7 +68,7 @@ ADDRESS_CASES = [
 ]
 
 
-def test_address_filters(trace, workload, veth):
+def test_address_filters(workload, veth):
     # One set of connects, a tracer per case: each case's rows exact.
     names = {"peer4": veth.peer4, "peer6": veth.peer6, "host4": veth.host4}
     runs = [tuple(option.format(**names) for option in options) for options, _ in ADDRESS_CASES]
