@@ -8,9 +8,11 @@ refused loopback loop, so a machine getting busier moves a round's modes
 alike, and divides each mode's BPF time per connect (all of its programs'
 run time, kernel.bpf_stats_enabled, over the connects the loop made) by the
 default's in that round; the table gives the median (min-max) over rounds.
--L runs twice: as the tool chooses on this kernel (the port hook where fexit
-programs load, docs/internals.md) and with the hook refused, as on a kernel
-without BPF trampolines. Made to run in the kernel matrix's guests too
+-L runs three times: as the tool chooses on this kernel (the port hook where
+fexit programs load, docs/internals.md), with the hook refused, as on a
+kernel without BPF trampolines, and with compare-and-exchange refused too,
+as before 5.12 (waiting attempts in the table alone, not in slots first);
+--outcome twice, with and without slots. Made to run in the kernel matrix's guests too
 (kernels/boot KERNEL 'python3 bench/mode_ratios.py'), where the peers' kernels
 are; TCG inflates the absolute figures there, not the ratios' meaning.
 """
@@ -26,16 +28,25 @@ import time
 
 from kernel_paths import BPF_STATS, CONNECT_LOOP, PORT, ROOT, program_stats
 
-# The tool with its port-hook probe answering "refused", as on a kernel
-# without BPF trampolines.
-WITHOUT_HOOK = ("import sys, tcpconnect.tracer as t; "
-                "t.fexit_refusal = lambda functions: 'refused by bench/mode_ratios.py'; "
-                "from tcpconnect.__main__ import run; sys.argv[0] = 'tcpconnect'; run()")
+
+
+def refusing(*probes: str) -> tuple[str, ...]:
+    """The tool with these probes of tracer.py answering "refused", as on a
+    kernel without the feature: fexit_refusal (BPF trampolines: -L waits for
+    its SYN) or cmpxchg_refusal (compare-and-exchange, before 5.12: waiting
+    attempts go to the table alone)."""
+    patches = "; ".join(f"t.{probe} = lambda *_: 'refused by bench/mode_ratios.py'"
+                        for probe in probes)
+    return ("-c", f"import sys, tcpconnect.tracer as t; {patches}; "
+                  "from tcpconnect.__main__ import run; sys.argv[0] = 'tcpconnect'; run()")
+
+
 MODES = (("default", ("-m", "tcpconnect")),
          ("-L", ("-m", "tcpconnect", "-L")),
-         ("-L, no port hook", ("-c", WITHOUT_HOOK, "-L")),
-         ("--outcome", ("-m", "tcpconnect", "--outcome")))
-
+         ("-L, no port hook", (*refusing("fexit_refusal"), "-L")),
+         ("-L, no hook/slots", (*refusing("fexit_refusal", "cmpxchg_refusal"), "-L")),
+         ("--outcome", ("-m", "tcpconnect", "--outcome")),
+         ("--outcome, no slots", (*refusing("cmpxchg_refusal"), "--outcome")))
 
 def bpf_ns_per_connect(args: tuple[str, ...], seconds: float, settle: float,
                        ) -> tuple[float, dict[str, float]]:
@@ -90,11 +101,11 @@ def main() -> int:
 
     print(f"kernel {open('/proc/sys/kernel/osrelease').read().strip()}; {args.rounds} rounds of "
           f"{args.seconds:g} s of refused loopback connects per mode; median (min-max)")
-    print(f"{'mode':18} {'BPF ns/connect':>22} {'ratio to default':>20}  programs (ns/connect)")
+    print(f"{'mode':19} {'BPF ns/connect':>22} {'ratio to default':>20}  programs (ns/connect)")
     for mode, _ in MODES:
         programs = " ".join(f"{name}={statistics.median(values):.0f}"
                             for name, values in sorted(shares[mode].items()))
-        print(f"{mode:18} {spread(totals[mode], ',.0f'):>22} {spread(ratios[mode], '.2f'):>20}"
+        print(f"{mode:19} {spread(totals[mode], ',.0f'):>22} {spread(ratios[mode], '.2f'):>20}"
               f"  {programs}")
     return 0
 

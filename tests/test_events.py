@@ -25,6 +25,7 @@ from tcpconnect.events import (
     RECORD_FORMAT,
     DnsEvent,
     Event,
+    SlotHead,
 )
 from tcpconnect.records import EventRecord, decode_event, identities
 
@@ -85,6 +86,16 @@ def test_a_parked_attempt_begins_with_its_event(btf_types):
     assert first["bits_offset"] == 0
     assert btf_types[first["type_id"]]["name"] == "event"
     assert attempt["size"] >= ctypes.sizeof(Event)
+
+
+def test_a_slot_holds_its_owner_then_its_attempt(btf_types):
+    # Tracer._take_slots reads a slot's owner through SlotHead and the
+    # attempt's event right after it.
+    [slot] = [t for t in btf_types.values() if t["kind"] == "STRUCT" and t["name"] == "slot"]
+    members = [(m["name"], m["bits_offset"] // 8) for m in slot["members"]]
+    assert members == [("owner", SlotHead.owner.offset), ("attempt", ctypes.sizeof(SlotHead))]
+    assert type_size(btf_types, slot["members"][0]["type_id"]) == SlotHead.owner.size
+    assert btf_types[slot["members"][1]["type_id"]]["name"] == "attempt"
 
 
 def test_batch_format_decodes_like_the_mirror():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (BANNER, BUILD, HELPERS, ROOT, TOOL, connect_burst, free_port,
-                      refused_connect, wait_for)
+                      kernel_release, refused_connect, wait_for)
 
 from tcpconnect.events import COMM, DPORT, EVENT_FORMAT, FAMILY, IDENTITY_BYTES, PID, TS_NS
 from tcpconnect import libbpf
@@ -271,3 +272,15 @@ def test_skipped_runs_are_read_from_the_kernels_program_info():
             assert tracer.losses().skipped_runs >= (ours or 0)
     finally:
         stats.write_text(before)
+
+
+def test_the_cmpxchg_probe_follows_the_kernel(monkeypatch):
+    # BPF's compare-and-exchange came with Linux 5.12 (attempts then wait in
+    # slots). The same instruction with an immediate no kernel defines is
+    # refused everywhere, which shows the probe can say no.
+    assert (libbpf.cmpxchg_refusal() is None) == (kernel_release() >= (5, 12))
+    broken = (ctypes.c_uint64 * len(libbpf._CMPXCHG))(*libbpf._CMPXCHG)
+    broken[3] ^= 0x02 << 32
+    monkeypatch.setattr(libbpf, "_CMPXCHG", broken)
+    assert libbpf.cmpxchg_refusal() == ("a program using compare-and-exchange was refused: "
+                                        "Invalid argument")

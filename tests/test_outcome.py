@@ -31,6 +31,7 @@ from conftest import (
     cgroup_path_of,
     comm_of,
     free_port,
+    kernel_release,
     listening,
     refused_connect,
     row,
@@ -741,14 +742,14 @@ class ActThenStop:
 
 
 def test_attempt_without_room_to_wait_is_reported_at_once(monkeypatch, veth):
-    # Room for one waiting attempt: a SYN into the void takes it, so the
-    # refused connect after it is reported at once, without an outcome,
-    # and counted as such.
+    # Room for one waiting attempt, in the table alone: a SYN into the void
+    # takes it, so the refused connect after it is reported at once, without
+    # an outcome, and counted as such.
     dropped, refused = free_port(), free_port()
     filter_input(veth.netns, dropped, "drop")
     configure = session.tracer_config
     monkeypatch.setattr(session, "tracer_config",
-                        lambda args: configure(args)._replace(pending_capacity=1))
+                        lambda args: configure(args)._replace(pending_capacity=1, slot_count=0))
     out, err = io.StringIO(), io.StringIO()
     client = socket.socket()
     client.setblocking(False)
@@ -768,3 +769,45 @@ def test_attempt_without_room_to_wait_is_reported_at_once(monkeypatch, veth):
     ]
     assert err.getvalue() == ("1 connects were reported without their outcome (result unknown) "
                               "(pending table full)\n")
+
+
+def test_attempts_wait_in_their_slot_then_in_the_table(monkeypatch, veth):
+    # One slot and room for one attempt in the table. Where the kernel has
+    # BPF's compare-and-exchange (5.12+), the first SYN into the void takes
+    # the slot, the second (its slot taken) the table, and the refused
+    # connect after them finds neither; elsewhere the table alone holds the
+    # first. What waits is listed at exit, slots first.
+    first, second, refused = free_port(), free_port(), free_port()
+    for port in (first, second):
+        filter_input(veth.netns, port, "drop")
+    configure = session.tracer_config
+    monkeypatch.setattr(session, "tracer_config", lambda args: configure(args)._replace(
+        pending_capacity=1, slot_count=1))
+    out, err = io.StringIO(), io.StringIO()
+    clients = [socket.socket(), socket.socket()]
+
+    def act() -> None:
+        for client, port in zip(clients, (first, second)):
+            client.setblocking(False)
+            assert client.connect_ex((veth.peer4, port)) == errno.EINPROGRESS
+        refused_connect(4, refused)
+
+    args = parse_args(["--outcome", "-P", f"{first},{second},{refused}"])
+    try:
+        assert session.Session(args, out, err).run(ActThenStop(act)) == 0
+    finally:
+        for client in clients:
+            client.close()
+
+    def void(port: int, result: str) -> str:
+        return with_outcome(row(ME, my_comm(), 4, veth.host4, veth.peer4, port), result, "-", "-")
+
+    unknown = with_outcome(row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", refused),
+                           "unknown", "-", "-")
+    if kernel_release() >= (5, 12):
+        rows, lost = [unknown, void(first, "pending"), void(second, "pending")], 1
+    else:
+        rows, lost = [void(second, "unknown"), unknown, void(first, "pending")], 2
+    assert out.getvalue().splitlines()[2:] == rows
+    assert err.getvalue() == (f"{lost} connects were reported without their outcome "
+                              "(result unknown) (pending table full)\n")

@@ -16,6 +16,7 @@ from tcpconnect.plan import (
     DNS_RING_BYTES,
     EXE_RING_BYTES,
     PORT_HOOK_PROGRAMS,
+    SLOT_COUNT,
     Environment,
     FilterMap,
     TracerConfig,
@@ -79,6 +80,31 @@ def test_local_port_parks_until_the_syn_leaves_but_never_when_only_counting():
     counting = plan_load(TracerConfig(lport=True, count=True), ENV)
     assert not counting.parks and flags(counting)["want_lport"] is False
     assert "handle_xmit" not in counting.programs
+
+
+def test_attempts_wait_in_slots_only_where_they_wait_and_the_kernel_has_cmpxchg():
+    cmpxchg = ENV._replace(cmpxchg=True)
+    for config, parking in ((TracerConfig(lport=True), ("handle_set_state", "handle_xmit",
+                                                         "handle_drop", "handle_destroy")),
+                            (TracerConfig(outcome=True, count=True),
+                             ("handle_set_state", "handle_drop", "handle_destroy"))):
+        plan = plan_load(config, cmpxchg)
+        assert plan.slots == SLOT_COUNT and flags(plan)["slot_count"] == SLOT_COUNT
+        assert dict(plan.max_entries)["slots"] == SLOT_COUNT
+        # Only the programs built with the slots hold the instruction.
+        assert tuple(p for p in plan.programs if p.endswith("_slots")) == tuple(
+            name + "_slots" for name in parking)
+        # Elsewhere the table alone, in the programs without it.
+        plan = plan_load(config, ENV)
+        assert plan.parks and plan.slots == 0 and dict(plan.max_entries)["slots"] == 1
+        assert set(parking) <= set(plan.programs)
+        assert plan_load(config, cmpxchg._replace(own_btf=False)).programs[0] == (
+            "handle_set_state_slots_raw")
+    for config in (TracerConfig(), TracerConfig(lport=True, count=True)):
+        plan = plan_load(config, cmpxchg)
+        assert plan.slots == 0 and plan.programs[0] == "handle_set_state"
+    assert plan_load(TracerConfig(lport=True), cmpxchg._replace(port_hook=True)).slots == 0
+    assert plan_load(TracerConfig(outcome=True, slot_count=0), cmpxchg).slots == 0
 
 
 def test_local_port_from_the_port_hook_parks_nothing():
@@ -150,6 +176,8 @@ def test_ring_grows_with_cpus_and_filters_are_carried():
     (TracerConfig(lport=True, dns=True, outcome=True, count=True, events_with_counts=True),
      ENV._replace(own_btf=False)),
     (TracerConfig(lport=True, dns=True), ENV),
+    (TracerConfig(lport=True), ENV._replace(cmpxchg=True)),
+    (TracerConfig(outcome=True), ENV._replace(cmpxchg=True, own_btf=False)),
 ])
 def test_everything_a_plan_names_is_in_the_object(config, env):
     plan = plan_load(config, env)

@@ -52,6 +52,15 @@ class Event(Structure):
     ]
 
 
+class SlotHead(Structure):
+    """struct slot (attempt_state.bpf.h) up to its attempt, which follows:
+    owner is the waiting attempt's socket, 0 while the slot is free."""
+
+    _fields_ = [
+        ("owner", c_uint64),
+    ]
+
+
 EXE_NAMES_MAX = 512
 EXE_NAME_SLOT = 256
 

@@ -36,6 +36,7 @@ LIBBPF_ERRNO__FORMAT = 4001
 BPF_FS_MAGIC = 0xCAFE4A11
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_RINGBUF = 27
+BPF_PROG_TYPE_SOCKET_FILTER = 1
 BPF_PROG_TYPE_TRACING = 26
 BPF_TRACE_FEXIT = 25
 
@@ -516,6 +517,26 @@ def fexit_refusal(functions: tuple[str, ...]) -> str | None:
         return None
     finally:
         _lib.btf__free(btf)
+
+
+# *(u64 *)(r10 - 8) = 0; r1 = 1; r0 = 0;
+# r0 = cmpxchg((u64 *)(r10 - 8), r0, r1); exit: BPF_ATOMIC's BPF_CMPXCHG on
+# the stack (Linux 5.12; before, the same opcode with this immediate is a
+# BPF_XADD with reserved fields set, refused with EINVAL).
+_CMPXCHG = (ctypes.c_uint64 * 5)(0x7A | 0x0A << 8 | 0xFFF8 << 16, 0xB7 | 1 << 8 | 1 << 32,
+                                   0xB7, 0xDB | 0x1A << 8 | 0xFFF8 << 16 | 0xF1 << 32, 0x95)
+
+
+def cmpxchg_refusal() -> str | None:
+    """None if the kernel's verifier accepts BPF's compare-and-exchange,
+    else why not."""
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts))
+    fd = _lib.bpf_prog_load(BPF_PROG_TYPE_SOCKET_FILTER, b"probe", b"GPL", _CMPXCHG,
+                            len(_CMPXCHG), ctypes.byref(opts))
+    if fd < 0:
+        return f"a program using compare-and-exchange was refused: {os.strerror(-fd)}"
+    os.close(fd)
+    return None
 
 
 class BpfObject:

@@ -42,6 +42,11 @@ COUNT_TABLES = ("counts_0", "counts_1")
 # Attempts waiting at once for their local port (-L) or outcome (--outcome);
 # allocated on demand too.
 PENDING_CAPACITY = 65536
+# Slots attempts wait in before the table, where the kernel has
+# compare-and-exchange (attempt_state.bpf.h): preallocated, 224 bytes each
+# (896 KiB), so made only when attempts park. A power of two; a socket whose
+# slot is taken waits in the table.
+SLOT_COUNT = 4096
 # The last ICMP error or RST received for each local port number
 # (answers.bpf.h): an array, one slot per port, preallocated (48 bytes a slot,
 # 3 MiB), so it is made full size only when its program runs.
@@ -82,6 +87,8 @@ class TracerConfig(NamedTuple):
     events_with_counts: bool = False
     lport: bool = False
     pending_capacity: int = PENDING_CAPACITY
+    # 0: attempts wait in the table alone.
+    slot_count: int = SLOT_COUNT
     # The events ring's size, a power of two; None: events_ring_bytes().
     ring_bytes: int | None = None
     dns: bool = False
@@ -127,6 +134,9 @@ class Environment(NamedTuple):
     # fexit programs load on PORT_HOOK_FUNCTIONS (probed only when
     # port_hook_wanted): -L's attempts are seen once their port is chosen.
     port_hook: bool = False
+    # The verifier accepts BPF's compare-and-exchange (Linux 5.12): attempts
+    # wait in slots first.
+    cmpxchg: bool = False
 
 
 # Where the kernel chooses a connecting socket's local port.
@@ -171,8 +181,10 @@ class LoadPlan(NamedTuple):
     # Rings user space reads.
     events_ring: bool
     dns_ring: bool
-    # Attempts wait in `pending` (for a local port or an outcome).
+    # Attempts wait (for a local port or an outcome): in `pending`, and
+    # first in this many `slots` if not 0.
     parks: bool
+    slots: int
 
 
 def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
@@ -185,25 +197,29 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     lport = config.lport and events
     suffix = "" if env.own_btf else "_raw"
     port_hook = env.port_hook and port_hook_wanted(config)
+    parks = (lport and not port_hook) or config.outcome
+    slots = config.slot_count if parks and env.cmpxchg else 0
+    # The hooks that park and resolve attempts, in the build that looks in
+    # the slots first where there are slots (attempt_state.bpf.h).
+    parking = ("_slots" if slots else "") + suffix
     # handle_exe_path first: it must run before handle_set_state (see there).
     programs = ["handle_exe_path" + suffix] if exe else []
-    programs += PORT_HOOK_PROGRAMS if port_hook else ["handle_set_state" + suffix]
+    programs += PORT_HOOK_PROGRAMS if port_hook else ["handle_set_state" + parking]
     # With --outcome the port is read when the attempt ends instead, and a SYN
     # dropped on this host is noted on its attempt (its CAUSE).
     # The ICMP error or RST that ended a failed attempt is noted for its row
     # (counts have no place for it).
     answers = config.outcome and events
     if config.outcome:
-        programs.append("handle_drop" + suffix)
+        programs.append("handle_drop" + parking)
         if answers:
             programs.append("handle_receive_answer" + suffix)
     elif lport and not port_hook:
-        programs += ["handle_xmit" + suffix, "handle_drop" + suffix]
+        programs += ["handle_xmit" + parking, "handle_drop" + parking]
     # A parked attempt whose end the kernel skipped is reported when its
     # socket is destroyed.
-    parks = (lport and not port_hook) or config.outcome
     if parks:
-        programs.append("handle_destroy" + suffix)
+        programs.append("handle_destroy" + parking)
     if config.dns and not env.whole_packet_dns:
         programs.append("handle_receive_linear" + suffix)
     if env.connect_tracepoints:
@@ -249,10 +265,12 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         ("failed_only", flag, config.failed_only),
         ("want_answers", flag, answers),
         ("follow_connect_calls", flag, env.connect_tracepoints),
+        ("slot_count", ctypes.c_uint32, slots or 1),
     ]
     max_entries = [
         *((table, config.count_capacity) for table in COUNT_TABLES),
         ("pending", config.pending_capacity),
+        ("slots", slots or 1),
         ("answers", ANSWER_CAPACITY if answers else 1),
         # Exactly as large as what goes in (an empty one still needs a slot).
         *((name, max(len(keys), 1)) for name, keys in map_keys),
@@ -276,4 +294,5 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
         events_ring=events_ring,
         dns_ring=config.dns,
         parks=parks,
+        slots=slots,
     )

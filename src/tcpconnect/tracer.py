@@ -17,6 +17,7 @@ from .events import (
     CountKey,
     Event,
     ExeKey,
+    SlotHead,
 )
 from .kernel import probe_kernel
 from .libbpf import (
@@ -26,6 +27,8 @@ from .libbpf import (
     GlobalVariables,
     Link,
     Map,
+    MappedMemory,
+    cmpxchg_refusal,
     fexit_refusal,
     possible_cpus,
 )
@@ -174,7 +177,9 @@ class Tracer:
             connect_tracepoints=self.connect_calls_unseen is None,
             whole_packet_dns=self._dns_obj is not None,
             cpus=os.cpu_count() or 1,
-            port_hook=port_hook and self.port_hook_refused is None))
+            port_hook=port_hook and self.port_hook_refused is None,
+            # Only where attempts may wait.
+            cmpxchg=(config.lport or config.outcome) and cmpxchg_refusal() is None))
         self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
         self._configure(obj, plan)
         obj.load()
@@ -331,6 +336,8 @@ class Tracer:
         if self._links:
             raise RuntimeError("take_pending() while the programs are attached: stop() first")
         taken: list[tuple] = []
+        if self.plan.slots:
+            taken += self._take_slots()
         if self.plan.parks:
             pending = self._obj.map("pending")
             # A parked attempt (struct attempt) begins with its event; what
@@ -340,6 +347,24 @@ class Tracer:
                 if pending.take(key, attempt):
                     taken.append(decode_event(Event.from_buffer(attempt)))
         return taken
+
+    def _take_slots(self) -> list[tuple]:
+        """The attempts still in their slots, read through one mapping of
+        the array: with nothing attached, nothing frees a slot meanwhile."""
+        assert self._obj is not None and self.plan is not None
+        slots = self._obj.map("slots")
+        # The array's elements are 8-byte aligned.
+        size = -(-slots.info().value_size // 8) * 8
+        memory = MappedMemory(slots.fd, self.plan.slots * size, "map slots")
+        try:
+            taken = []
+            for address in range(memory.address, memory.address + memory.size, size):
+                if SlotHead.from_address(address).owner:
+                    event = Event.from_address(address + ctypes.sizeof(SlotHead))
+                    taken.append(decode_event(event))
+            return taken
+        finally:
+            memory.close()
 
     def losses(self) -> LossCounters:
         assert self._bss is not None

@@ -2,13 +2,20 @@
 /*
  * Attempts waiting in the kernel: for their local port (-L: it is chosen
  * just after SYN_SENT, and known when the SYN leaves) or for how they end
- * (--outcome: when the socket leaves SYN_SENT), parked in `pending` by socket.
+ * (--outcome: when the socket leaves SYN_SENT), parked by socket.
  *
- * A hash table, not socket-local storage (BPF_MAP_TYPE_SK_STORAGE, open to
- * tp_btf programs from Linux 5.11): measured on 6.18, storage made and
- * removed for each attempt cost the traced connect about twice what the
- * table does, and no sweep at exit could list the storage of every network
- * namespace (see docs/internals.md, "Where attempts wait").
+ * Where the kernel has BPF's compare-and-exchange (Linux 5.12, probed by
+ * user space: libbpf.py cmpxchg_refusal), an attempt waits in `slots`, an
+ * array indexed by a hash of its socket, claimed and freed with one
+ * instruction each; it goes to the hash table `pending` only when its slot
+ * is held by another socket's attempt. Elsewhere `pending` alone is used.
+ * Under TCG the table's allocation and bucket locks made --outcome's
+ * handle_set_state cost 1.4 times what the slot does (docs/performance.md).
+ * Not socket-local storage (BPF_MAP_TYPE_SK_STORAGE, open to tp_btf
+ * programs from Linux 5.11): made and removed for each attempt it cost the
+ * traced connect about twice what the table does, and no sweep at exit
+ * could list the storage of every network namespace (see
+ * docs/internals.md, "Where attempts wait").
  */
 #ifndef ATTEMPT_STATE_BPF_H
 #define ATTEMPT_STATE_BPF_H
@@ -45,6 +52,150 @@ struct {
 	__type(key, __u64);
 	__type(value, struct attempt);
 } pending SEC(".maps");
+
+/* Attempts in `pending` (pending_count counts those in slots too): while it
+ * is 0, the table is not looked in. */
+__s64 table_count = 0;
+
+/* The number of slots, a power of two, set by user space before load. */
+const volatile __u32 slot_count = 1;
+
+struct slot {
+	/* The socket (sock_id) whose attempt waits here; 0 while free. */
+	__u64 owner;
+	struct attempt attempt;
+};
+
+/* Mapped by user space for the sweep at exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct slot);
+} slots SEC(".maps");
+
+/* A socket as a number. The verifier allows no arithmetic on a tp_btf
+ * program's typed pointer and refuses to store it into a map value, but
+ * makes the difference of two pointers a number: the socket's distance from
+ * a variable of this object, the same in every program of a run. A raw_tp
+ * program's socket is a number already. */
+static __always_inline __u64 sock_id(const struct sock *sk, bool typed)
+{
+	if (typed)
+		return (const char *)sk - (const char *)&slot_count;
+	return (__u64)sk;
+}
+
+/* Sockets are slab objects a few KiB apart: a multiplicative hash spreads
+ * them over the slots. */
+static __always_inline struct slot *slot_of(__u64 id)
+{
+	__u32 index = (__u32)((id * 0x9E3779B97F4A7C15ULL) >> 32) & (slot_count - 1);
+
+	return bpf_map_lookup_elem(&slots, &index);
+}
+
+/* Parks a new attempt of sk; false if there is no room. A socket has at most
+ * one attempt parked: a new one replaces one whose end was never seen (a
+ * skipped program run), as the table's update does. */
+static __always_inline bool park(const struct sock *sk, bool typed, bool slots,
+				 const struct attempt *a)
+{
+	__u64 key = (__u64)sk;
+
+	if (slots) {
+		__u64 id = sock_id(sk, typed);
+		struct slot *slot = slot_of(id);
+		__u64 owner;
+
+		if (slot) {
+			/* Claimed before it is written: nothing else looks for this
+			 * socket's attempt before the SYN it is about to send. */
+			owner = __sync_val_compare_and_swap(&slot->owner, 0, id);
+			if (owner == 0 || owner == id) {
+				__builtin_memcpy(&slot->attempt, a, sizeof(*a));
+				return true;
+			}
+		}
+	}
+	if (bpf_map_update_elem(&pending, &key, a, BPF_ANY))
+		return false;
+	__sync_fetch_and_add(&table_count, 1);
+	return true;
+}
+
+/* The parked attempt of sk, still parked, for adding to it; NULL if none. */
+static __always_inline struct attempt *parked_attempt(const struct sock *sk, bool typed,
+							bool slots)
+{
+	__u64 key = (__u64)sk;
+
+	if (slots) {
+		__u64 id = sock_id(sk, typed);
+		struct slot *slot = slot_of(id);
+
+		if (slot && slot->owner == id)
+			return &slot->attempt;
+	}
+	if (!table_count)
+		return NULL;
+	return bpf_map_lookup_elem(&pending, &key);
+}
+
+/* Takes sk's parked attempt out into *e: true for the one program run that
+ * does (the SYN leaving, a state change, the socket's destruction and user
+ * space's final sweep may race for one attempt; only whoever frees it
+ * reports it). */
+static __always_inline bool unpark(const struct sock *sk, bool typed, bool slots,
+				   struct event *e)
+{
+	__u64 key = (__u64)sk;
+	struct attempt *parked;
+
+	if (slots) {
+		__u64 id = sock_id(sk, typed);
+		struct slot *slot = slot_of(id);
+
+		if (slot && slot->owner == id) {
+			/* Copied while still held: once freed, another socket's
+			 * attempt may be written over it. */
+			__builtin_memcpy(e, &slot->attempt.report, sizeof(*e));
+			return __sync_val_compare_and_swap(&slot->owner, id, 0) == id;
+		}
+	}
+	if (!table_count)
+		return false;
+	parked = bpf_map_lookup_elem(&pending, &key);
+	if (!parked)
+		return false;
+	__builtin_memcpy(e, &parked->report, sizeof(*e));
+	if (bpf_map_delete_elem(&pending, &key))
+		return false;
+	__sync_fetch_and_add(&table_count, -1);
+	return true;
+}
+
+/* The hooks that park or resolve attempts, each as four programs: NAME and
+ * NAME_raw (see TYPED_AND_RAW) with the table alone, NAME_slots and
+ * NAME_slots_raw with the slots first. Only the latter two hold the
+ * compare-and-exchange, which kernels before 5.12 refuse even in code no
+ * path reaches (its immediate is a reserved field of their BPF_STX,
+ * checked before the verifier walks the program). `call` sees `typed` and
+ * `slots`; user space loads one of the four. */
+#define PARKING_HOOK_PROGRAM(kind, hook, name, is_typed, has_slots, call)                      \
+	SEC(kind "/" #hook)                                                                     \
+	int name(__u64 *ctx)                                                                    \
+	{                                                                                       \
+		const bool typed = is_typed, slots = has_slots;                                 \
+		call;                                                                           \
+		return 0;                                                                       \
+	}
+#define PARKING_HOOK(hook, name, call)                                                        \
+	PARKING_HOOK_PROGRAM("tp_btf", hook, name, true, false, call)                           \
+	PARKING_HOOK_PROGRAM("raw_tp", hook, name##_raw, false, false, call)                    \
+	PARKING_HOOK_PROGRAM("tp_btf", hook, name##_slots, true, true, call)                    \
+	PARKING_HOOK_PROGRAM("raw_tp", hook, name##_slots_raw, false, true, call)
 
 #define SO_EE_ORIGIN_ICMP 2
 #define SO_EE_ORIGIN_ICMP6 3
@@ -88,18 +239,12 @@ static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
 /* Resolves a parked attempt of sk, if any, now that its local port is set
  * (newstate PACKET_SEEN), (with --outcome) it has left SYN_SENT for
  * newstate, or its socket is being destroyed (OUTCOME_END_UNSEEN). */
-static __always_inline void resolve_pending(const struct sock *sk, bool typed, int newstate)
+static __always_inline void resolve_pending(const struct sock *sk, bool typed, bool slots,
+					    int newstate)
 {
-	__u64 key = (__u64)sk;
-	struct attempt *parked = bpf_map_lookup_elem(&pending, &key);
 	struct event e;
 
-	if (!parked)
-		return;
-	__builtin_memcpy(&e, &parked->report, sizeof(e));
-	/* The SYN leaving, a state change and user space's final sweep may race
-	 * for one attempt: only whoever removes the entry reports it. */
-	if (bpf_map_delete_elem(&pending, &key))
+	if (!unpark(sk, typed, slots, &e))
 		return;
 	__sync_fetch_and_add(&pending_count, -1);
 	e.lport = local_port(sk);
@@ -132,7 +277,8 @@ static __always_inline void resolve_pending(const struct sock *sk, bool typed, i
 /* Resolves the parked attempt whose packet this is, if any. Runs for every
  * packet sent or dropped: bail out before any map lookup while no attempt
  * is waiting for its port. */
-static __always_inline void resolve_packet_owner(const struct sk_buff *skb, bool typed)
+static __always_inline void resolve_packet_owner(const struct sk_buff *skb, bool typed,
+						 bool slots)
 {
 	const struct sock *sk;
 
@@ -140,25 +286,24 @@ static __always_inline void resolve_packet_owner(const struct sk_buff *skb, bool
 		return;
 	sk = READ_FIELD(typed, skb, sk);
 	if (sk)
-		resolve_pending(sk, typed, PACKET_SEEN);
+		resolve_pending(sk, typed, slots, PACKET_SEEN);
 }
 
 /* With --outcome: a packet of a parked attempt (its SYN) dropped on this
  * host is noted on the attempt, with the kernel's reason where it gives one
  * (the tracepoint's third argument, from Linux 5.17). */
-static __always_inline void note_drop(const struct sk_buff *skb, bool typed, __u32 reason)
+static __always_inline void note_drop(const struct sk_buff *skb, bool typed, bool slots,
+				      __u32 reason)
 {
 	const struct sock *sk;
 	struct attempt *parked;
-	__u64 key;
 
 	if (!pending_count)
 		return;
 	sk = READ_FIELD(typed, skb, sk);
 	if (!sk)
 		return;
-	key = (__u64)sk;
-	parked = bpf_map_lookup_elem(&pending, &key);
+	parked = parked_attempt(sk, typed, slots);
 	if (parked) {
 		parked->report.drops++;
 		parked->report.drop_reason = reason;

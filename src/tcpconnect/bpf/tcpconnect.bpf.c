@@ -54,7 +54,8 @@ struct {
 
 /* port_set: called once the local port is chosen (handle_port_chosen), so
  * -L needs no parking. */
-static __always_inline void on_connect(const struct sock *sk, bool typed, bool port_set)
+static __always_inline void on_connect(const struct sock *sk, bool typed, bool slots,
+				       bool port_set)
 {
 	struct task_struct *task = typed_current_task(typed);
 	/* The event as a parked attempt holds it: see struct attempt. */
@@ -103,11 +104,9 @@ static __always_inline void on_connect(const struct sock *sk, bool typed, bool p
 	if (want_lport && port_set)
 		e->lport = local_port(sk);
 	else if (want_lport || want_outcome) {
-		__u64 key = (__u64)sk;
-
 		if (want_outcome)
 			e->outcome = TCP_SYN_SENT;
-		if (bpf_map_update_elem(&pending, &key, &attempt, BPF_ANY) == 0) {
+		if (park(sk, typed, slots, &attempt)) {
 			__sync_fetch_and_add(&pending_count, 1);
 			return;
 		}
@@ -122,28 +121,28 @@ static __always_inline void on_connect(const struct sock *sk, bool typed, bool p
 		submit(e);
 }
 
-static __always_inline void on_set_state(const struct sock *sk, bool typed, int oldstate,
-					 int newstate)
+static __always_inline void on_set_state(const struct sock *sk, bool typed, bool slots,
+					 int oldstate, int newstate)
 {
 	if (READ_FIELD(typed, sk, sk_protocol) != IPPROTO_TCP)
 		return;
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
-		on_connect(sk, typed, false);
+		on_connect(sk, typed, slots, false);
 	else if (want_outcome && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
 		/* SYN_SENT -> SYN_RECV is a simultaneous open (or a socket that
 		 * connected to itself): still under way, it ends when it leaves
 		 * SYN_RECV. Every accepted connection leaves SYN_RECV too: no
 		 * lookup for those while nothing is parked. */
 		if (newstate != TCP_SYN_RECV && pending_count)
-			resolve_pending(sk, typed, newstate);
+			resolve_pending(sk, typed, slots, newstate);
 	} else if (want_lport && oldstate == TCP_SYN_SENT)
 		/* No SYN was seen leaving (dropped by netfilter, TCP_FASTOPEN_CONNECT
 		 * never written): the attempt is over, report it now. */
-		resolve_pending(sk, typed, newstate);
+		resolve_pending(sk, typed, slots, newstate);
 }
 
-TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
-	      on_set_state((const struct sock *)ctx[0], typed, (int)ctx[1], (int)ctx[2]))
+PARKING_HOOK(inet_sock_set_state, handle_set_state,
+	     on_set_state((const struct sock *)ctx[0], typed, slots, (int)ctx[1], (int)ctx[2]))
 
 /* -L where the kernel loads fexit programs on both functions (probed at
  * start: libbpf.py fexit_refusal): the attempt is seen once its local port is chosen, as
@@ -158,7 +157,7 @@ TYPED_AND_RAW(inet_sock_set_state, handle_set_state,
 static __always_inline void on_port_chosen(const struct sock *sk)
 {
 	if (sk->sk_protocol == IPPROTO_TCP)
-		on_connect(sk, true, true);
+		on_connect(sk, true, false, true);
 }
 
 SEC("fexit/inet_hash_connect")
@@ -286,22 +285,23 @@ int handle_connect_exit(struct trace_event_raw_sys_exit *ctx)
  * ended unseen: the kernel skipped the program run that would have seen it
  * (a nested run on one CPU, counted in the program's recursion_misses).
  * Reported now, as such, rather than as pending at exit or never. */
-TYPED_AND_RAW(tcp_destroy_sock, handle_destroy,
-	      if (pending_count) resolve_pending((const struct sock *)ctx[0], typed,
-						 OUTCOME_END_UNSEEN))
+PARKING_HOOK(tcp_destroy_sock, handle_destroy,
+	     if (pending_count) resolve_pending((const struct sock *)ctx[0], typed, slots,
+						OUTCOME_END_UNSEEN))
 
-TYPED_AND_RAW(net_dev_queue, handle_xmit,
-	      resolve_packet_owner((const struct sk_buff *)ctx[0], typed))
+PARKING_HOOK(net_dev_queue, handle_xmit,
+	     resolve_packet_owner((const struct sk_buff *)ctx[0], typed, slots))
 
 /* A SYN that never reaches a device (dropped by netfilter, or queued for a
  * neighbour that never answers) is freed here: with -L, report the attempt
  * now, not when the connect times out minutes later. */
-static __always_inline void on_drop(const struct sk_buff *skb, bool typed, __u32 reason)
+static __always_inline void on_drop(const struct sk_buff *skb, bool typed, bool slots,
+				    __u32 reason)
 {
 	if (want_outcome)
-		note_drop(skb, typed, reason);
+		note_drop(skb, typed, slots, reason);
 	else
-		resolve_packet_owner(skb, typed);
+		resolve_packet_owner(skb, typed, slots);
 }
 
 /* ctx[2] exists only where the kernel has drop reasons; the check is a
@@ -311,8 +311,8 @@ static __always_inline void on_drop(const struct sk_buff *skb, bool typed, __u32
 	(bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED) ?     \
 		 (__u32)(ctx)[2] : 0)
 
-TYPED_AND_RAW(kfree_skb, handle_drop,
-	      on_drop((const struct sk_buff *)ctx[0], typed, DROP_REASON(ctx)))
+PARKING_HOOK(kfree_skb, handle_drop,
+	     on_drop((const struct sk_buff *)ctx[0], typed, slots, DROP_REASON(ctx)))
 
 /* -d where the whole packet cannot be read (see dns_dynptr.bpf.c for where
  * it can): the headers and the answer are read from the linear area, which
