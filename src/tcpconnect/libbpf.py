@@ -494,6 +494,15 @@ def map_creation_error(map_type: int, max_entries: int) -> int:
 _RETURN_ZERO = (ctypes.c_uint64 * 2)(0xB7, 0x95)
 
 
+def _load_refusal(prog_type: int, insns: ctypes.Array, opts: _ProgLoadOpts) -> int:
+    """0 if the kernel loads this program (closed at once), else its errno."""
+    fd = _lib.bpf_prog_load(prog_type, b"probe", b"GPL", insns, len(insns), ctypes.byref(opts))
+    if fd < 0:
+        return -fd
+    os.close(fd)
+    return 0
+
+
 def fexit_refusal(functions: tuple[str, ...]) -> str | None:
     """None if the kernel loads a BPF fexit program on each of these
     functions of its own (vmlinux; BPF trampolines attach through ftrace),
@@ -507,13 +516,11 @@ def fexit_refusal(functions: tuple[str, ...]) -> str | None:
             type_id = _lib.btf__find_by_name_kind(btf, function.encode(), BTF_KIND_FUNC)
             if type_id < 0:
                 return f"the kernel's BTF has no function {function}"
-            opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts),
-                                 expected_attach_type=BPF_TRACE_FEXIT, attach_btf_id=type_id)
-            fd = _lib.bpf_prog_load(BPF_PROG_TYPE_TRACING, b"probe", b"GPL", _RETURN_ZERO,
-                                    len(_RETURN_ZERO), ctypes.byref(opts))
-            if fd < 0:
-                return f"an fexit program on {function} was refused: {os.strerror(-fd)}"
-            os.close(fd)
+            err = _load_refusal(BPF_PROG_TYPE_TRACING, _RETURN_ZERO, _ProgLoadOpts(
+                sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=BPF_TRACE_FEXIT,
+                attach_btf_id=type_id))
+            if err:
+                return f"an fexit program on {function} was refused: {os.strerror(err)}"
         return None
     finally:
         _lib.btf__free(btf)
@@ -530,12 +537,10 @@ _CMPXCHG = (ctypes.c_uint64 * 5)(0x7A | 0x0A << 8 | 0xFFF8 << 16, 0xB7 | 1 << 8 
 def cmpxchg_refusal() -> str | None:
     """None if the kernel's verifier accepts BPF's compare-and-exchange,
     else why not."""
-    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts))
-    fd = _lib.bpf_prog_load(BPF_PROG_TYPE_SOCKET_FILTER, b"probe", b"GPL", _CMPXCHG,
-                            len(_CMPXCHG), ctypes.byref(opts))
-    if fd < 0:
-        return f"a program using compare-and-exchange was refused: {os.strerror(-fd)}"
-    os.close(fd)
+    err = _load_refusal(BPF_PROG_TYPE_SOCKET_FILTER, _CMPXCHG,
+                        _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts)))
+    if err:
+        return f"a program using compare-and-exchange was refused: {os.strerror(err)}"
     return None
 
 
