@@ -26,6 +26,7 @@ from typing import Iterator
 import pytest
 from conftest import (
     ATTRIBUTION_FIELDS,
+    HELPERS,
     TCP_SYNCNT,
     TCP_USER_TIMEOUT,
     cgroup_path_of,
@@ -45,7 +46,8 @@ from tcpconnect import cause, session
 from tcpconnect.cause import DropReasons, cause_text
 from tcpconnect.cli import parse_args
 from tcpconnect.libbpf import enum_values
-from tcpconnect.events import ERROR, OUTCOME, OUTCOME_END_UNSEEN, OUTCOME_NO_SYN, CountKey
+from tcpconnect.events import (ERROR, LPORT, OUTCOME, OUTCOME_END_UNSEEN, OUTCOME_NO_SYN,
+                               CountKey)
 from tcpconnect.records import EventRecord, decoded
 from tcpconnect.outcome import (
     TCP_CLOSE,
@@ -811,3 +813,27 @@ def test_attempts_wait_in_their_slot_then_in_the_table(monkeypatch, veth):
     assert out.getvalue().splitlines()[2:] == rows
     assert err.getvalue() == (f"{lost} connects were reported without their outcome "
                               "(result unknown) (pending table full)\n")
+
+
+def test_attempts_racing_for_two_slots_each_end_once():
+    # Two processes connect flat out, one per CPU, while their attempts
+    # share two slots: claims and frees race on every connect, and a lost
+    # race sends the attempt to the table. Each attempt is reported once,
+    # refused, with its own port, and nothing is left parked.
+    port = free_port()
+    with Tracer(TracerConfig(outcome=True, ports=(port,), slot_count=2)) as tracer:
+        loops = [subprocess.Popen([str(HELPERS / "connect_loop"), "-p", str(port), "-d", "0.3"],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        made = sum(int(loop.communicate()[0]) for loop in loops)
+        events: list[tuple] = []
+        deadline = time.monotonic() + 10
+        while len(events) < made and time.monotonic() < deadline:
+            events += tracer.poll(100).events
+        tracer.stop()
+        assert tracer.take_pending() == []
+        assert tracer.losses().pending_failures == 0
+    assert len(events) == made, made
+    assert {(event[OUTCOME], event[ERROR]) for event in events} == {(TCP_CLOSE,
+                                                                      errno.ECONNREFUSED)}
+    # Each was resolved from its own socket, which had its port by then.
+    assert all(event[LPORT] for event in events)
