@@ -43,8 +43,8 @@ COUNT_TABLES = ("counts_0", "counts_1")
 # allocated on demand too.
 PENDING_CAPACITY = 65536
 # Slots attempts wait in before the table, where the kernel has
-# compare-and-exchange (attempt_state.bpf.h): preallocated, 224 bytes each
-# (896 KiB), so made only when attempts park. A power of two; a socket whose
+# compare-and-exchange (attempt_state.bpf.h): preallocated, 184 bytes each
+# (736 KiB), so made only when attempts park. A power of two; a socket whose
 # slot is taken waits in the table.
 SLOT_COUNT = 4096
 # The last ICMP error or RST received for each local port number
