@@ -3,6 +3,7 @@ purpose, exact rows; and the pure functions behind them."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import io
@@ -366,6 +367,36 @@ def test_an_end_the_kernel_skipped_is_reported_when_the_socket_goes(veth):
     result = result_name(event[OUTCOME], event[ERROR])
     assert (result, latency_text(event), cause_text(event, result)) == (
         "unknown", "-", "end unseen: run skipped")
+
+
+def test_an_end_unseen_is_reported_when_the_socket_connects_again(veth):
+    # The run that would see an attempt end is taken away (handle_set_state
+    # detached while the socket disconnects), then the socket connects
+    # again with the program back: the first attempt is reported as one
+    # whose end went unseen, not written over by the second, which waits.
+    port = free_port()
+    filter_input(veth.netns, port, "drop")
+    unspec = (ctypes.c_uint8 * 16)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    with Tracer(TracerConfig(outcome=True, ports=(port,))) as tracer:
+        [(index, name)] = [(i, name) for i, name in enumerate(tracer.programs)
+                           if name.startswith("handle_set_state")]
+        with socket.socket() as client:
+            client.setblocking(False)
+            assert client.connect_ex((veth.peer4, port)) == errno.EINPROGRESS
+            tracer._links.pop(index).close()
+            # connect() to AF_UNSPEC: SYN_SENT -> CLOSE, unseen.
+            assert libc.connect(client.fileno(), unspec, len(unspec)) == 0
+            tracer._links.insert(index, tracer._obj.program(name).attach())  # type: ignore
+            assert client.connect_ex((veth.peer4, port)) == errno.EINPROGRESS
+            events: list[tuple] = []
+            deadline = time.monotonic() + 5
+            while not events and time.monotonic() < deadline:
+                events = tracer.poll(100).events
+            tracer.stop()
+            waiting = tracer.take_pending()
+    assert [event[OUTCOME] for event in events] == [OUTCOME_END_UNSEEN]
+    assert [event[OUTCOME] for event in waiting] == [TCP_SYN_SENT]
 
 
 @pytest.mark.host_only

@@ -96,9 +96,9 @@ static __always_inline struct slot *slot_of(__u64 id)
 	return bpf_map_lookup_elem(&slots, &index);
 }
 
-/* Parks a new attempt of sk; false if there is no room. A socket has at most
- * one attempt parked: a new one replaces one whose end was never seen (a
- * skipped program run), as the table's update does. */
+/* Parks a new attempt of sk; false if there is no room. Its socket has none
+ * parked (on_set_state reports one first), and a slot or entry that another
+ * run holds for it is no room, not something to write over. */
 static __always_inline bool park(const struct sock *sk, bool typed, bool slots,
 				 const struct attempt *a)
 {
@@ -107,19 +107,17 @@ static __always_inline bool park(const struct sock *sk, bool typed, bool slots,
 	if (slots) {
 		__u64 id = sock_id(sk, typed);
 		struct slot *slot = slot_of(id);
-		__u64 owner;
 
 		if (slot) {
 			/* Claimed before it is written: nothing else looks for this
 			 * socket's attempt before the SYN it is about to send. */
-			owner = __sync_val_compare_and_swap(&slot->owner, 0, id);
-			if (owner == 0 || owner == id) {
+			if (__sync_val_compare_and_swap(&slot->owner, 0, id) == 0) {
 				__builtin_memcpy(&slot->attempt, a, sizeof(*a));
 				return true;
 			}
 		}
 	}
-	if (bpf_map_update_elem(&pending, &key, a, BPF_ANY))
+	if (bpf_map_update_elem(&pending, &key, a, BPF_NOEXIST))
 		return false;
 	__sync_fetch_and_add(&table_count, 1);
 	return true;
@@ -238,7 +236,8 @@ static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
 
 /* Resolves a parked attempt of sk, if any, now that its local port is set
  * (newstate PACKET_SEEN), (with --outcome) it has left SYN_SENT for
- * newstate, or its socket is being destroyed (OUTCOME_END_UNSEEN). */
+ * newstate, or its socket is being destroyed or connects again
+ * (OUTCOME_END_UNSEEN). */
 static __always_inline void resolve_pending(const struct sock *sk, bool typed, bool slots,
 					    int newstate)
 {

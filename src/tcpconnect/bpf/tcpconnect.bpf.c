@@ -126,9 +126,15 @@ static __always_inline void on_set_state(const struct sock *sk, bool typed, bool
 {
 	if (READ_FIELD(typed, sk, sk_protocol) != IPPROTO_TCP)
 		return;
-	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT)
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		/* A socket parks one attempt at a time. One still parked as its
+		 * socket connects again ended unseen (a skipped run): reported
+		 * as such, not written over. Before on_connect's frame, whose
+		 * attempt leaves no stack for a second event. */
+		if ((want_lport || want_outcome) && pending_count)
+			resolve_pending(sk, typed, slots, OUTCOME_END_UNSEEN);
 		on_connect(sk, typed, slots, false);
-	else if (want_outcome && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+	} else if (want_outcome && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
 		/* SYN_SENT -> SYN_RECV is a simultaneous open (or a socket that
 		 * connected to itself): still under way, it ends when it leaves
 		 * SYN_RECV. Every accepted connection leaves SYN_RECV too: no

@@ -16,10 +16,10 @@
 /* Values of struct event's outcome besides the TCP states (all below 16).
  * OUTCOME_NO_SYN: connect() failed before the socket reached SYN_SENT (no
  * route, a cgroup BPF program or an LSM said no), so no SYN was sent;
- * `error` is connect()'s errno. OUTCOME_END_UNSEEN: the socket was destroyed
- * with its attempt still parked, so the program run that would have seen
- * the attempt end was skipped by the kernel; `error` is the socket's error
- * if it still had one. An enum, not a define, so that it is in the object's
+ * `error` is connect()'s errno. OUTCOME_END_UNSEEN: the socket was destroyed,
+ * or connected again, with its attempt still parked, so the program run that
+ * would have seen the attempt end was skipped by the kernel; `error` is the
+ * socket's error if it still had one. An enum, not a define, so that it is in the object's
  * BTF, where tests check its mirror. */
 enum outcome_code {
 	OUTCOME_NO_SYN = 256,
