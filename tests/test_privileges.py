@@ -26,10 +26,15 @@ DAC_READ_SEARCH = 1 << CAP_DAC_READ_SEARCH
 
 
 def capabilities(pid: int) -> set[tuple[int, int, int]]:
-    """(effective, permitted, inheritable) of each of the process's threads."""
+    """(effective, permitted, inheritable) of each of the process's threads
+    that still runs when read: a scrape's thread may end between the listing
+    and the read, taking its status file with it."""
     sets = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        status = (task / "status").read_text()
+        try:
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
         sets.add(tuple(int(re.search(rf"^{name}:\s*(\w+)", status, re.M)[1], 16)
                        for name in ("CapEff", "CapPrm", "CapInh")))
     return sets
