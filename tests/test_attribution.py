@@ -241,6 +241,7 @@ def fake_pod_logs(*directories: str) -> tuple[str, ...]:
             f'mount -t tmpfs none /var/log && {made} && exec "$@"', "sh")
 
 
+@pytest.mark.user_space
 def test_pod_and_namespace_come_from_the_kubelet_log_tree(trace, workload, cgroups):
     w = workload()
     leaf = cgroups.make(f"kubepods.slice/kubepods-besteffort.slice/"

@@ -170,6 +170,7 @@ def test_filters_apply_in_count_mode(trace, workload, options, expected):
     assert t.stderr == ""
 
 
+@pytest.mark.user_space
 def test_interval_prints_and_resets(trace):
     port = free_port()
     t = trace("-c", "-i", "1", "-P", str(port))

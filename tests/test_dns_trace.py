@@ -156,6 +156,7 @@ def query_row(lookup: Lookup, family: int, saddr: str, port: int, query: str) ->
     return row(lookup.pid, lookup.comm, family, saddr, lookup.target, port, query=query)
 
 
+@pytest.mark.user_space
 def test_header_ends_with_query_column(trace):
     t = trace("-d", "-P", str(free_port()))
     # bcc: "%-6s" % "DPORT", then " QUERY".
@@ -216,6 +217,7 @@ def test_fast_lookup_shows_the_name(trace, dnsmasq, veth, path):
     assert t.stderr == ""
 
 
+@pytest.mark.user_space
 def test_slow_lookup_shows_its_age(trace, dnsmasq):
     server, answer, port = unique_loopback(53), unique_loopback(54), free_port()
     dnsmasq([server], f"--host-record=svc.test,{answer}")
@@ -231,6 +233,7 @@ def test_slow_lookup_shows_its_age(trace, dnsmasq):
     assert 150 <= float(age.group(1)) < 3000
 
 
+@pytest.mark.user_space
 def test_json_carries_the_query(trace, dnsmasq):
     server, answer, port = unique_loopback(53), unique_loopback(54), free_port()
     dnsmasq([server], f"--host-record=svc.test,{answer}")
@@ -242,6 +245,7 @@ def test_json_carries_the_query(trace, dnsmasq):
         lookup.pid, answer, port, "svc.test")
 
 
+@pytest.mark.user_space
 def test_connect_without_lookup(trace):
     port, addr = free_port(), unique_loopback(55)
     t = trace("-d", "-P", str(port))
@@ -250,6 +254,7 @@ def test_connect_without_lookup(trace):
     assert t.rows == [row(ME, comm_of(ME), 4, "127.0.0.1", addr, port, query="No DNS Query")]
 
 
+@pytest.mark.user_space
 def test_loopback_is_localhost(trace):
     port = free_port()
     t = trace("-d", "-P", str(port))
@@ -260,6 +265,7 @@ def test_loopback_is_localhost(trace):
                       row(ME, comm_of(ME), 6, "::1", "::1", port, query="localhost")]
 
 
+@pytest.mark.user_space
 def test_cname_chain_shows_the_question(trace, dnsmasq):
     server, answer, port = unique_loopback(53), unique_loopback(54), free_port()
     dnsmasq([server], f"--host-record=svc.test,{answer}", "--cname=alias.test,svc.test",
@@ -325,6 +331,7 @@ def serve_one_answer(server: str, reply: dnslib.DNSRecord) -> threading.Thread:
     return thread
 
 
+@pytest.mark.user_space
 def test_hostile_name_is_escaped(trace):
     server, answer, port = unique_loopback(53), unique_loopback(54), free_port()
     # Terminal escape sequences, a bell and a NUL in the labels.

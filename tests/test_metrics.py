@@ -97,6 +97,7 @@ def test_quiet_exporter_counts_exactly(trace, workload):
     assert (t.returncode, t.stdout, t.stderr) == (0, "", "")
 
 
+@pytest.mark.user_space
 def test_rows_and_metrics_together_over_ipv6(trace):
     port, metrics = free_port(), free_port(socket.AF_INET6)
     t = trace("--metrics", f"[::1]:{metrics}", "-P", str(port))
@@ -158,6 +159,7 @@ def test_a_process_called_other_shares_the_other_series(trace, tmp_path):
     assert (t.returncode, t.stderr) == (0, "")
 
 
+@pytest.mark.user_space
 def test_count_tables_still_print_beside_metrics(trace):
     port, metrics = free_port(), free_port()
     t = trace("-c", "--metrics", f"127.0.0.1:{metrics}", "-P", str(port))
@@ -203,6 +205,7 @@ def test_full_kernel_table_is_exported_as_uncounted():
     assert again["tcpconnect_uncounted_connects_total"] == {(): 1}
 
 
+@pytest.mark.user_space
 def test_dns_responses_skipped_are_exported(trace):
     # Sent by nobody in a network namespace of its own, seen on its loopback.
     port, metrics = free_port(), free_port()
@@ -372,6 +375,7 @@ def test_prometheus_scrapes_exact_counts_and_the_cap(trace, prometheus):
 
 
 
+@pytest.mark.user_space
 def test_container_and_unit_labels_name_the_cgroup(trace, workload, cgroups):
     container_id = "c0ffee" * 10 + "abcd"
     docker = cgroups.make(f"system.slice/docker-{container_id}.scope")
@@ -426,6 +430,7 @@ def test_hostile_and_long_label_values_are_escaped_and_cut(trace, workload, cgro
     assert (t.returncode, t.stderr) == (0, "")
 
 
+@pytest.mark.user_space
 def test_hostile_process_name_reaches_metrics_escaped(trace, tmp_path):
     # A process names itself: here through the name it is run by.
     hostile = tmp_path / "\x1b[2Jev\\il\x07"

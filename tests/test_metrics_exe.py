@@ -42,6 +42,7 @@ def connect_from(exe: str, port: int, times: int) -> None:
     subprocess.run([exe, "-c", CONNECTS, str(port), str(times)], check=True, timeout=30)
 
 
+@pytest.mark.user_space
 def test_series_carry_the_path_of_the_renamed_process_executable(trace, tmp_path):
     port, metrics = free_port(), free_port()
     agent = python_at(tmp_path / "bin dir" / "agent")
@@ -83,6 +84,7 @@ def test_quote_newline_and_backslash_in_the_path_are_escaped(trace, tmp_path):
     (["--failed"], "exe,dport,result", ("{port}", "refused")),
     (["-c"], "exe,dport", ("{port}",)),
 ])
+@pytest.mark.user_space
 def test_exe_with_outcome_and_count_tables(trace, tmp_path, options, labels, series):
     port, metrics = free_port(), free_port()
     agent = python_at(tmp_path / "agent")
@@ -102,6 +104,7 @@ def test_exe_with_outcome_and_count_tables(trace, tmp_path, options, labels, ser
 
 
 @pytest.mark.parametrize("options", [["-L"], ["-j"], ["-L", "--outcome", "-j"]])
+@pytest.mark.user_space
 def test_exe_beside_rows(trace, tmp_path, options):
     # The rows' reader takes the paths from the ring and hands them on.
     port, metrics = free_port(), free_port()

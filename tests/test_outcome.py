@@ -494,6 +494,7 @@ def test_count_per_result(trace, veth, failed):
     assert t.stderr == ""
 
 
+@pytest.mark.user_space
 def test_json_fields(trace, veth):
     refused = free_port()
     unreachable = free_port()
@@ -540,6 +541,7 @@ def test_json_fields(trace, veth):
     assert (unreach["saddr"], unreach["daddr"]) == (veth.host6, veth.peer6)
 
 
+@pytest.mark.user_space
 def test_json_pending_has_null_errno_and_latency(trace, veth):
     port = free_port()
     filter_input(veth.netns, port, "drop")
@@ -553,6 +555,7 @@ def test_json_pending_has_null_errno_and_latency(trace, veth):
         "pending", None, None, None)
 
 
+@pytest.mark.user_space
 def test_json_timestamp_without_outcome(trace):
     port = free_port()
     t = trace("-j", "-P", str(port))
@@ -571,6 +574,7 @@ def seconds_of_day(hms: str) -> int:
 
 
 @pytest.mark.parametrize("extra", [(), ("--outcome", "-t", "-U")])
+@pytest.mark.user_space
 def test_time_of_day_column(trace, extra):
     port = free_port()
     t = trace("-T", *extra, "-P", str(port))
@@ -716,6 +720,7 @@ def test_latency_follows_the_delay(trace, delay_wire, family):
                               "refused", "%.2f" % latency_of(no), "RST from destination")
 
 
+@pytest.mark.user_space
 def test_json_lines_are_valid_json(trace):
     port = free_port()
     t = trace("--outcome", "-j", "-t", "-P", str(port))
@@ -744,6 +749,7 @@ def test_icmp_unreachable_after_a_delay(trace, delay_wire, family):
     assert DELAY * 1000 <= event["latency_ms"] < DELAY * 1000 + 800
 
 
+@pytest.mark.user_space
 def test_query_column_follows_the_outcome(trace):
     port = free_port()
     t = trace("--outcome", "-d", "-P", str(port))

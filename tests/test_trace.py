@@ -111,6 +111,7 @@ def test_named_thread_shows_its_own_comm_and_process_id(trace):
     assert event["lport"] == result["lport"]
 
 
+@pytest.mark.user_space
 def test_non_ascii_name_on_an_ascii_stdout(trace):
     # Any process may call itself anything; an ASCII-only stdout must not
     # make the tracer fail (or drop the rest of the batch): characters it
@@ -168,6 +169,7 @@ def test_connect_that_times_out(trace):
     assert t.rows == [row(ME, my_comm(), 4, "127.0.0.1", "127.0.0.1", port, lport=lport)]
 
 
+@pytest.mark.user_space
 def test_timestamp_column_counts_from_the_first_connect(trace):
     port = free_port()
     t = trace("-t", "-P", str(port))
@@ -193,6 +195,7 @@ def test_uid_column_and_uid_filter(trace, workload):
     assert t.rows == [row(nobody.pid, nobody.comm, 4, "127.0.0.1", "127.0.0.1", port, uid=65534)]
 
 
+@pytest.mark.user_space
 def test_user_name_is_accepted_for_uid(trace, workload):
     port = free_port()
     nobody = workload(user=65534)
@@ -213,6 +216,7 @@ def test_pid_filter(trace, workload):
     assert t.rows == [row(chosen.pid, chosen.comm, 6, "::1", "::1", port, lport=lport)]
 
 
+@pytest.mark.user_space
 def test_port_filter_takes_a_list(trace):
     wanted1, wanted2, unwanted = free_port(), free_port(), free_port()
     t = trace("-P", f"{wanted1},{wanted2}")
@@ -347,6 +351,7 @@ def test_tcp_fastopen_connect_option(trace, veth, write):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.user_space
 def test_signals_end_with_exit_zero(trace, sig):
     t = trace("-P", str(free_port()))
     t.stop(sig)
@@ -354,6 +359,7 @@ def test_signals_end_with_exit_zero(trace, sig):
     assert t.stderr == ""
 
 
+@pytest.mark.user_space
 def test_pipe_closed_by_reader_ends_quietly():
     port = free_port()
     proc = subprocess.Popen(
@@ -372,6 +378,7 @@ def test_pipe_closed_by_reader_ends_quietly():
     assert proc.returncode == 0
 
 
+@pytest.mark.user_space
 def test_json_rows(trace):
     port = free_port()
     t = trace("-j", "-t", "-U", "-P", str(port))
