@@ -3,15 +3,25 @@ never by its version string, which distributions backport features under."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
+import platform
+import time
 from typing import NamedTuple
 
 from .libbpf import BPF_MAP_TYPE_RINGBUF, BpfError, map_creation_error
 from .mounts import btf_not_mounted
 
 VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+# membarrier(2): MEMBARRIER_CMD_GLOBAL waits for an RCU grace period
+# (kernel/sched/membarrier.c: synchronize_rcu() when more than one CPU runs).
+MEMBARRIER = {"x86_64": 324, "aarch64": 283}
+MEMBARRIER_CMD_GLOBAL = 1
+# Where membarrier(2) is refused (a seccomp filter; nohz_full CPUs, EINVAL):
+# far longer than a program run, which cannot sleep.
+PROGRAM_RUN_BOUND_S = 0.05
 
 
 class UnsupportedKernel(BpfError):
@@ -44,6 +54,21 @@ def probe_kernel(btf_path: str | None) -> KernelSupport:
             "with --btf FILE (BTFHub has them for many distribution kernels), or use a "
             "kernel built with CONFIG_DEBUG_INFO_BTF=y")
     return KernelSupport(own_btf=own_btf)
+
+
+def wait_for_program_runs() -> None:
+    """Returns once every run of a BPF program that had begun before the
+    call has ended. Closing a tracepoint's link stops new runs only: the
+    kernel frees the probe after an RCU grace period without waiting for it
+    (tracepoint_probe_unregister), and a run in flight on another CPU may
+    still submit or park an attempt after the tracer's last read. Runs are
+    RCU readers (the tracepoint disables preemption around them), so one
+    grace period after the last link closed covers them all."""
+    number = MEMBARRIER.get(platform.machine())
+    libc = ctypes.CDLL(None, use_errno=True)
+    if number is None or libc.syscall(ctypes.c_long(number), ctypes.c_int(MEMBARRIER_CMD_GLOBAL),
+                                      ctypes.c_uint(0), ctypes.c_int(0)) != 0:
+        time.sleep(PROGRAM_RUN_BOUND_S)
 
 
 def seccomp_mode() -> int:

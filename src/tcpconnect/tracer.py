@@ -19,7 +19,7 @@ from .events import (
     ExeKey,
     SlotHead,
 )
-from .kernel import probe_kernel
+from .kernel import probe_kernel, wait_for_program_runs
 from .libbpf import (
     BPF_MAP_TYPE_HASH,
     BpfError,
@@ -432,13 +432,16 @@ class Tracer:
         # Closing a syscall tracepoint's link waits for the kernel's RCU
         # grace periods (~70 ms each on this 6.18 host); the
         # waits overlap when the links close on threads of their own (ctypes
-        # lets go of the GIL in the call). Every link is closed on return.
+        # lets go of the GIL in the call). Every link is closed on return,
+        # and every program run that had begun has ended.
         closing = [threading.Thread(target=link.close, name=f"detach {link.program}")
                    for link in self._links]
         for thread in closing:
             thread.start()
         for thread in closing:
             thread.join()
+        if self._links:
+            wait_for_program_runs()
         self._links.clear()
 
     def close(self) -> None:
