@@ -61,7 +61,8 @@ __s64 table_count = 0;
 const volatile __u32 slot_count = 1;
 
 struct slot {
-	/* The socket (sock_id) whose attempt waits here; 0 while free. */
+	/* The socket (sock_id) whose attempt waits here; 0 while free; the
+	 * socket's id with WRITING set while its attempt is written in. */
 	__u64 owner;
 	struct attempt attempt;
 };
@@ -87,6 +88,11 @@ static __always_inline __u64 sock_id(const struct sock *sk, bool typed)
 	return (__u64)sk;
 }
 
+/* No socket's id has its lowest bit set: both pointers are at least 4-byte
+ * aligned. A slot's owner with it set is a slot being written, which runs
+ * looking for that socket's attempt do not find. */
+#define WRITING 1
+
 /* Sockets are slab objects a few KiB apart: a multiplicative hash spreads
  * them over the slots. */
 static __always_inline struct slot *slot_of(__u64 id)
@@ -108,13 +114,17 @@ static __always_inline bool park(const struct sock *sk, bool typed, bool slots,
 		__u64 id = sock_id(sk, typed);
 		struct slot *slot = slot_of(id);
 
-		if (slot) {
-			/* Claimed before it is written: nothing else looks for this
-			 * socket's attempt before the SYN it is about to send. */
-			if (__sync_val_compare_and_swap(&slot->owner, 0, id) == 0) {
-				__builtin_memcpy(&slot->attempt, a, sizeof(*a));
-				return true;
-			}
+		/* Claimed, written, then published by a second exchange: every
+		 * BPF atomic that fetches is fully ordered, so the attempt's
+		 * stores come before it. Most runs that look for this attempt
+		 * come after the SYN it is about to send, or take the socket's
+		 * lock; one that does neither (a clone of an earlier attempt's
+		 * SYN freed late on another CPU) finds no attempt rather than
+		 * half of one. */
+		if (slot && __sync_val_compare_and_swap(&slot->owner, 0, id | WRITING) == 0) {
+			__builtin_memcpy(&slot->attempt, a, sizeof(*a));
+			__sync_val_compare_and_swap(&slot->owner, id | WRITING, id);
+			return true;
 		}
 	}
 	if (bpf_map_update_elem(&pending, &key, a, BPF_NOEXIST))
@@ -123,17 +133,38 @@ static __always_inline bool park(const struct sock *sk, bool typed, bool slots,
 	return true;
 }
 
-/* The parked attempt of sk, still parked, for adding to it; NULL if none. */
+/* sk's slot while it holds sk's published attempt, else NULL. A plain load
+ * turns away the slots of other sockets without taking their cache line; a
+ * match is read again with an exchange that changes nothing, which orders
+ * the reads of the attempt that follow after it (on arm64 they could
+ * otherwise pass the owner's load and see what the writer had not yet
+ * published). */
+static __always_inline struct slot *own_slot(const struct sock *sk, bool typed, __u64 *id)
+{
+	struct slot *slot;
+
+	*id = sock_id(sk, typed);
+	slot = slot_of(*id);
+	if (slot && slot->owner == *id &&
+	    __sync_val_compare_and_swap(&slot->owner, *id, *id) == *id)
+		return slot;
+	return NULL;
+}
+
+/* The parked attempt of sk, still parked, for adding to it; NULL if none.
+ * (If the attempt ends and another socket's takes its slot between this
+ * lookup and the caller's writes, those land on the other attempt: a drop
+ * noted on the wrong attempt, in a window of a few instructions.) */
 static __always_inline struct attempt *parked_attempt(const struct sock *sk, bool typed,
 							bool slots)
 {
 	__u64 key = (__u64)sk;
 
 	if (slots) {
-		__u64 id = sock_id(sk, typed);
-		struct slot *slot = slot_of(id);
+		__u64 id;
+		struct slot *slot = own_slot(sk, typed, &id);
 
-		if (slot && slot->owner == id)
+		if (slot)
 			return &slot->attempt;
 	}
 	if (!table_count)
@@ -152,10 +183,10 @@ static __always_inline bool unpark(const struct sock *sk, bool typed, bool slots
 	struct attempt *parked;
 
 	if (slots) {
-		__u64 id = sock_id(sk, typed);
-		struct slot *slot = slot_of(id);
+		__u64 id;
+		struct slot *slot = own_slot(sk, typed, &id);
 
-		if (slot && slot->owner == id) {
+		if (slot) {
 			/* Copied while still held: once freed, another socket's
 			 * attempt may be written over it. */
 			__builtin_memcpy(e, &slot->attempt.report, sizeof(*e));
