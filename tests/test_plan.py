@@ -20,6 +20,7 @@ from tcpconnect.plan import (
     Environment,
     FilterMap,
     TracerConfig,
+    attempts_wait,
     plan_load,
     port_hook_wanted,
 )
@@ -105,6 +106,19 @@ def test_attempts_wait_in_slots_only_where_they_wait_and_the_kernel_has_cmpxchg(
         assert plan.slots == 0 and plan.programs[0] == "handle_set_state"
     assert plan_load(TracerConfig(lport=True), cmpxchg._replace(port_hook=True)).slots == 0
     assert plan_load(TracerConfig(outcome=True, slot_count=0), cmpxchg).slots == 0
+
+
+def test_the_tracer_asks_about_cmpxchg_exactly_when_its_plan_parks():
+    # Tracer._open probes compare-and-exchange only when attempts_wait says
+    # so: the same answer plan_load's `parks` gives, for every mode.
+    for config in (TracerConfig(), TracerConfig(lport=True), TracerConfig(outcome=True),
+                   TracerConfig(lport=True, count=True), TracerConfig(outcome=True, count=True),
+                   TracerConfig(lport=True, count=True, events_with_counts=True),
+                   TracerConfig(lport=True, outcome=True)):
+        for hook in (False, True):
+            port_hook = hook and port_hook_wanted(config)
+            assert attempts_wait(config, port_hook) == plan_load(
+                config, ENV._replace(port_hook=hook)).parks, (config, hook)
 
 
 def test_local_port_from_the_port_hook_parks_nothing():

@@ -151,6 +151,12 @@ def port_hook_wanted(config: TracerConfig) -> bool:
     return config.lport and events_wanted(config) and not config.outcome
 
 
+def attempts_wait(config: TracerConfig, port_hook: bool) -> bool:
+    """Attempts wait in the kernel: for their local port (-L rows without
+    the port hook) or for their end (--outcome)."""
+    return bool(config.lport and events_wanted(config) and not port_hook) or config.outcome
+
+
 def events_wanted(config: TracerConfig) -> bool:
     """Attempts are sent to user space one by one (rows), not only counted."""
     return not config.count or config.events_with_counts
@@ -197,7 +203,7 @@ def plan_load(config: TracerConfig, env: Environment) -> LoadPlan:
     lport = config.lport and events
     suffix = "" if env.own_btf else "_raw"
     port_hook = env.port_hook and port_hook_wanted(config)
-    parks = (lport and not port_hook) or config.outcome
+    parks = attempts_wait(config, port_hook)
     slots = config.slot_count if parks and env.cmpxchg else 0
     # The hooks that park and resolve attempts, in the build that looks in
     # the slots first where there are slots (attempt_state.bpf.h).

@@ -42,6 +42,7 @@ from .plan import (
     Environment,
     LoadPlan,
     TracerConfig,
+    attempts_wait,
     plan_load,
     port_hook_wanted,
 )
@@ -172,14 +173,15 @@ class Tracer:
         if port_hook:
             self.port_hook_refused = (fexit_refusal(PORT_HOOK_FUNCTIONS) if support.own_btf
                                       else "the kernel has no BTF of its own")
+        port_hook = port_hook and self.port_hook_refused is None
         self.plan = plan = plan_load(config, Environment(
             own_btf=support.own_btf,
             connect_tracepoints=self.connect_calls_unseen is None,
             whole_packet_dns=self._dns_obj is not None,
             cpus=os.cpu_count() or 1,
-            port_hook=port_hook and self.port_hook_refused is None,
-            # Only where attempts may wait.
-            cmpxchg=(config.lport or config.outcome) and cmpxchg_refusal() is None))
+            port_hook=port_hook,
+            # Probed only where attempts will wait.
+            cmpxchg=attempts_wait(config, port_hook) and cmpxchg_refusal() is None))
         self._obj = obj = BpfObject(OBJECT_PATH, config.btf_path)
         self._configure(obj, plan)
         obj.load()
