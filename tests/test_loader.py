@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import (BANNER, BUILD, HELPERS, ROOT, TOOL, connect_burst, free_port,
@@ -169,7 +170,7 @@ def test_nothing_arrives_after_the_tracer_stopped(monkeypatch):
         open_links.append(sum(link._ptr is not None for link in tracer._links))
         kernel.wait_for_program_runs()
 
-    monkeypatch.setattr(kernel.time, "sleep", waited.append)
+    monkeypatch.setattr(kernel, "time", SimpleNamespace(sleep=waited.append))
     monkeypatch.setattr(tracer_module, "wait_for_program_runs", wait_after_links_closed)
     port = free_port()
     with Tracer(TracerConfig(ports=(port,), outcome=True)) as tracer:
