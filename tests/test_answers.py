@@ -13,8 +13,8 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import free_port, refused_connect, sh
-from test_outcome import failing_connect, nft
+from conftest import free_port, nft, refused_connect, sh
+from test_outcome import failing_connect
 
 from tcpconnect.cause import cause_text, icmp_name
 from tcpconnect.events import ANSWER_ICMP, ANSWER_RST, ERROR, OUTCOME_NO_SYN

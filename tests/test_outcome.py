@@ -33,12 +33,13 @@ from conftest import (
     cgroup_path_of,
     comm_of,
     free_port,
+    ip_batch,
     kernel_release,
     listening,
+    nft,
     refused_connect,
     row,
     run_tool,
-    sh,
 )
 
 from test_trace import LISTENER
@@ -84,12 +85,6 @@ def latency_of(line: str) -> float:
     lat = ROW_LAT.search(line).group(2)  # type: ignore[union-attr]
     assert re.fullmatch(r"\d+\.\d\d", lat), line
     return float(lat)
-
-
-def nft(netns: str, *rules: str) -> None:
-    """Runs nft commands inside a test namespace."""
-    for rule in rules:
-        sh("ip", "netns", "exec", netns, "nft", rule)
 
 
 def filter_input(netns: str, port: int, verdict: str) -> None:
@@ -643,21 +638,21 @@ def delay_wire() -> Iterator[DelayWire]:
                      str(ipaddress.IPv6Address(f"fd00:214:{tag[:4]}:{tag[4:]}::1")),
                      str(ipaddress.IPv6Address(f"fd00:214:{tag[:4]}:{tag[4:]}::2")),
                      DELAY)
-    sh("ip", "netns", "add", netns)
     host_fd = peer_fd = -1
     stop = threading.Event()
     forwarder = None
     try:
+        ip_batch(f"netns add {netns}")
         host_fd, peer_fd = open_tun(host_if), open_tun(peer_if)
-        sh("ip", "link", "set", peer_if, "netns", netns)
-        for ns, dev, mine, theirs in (((), host_if, wire.host4, wire.peer4),
-                                      (("-n", netns), peer_if, wire.peer4, wire.host4)):
-            sh("ip", *ns, "addr", "add", mine, "peer", theirs, "dev", dev)
-            sh("ip", *ns, "link", "set", dev, "up")
-        sh("ip", "-6", "addr", "add", wire.host6, "peer", wire.peer6, "dev", host_if, "nodad")
-        sh("ip", "-n", netns, "-6", "addr", "add", wire.peer6, "peer", wire.host6, "dev",
-           peer_if, "nodad")
-        sh("ip", "-n", netns, "link", "set", "lo", "up")
+        # IPv6 addresses once the link is up: added to the tun device while
+        # it was down, the peer stayed unreachable (no route to host).
+        ip_batch(f"link set {peer_if} netns {netns}",
+                 f"addr add {wire.host4} peer {wire.peer4} dev {host_if}",
+                 f"link set {host_if} up",
+                 f"addr add {wire.host6} peer {wire.peer6} dev {host_if} nodad")
+        ip_batch(f"addr add {wire.peer4} peer {wire.host4} dev {peer_if}",
+                 f"link set {peer_if} up", "link set lo up",
+                 f"addr add {wire.peer6} peer {wire.host6} dev {peer_if} nodad", netns=netns)
         forwarder = threading.Thread(target=_forward, args=(host_fd, peer_fd, DELAY, stop),
                                      daemon=True)
         forwarder.start()

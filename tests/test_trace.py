@@ -21,6 +21,7 @@ from conftest import (
     comm_of,
     free_port,
     listening,
+    nft,
     port_hook_expected,
     refused_connect,
     row,
@@ -419,11 +420,9 @@ def test_syn_dropped_by_firewall_is_reported_at_once(trace, veth):
     # The SYN never reaches a device, and the socket keeps retrying for
     # minutes; the row must still come now, with the port the SYN had.
     port = free_port()
-    nft = ["ip", "netns", "exec", veth.netns, "nft"]
-    subprocess.run([*nft, "add table inet t"], check=True)
-    subprocess.run([*nft, "add chain inet t out { type filter hook output priority 0; }"],
-                   check=True)
-    subprocess.run([*nft, f"add rule inet t out tcp dport {port} drop"], check=True)
+    nft(veth.netns, "add table inet t",
+        "add chain inet t out { type filter hook output priority 0; }",
+        f"add rule inet t out tcp dport {port} drop")
     client = veth.run(sys.executable, "-c", FIREWALLED_CLIENT, str(port),
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
