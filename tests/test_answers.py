@@ -13,7 +13,7 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import free_port, nft, refused_connect, sh
+from conftest import free_port, ip_batch, nft, refused_connect, sh
 from test_outcome import failing_connect
 
 from tcpconnect.cause import cause_text, icmp_name
@@ -34,14 +34,12 @@ def routed(veth) -> Iterator[tuple[str, str]]:
     runs do not collide."""
     v4 = ipaddress.IPv4Address(veth.peer4) + (10 << 16)  # 10.213.x.y -> 10.223.x.y
     v6 = ipaddress.IPv6Address(veth.peer6) + (1 << 32)
-    ns = ("ip", "-n", veth.netns)
     sh("ip", "netns", "exec", veth.netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
        "net.ipv6.conf.all.forwarding=1")
     # A veth pair with both ends inside: a link that nothing answers on.
-    sh(*ns, "link", "add", "nowhere", "type", "veth", "peer", "name", "nowhere1")
-    sh(*ns, "link", "set", "nowhere", "up")
-    sh("ip", "route", "add", f"{v4}/32", "via", veth.peer4)
-    sh("ip", "-6", "route", "add", f"{v6}/128", "via", veth.peer6)
+    ip_batch("link add nowhere type veth peer name nowhere1", "link set nowhere up",
+             netns=veth.netns)
+    ip_batch(f"route add {v4}/32 via {veth.peer4}", f"route add {v6}/128 via {veth.peer6}")
     try:
         yield str(v4), str(v6)
     finally:
