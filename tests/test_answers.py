@@ -13,7 +13,8 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import free_port, ip_batch, nft, refused_connect, sh
+from conftest import (TCP_SYNCNT, TCP_USER_TIMEOUT, free_port, ip_batch, nft, refused_connect,
+                      sh)
 from test_outcome import failing_connect
 
 from tcpconnect.cause import cause_text, icmp_name
@@ -101,6 +102,33 @@ def test_rst_from_the_destination(trace, family, addr):
         "result", "icmp_type", "icmp_code", "icmp_from", "rst_from", "answer_ttl", "cause")} == {
         "result": "refused", "icmp_type": None, "icmp_code": None, "icmp_from": None,
         "rst_from": addr, "answer_ttl": DEFAULT_TTL, "cause": "RST from destination"}
+
+
+def test_an_earlier_attempts_answer_is_not_taken_by_the_next_on_its_port(trace, veth):
+    # Both attempts from one local address and port: the first is refused
+    # (its RST stays in the port's slot), the second's SYN is dropped by the
+    # peer, so it times out with an error and no answer of its own.
+    refused, dropped = free_port(), free_port()
+    nft(veth.netns, "add table inet t",
+        "add chain inet t in { type filter hook input priority 0; }",
+        f"add rule inet t in tcp dport {dropped} drop")
+    t = trace("--outcome", "-j", "-L", "-P", f"{refused},{dropped}")
+    local_port = 0
+    for port, expected in ((refused, errno.ECONNREFUSED), (dropped, errno.ETIMEDOUT)):
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
+            client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+            client.bind((veth.host4, local_port))
+            local_port = client.getsockname()[1]
+            with pytest.raises(OSError) as failure:
+                client.connect((veth.peer4, port))
+            assert failure.value.errno == expected
+    t.stop()
+    first, second = t.json_rows()
+    assert [(row["lport"], row["result"], row["rst_from"], row["icmp_from"])
+            for row in (first, second)] == [(local_port, "refused", veth.peer4, None),
+                                            (local_port, "timeout", None, None)]
 
 
 @pytest.fixture

@@ -260,6 +260,21 @@ static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
 	return BPF_CORE_READ(serr, ee.ee_errno);
 }
 
+/* sk as a tcp_sock whose fields are plain loads, in a tp_btf program whose
+ * socket is the tracepoint's own argument (one helper call, Linux 5.9+);
+ * NULL elsewhere (raw_tp programs, a socket found through a packet), where
+ * TCP_FIELD reads each field with a probe read instead. */
+static __always_inline const struct tcp_sock *typed_tcp_sock(const struct sock *sk,
+							     bool typed_argument)
+{
+	if (typed_argument && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_skc_to_tcp_sock))
+		return bpf_skc_to_tcp_sock((void *)sk);
+	return NULL;
+}
+
+#define TCP_FIELD(tp, sk, field)                                                              \
+	((tp) ? (tp)->field : BPF_CORE_READ((const struct tcp_sock *)(sk), field))
+
 /* resolve_pending()'s newstate when the socket has not changed state: a
  * packet of the attempt (its SYN) left or was dropped, so its local port is
  * set. No TCP state is 0. */
@@ -272,15 +287,20 @@ static __always_inline __u16 attempt_error(const struct sock *sk, bool typed)
 static __always_inline void resolve_pending(const struct sock *sk, bool typed, bool slots,
 					    int newstate)
 {
+	const struct tcp_sock *tp;
 	struct event e;
 
 	if (!unpark(sk, typed, slots, &e))
 		return;
 	__sync_fetch_and_add(&pending_count, -1);
-	e.lport = local_port(sk);
-	if (want_outcome) {
+	if (!want_outcome) {
+		e.lport = local_port(sk);
+	} else {
 		if (failed_only && newstate == TCP_ESTABLISHED)
 			return;
+		/* PACKET_SEEN comes with a socket found through a packet. */
+		tp = typed_tcp_sock(sk, typed && newstate != PACKET_SEEN);
+		e.lport = tp ? bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport) : local_port(sk);
 		e.outcome = newstate;
 		/* Every way out of SYN_SENT with an error sets sk_err before
 		 * tcp_done() moves the socket to CLOSE (tcp_reset, tcp_write_err,
@@ -294,8 +314,8 @@ static __always_inline void resolve_pending(const struct sock *sk, bool typed, b
 		if (newstate == TCP_CLOSE && !e.error && !e.lport)
 			e.error = EADDRNOTAVAIL;
 		else if (e.error && want_answers)
-			take_answer(&e);
-		e.syn_retries = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
+			take_answer(&e, TCP_FIELD(tp, sk, snd_una), TCP_FIELD(tp, sk, snd_nxt));
+		e.syn_retries = TCP_FIELD(tp, sk, total_retrans);
 		e.latency_ns = bpf_ktime_get_ns() - e.ts_ns;
 		if (count_mode)
 			count_connect(&e);
