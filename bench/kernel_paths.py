@@ -102,6 +102,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--mode", action="append", choices=[name for name, _ in MODES],
+                        help="only this mode (repeatable; default: all)")
+    parser.add_argument("--typed-only", action="store_true",
+                        help="only this kernel's path, not the one without kernel BTF")
     args = parser.parse_args()
     if not CONNECT_LOOP.exists():
         raise SystemExit("bench: build/connect_loop is missing: run `make bench`")
@@ -115,8 +119,11 @@ def main() -> int:
               f"{args.rounds} rounds of {args.seconds:g} s of refused loopback connects; "
               "BPF run time per program run: median (min-max) in ns")
         print(f"{'mode':12} {'path':32} {'program':40} {'ns/run':>24}")
+        paths = (("this kernel's", False), ("no kernel BTF (--btf)", True))
         for mode, options in MODES:
-            for path, hide in (("this kernel's", False), ("no kernel BTF (--btf)", True)):
+            if args.mode and mode not in args.mode:
+                continue
+            for path, hide in paths[:1] if args.typed_only else paths:
                 print(f"# measuring {mode}, {path}", file=sys.stderr, flush=True)
                 for name, values in sorted(measure(options, hide, btf_copy, args.seconds,
                                                    args.rounds).items()):
