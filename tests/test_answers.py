@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import select
 import socket
 import subprocess
+import sys
 import uuid
 from typing import Iterator
 
@@ -129,6 +131,46 @@ def test_an_earlier_attempts_answer_is_not_taken_by_the_next_on_its_port(trace, 
     assert [(row["lport"], row["result"], row["rst_from"], row["icmp_from"])
             for row in (first, second)] == [(local_port, "refused", veth.peer4, None),
                                             (local_port, "timeout", None, None)]
+
+
+# Sends one TCP segment with RST and without ACK from argv[1]:argv[3] to
+# argv[2]:argv[4] through a raw socket (the kernel adds the IP header).
+RST_WITHOUT_ACK = """
+import socket, struct, sys
+src, dst, sport, dport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+header = struct.pack("!HHIIHHHH", sport, dport, 12345, 0, (5 << 12) | 0x04, 0, 0, 0)
+pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(header))
+total = sum(struct.unpack("!%dH" % ((len(pseudo) + len(header)) // 2), pseudo + header))
+while total >> 16:
+    total = (total & 0xffff) + (total >> 16)
+header = header[:16] + struct.pack("!H", ~total & 0xffff) + header[18:]
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+raw.sendto(header, (dst, 0))
+"""
+
+
+def test_a_rst_tcp_ignores_is_not_named(trace, veth):
+    # TCP in SYN_SENT ignores a RST that acknowledges nothing (RFC 793;
+    # tcp_rcv_synsent_state_process): the attempt goes on and times out,
+    # and the RST is not its answer.
+    port = free_port()
+    nft(veth.netns, "add table inet t",
+        "add chain inet t in { type filter hook input priority 0; }",
+        f"add rule inet t in tcp dport {port} drop")
+    t = trace("--outcome", "-j", "-P", str(port))
+    with socket.socket() as client:
+        client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
+        client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+        client.setblocking(False)
+        assert client.connect_ex((veth.peer4, port)) == errno.EINPROGRESS
+        sender = veth.run(sys.executable, "-c", RST_WITHOUT_ACK, veth.peer4, veth.host4,
+                          str(port), str(client.getsockname()[1]))
+        assert sender.wait(timeout=30) == 0
+        assert select.select([], [client], [], 10)[1]
+        assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ETIMEDOUT
+    t.stop()
+    [row] = t.json_rows()
+    assert (row["result"], row["rst_from"], row["icmp_from"]) == ("timeout", None, None)
 
 
 @pytest.fixture
