@@ -259,7 +259,8 @@ bench-paths: setup apt-test $(BUILD)/connect_loop
 	$(VENV)/bin/python bench/kernel_paths.py $(ARGS)
 
 # -L and --outcome against the default mode, BPF time per connect, -L with and without its port
-# hook (bench/mode_ratios.py). In a guest: kernels/boot 6.1 'python3 bench/mode_ratios.py'.
+# hook (bench/mode_ratios.py). In a guest: APPEND=tsc=reliable kernels/boot 6.1 \
+#   '.venv/bin/python bench/mode_ratios.py' (why tsc=reliable: the script's docstring).
 bench-ratios: setup apt-test $(BUILD)/connect_loop
 	$(VENV)/bin/python bench/mode_ratios.py $(ARGS)
 
