@@ -37,17 +37,18 @@
 #define ICMPV6_DEST_UNREACH 1
 #define ICMPV6_TIME_EXCEED 3
 #define ICMPV6_PARAMPROB 4
-/* The quoted header's first four bytes: the TCP ports. */
+/* An ICMP (ICMPv6) error's own header, before the packet it quotes. */
 #define ICMP_HEADER_LEN 8
 
 /* The last answer received for one local port: `answers` has a slot per port
  * number, and the attempt's end takes the one of its own port if the local
- * address, family and sequence number are its own too. An array, not a table keyed by address
- * and port: its lookup is an address computation the verifier inlines, where
- * an LRU table's update (per received answer) and lookup and delete (per
- * failed attempt) took locks; measured in docs/performance.md. Two attempts
- * on one port number at once (different local addresses or namespaces) may
- * overwrite each other's answer: the one that lost it shows no sender. */
+ * address, family and sequence number are its own too. An array, not a
+ * table keyed by address and port: its lookup is an address computation the
+ * verifier inlines, where an LRU table's update (per received answer) and
+ * lookup and delete (per failed attempt) took locks; measured in
+ * docs/performance.md. Two attempts on one port number at once (different
+ * local addresses or namespaces) may overwrite each other's answer: the one
+ * that lost it shows no sender. */
 struct answer {
 	/* The RST's ack_seq, or the sequence number of the segment an ICMP
 	 * error quotes. */
@@ -68,10 +69,6 @@ struct {
 	__type(value, struct answer);
 } answers SEC(".maps");
 
-/* A packet's network header and the transport header after it, read with
- * one helper call: the program reads every packet received while an attempt
- * waits, and most are no answer. Any answer is at least this long (a RST
- * without options; an ICMP error quotes an IP header and 8 bytes more). */
 /* The first bytes of a TCP header, all an ICMP error must quote (RFC 792). */
 struct quoted_tcp {
 	__be16 source;
@@ -79,6 +76,10 @@ struct quoted_tcp {
 	__be32 seq;
 };
 
+/* A packet's network header and the transport header after it, read with
+ * one helper call: the program reads every packet received while an attempt
+ * waits, and most are no answer. Any answer is at least this long (a RST
+ * without options; an ICMP error quotes an IP header and 8 bytes more). */
 struct v4_headers {
 	struct iphdr ip;
 	union {
