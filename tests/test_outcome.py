@@ -309,11 +309,18 @@ def test_syn_dropped_on_this_host_names_the_reason(trace, veth, family):
     reason = ("NETFILTER_DROP" if "SKB_DROP_REASON_NETFILTER_DROP" in
               enum_values("/sys/kernel/btf/vmlinux", "skb_drop_reason").values() else None)
     assert dropped >= 2
-    # The row and the tracer's report on failure: once in CI (2026-12-07, loaded machine) the
-    # row counted 2 where nft had dropped 3, not seen since in 12 runs.
+    # A drop's note is one run of handle_drop: a run the kernel skips (the program already
+    # running on that CPU, for another packet) misses it, and is reported in-band as a loss
+    # record instead. Twice in CI and once in ~56 runs here (2026-12-07) the row counted 2
+    # where nft had dropped 3, cause not found (with TCP_SYNCNT 2, three SYNs, every run
+    # counted all three); the loss records are in the message to tell whether a skipped
+    # run accounts for it.
+    skipped = sum(record.get("skipped_runs", 0) for record in t.loss_records())
+    noted = int(event["cause"].split()[0])  # "N SYNs dropped here: ..."
+    assert dropped - skipped <= noted <= dropped, (event, t.loss_records(), t.stderr)
     assert (event["result"], event["drop_reason"], event["cause"]) == (
         "timeout", reason or "unknown",
-        f"{dropped} SYNs dropped here" + (f": {reason}" if reason else "")), (event, t.stderr)
+        f"{noted} SYNs dropped here" + (f": {reason}" if reason else ""))
 
 
 @pytest.mark.parametrize("family", [4, 6])
