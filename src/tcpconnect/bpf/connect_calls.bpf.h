@@ -49,6 +49,15 @@ struct {
 	__type(value, struct connect_call);
 } connect_calls SEC(".maps");
 
+/* When the connect() call tid is in began (its clock read at entry), 0 if
+ * none is followed. */
+static __always_inline __u64 connect_call_start(__u32 tid)
+{
+	const struct connect_call *call = bpf_map_lookup_elem(&connect_calls, &tid);
+
+	return call ? call->e.ts_ns : 0;
+}
+
 /* Values >= 512 are the kernel's internal restart codes. */
 #define MAX_ERRNO_REPORTED 511
 #define SIN6_LEN_RFC2133 24

@@ -61,6 +61,7 @@ static __always_inline void on_connect(const struct sock *sk, bool typed, bool s
 	/* The event as a parked attempt holds it: see struct attempt. */
 	struct attempt attempt = {};
 	struct event *e = &attempt.report;
+	__u64 started = 0;
 	__u32 filter;
 
 	filter = task_filter(task, e);
@@ -70,8 +71,11 @@ static __always_inline void on_connect(const struct sock *sk, bool typed, bool s
 	/* The attempt reached SYN_SENT: its connect() call, if any, has nothing
 	 * left to report, whatever the filters below say. A call is followed
 	 * only once it passed the filters above. */
-	if (!filter && follow_connect_calls)
+	if (!filter && follow_connect_calls) {
+		if (want_ts || want_outcome)
+			started = connect_call_start(e->tid);
 		bpf_map_delete_elem(&connect_calls, &e->tid);
+	}
 	filter = filter ?: source_filter(e);
 	filter = filter ?: netns_filter(sk, typed, e);
 	filter = filter ?: container_filter(task, e);
@@ -99,8 +103,11 @@ static __always_inline void on_connect(const struct sock *sk, bool typed, bool s
 		if (!want_events)
 			return;
 	}
+	/* From the connect() call's start where one was followed: the clock
+	 * was read then, and the attempt's latency then covers all of the
+	 * call, as it does for a call that fails before SYN_SENT. */
 	if (want_ts || want_outcome)
-		e->ts_ns = bpf_ktime_get_ns();
+		e->ts_ns = started ?: bpf_ktime_get_ns();
 	if (want_lport && port_set)
 		e->lport = local_port(sk);
 	else if (want_lport || want_outcome) {
@@ -231,7 +238,8 @@ int handle_connect_enter(struct trace_event_raw_sys_enter *ctx)
 	    connection_filter(&call.e))
 		return 0;
 	call.fd = ctx->args[0];
-	call.e.ts_ns = bpf_ktime_get_ns();
+	if (want_ts || want_outcome)
+		call.e.ts_ns = bpf_ktime_get_ns();
 	if (bpf_map_update_elem(&connect_calls, &call.e.tid, &call, BPF_ANY))
 		__sync_fetch_and_add(&connect_call_failures, 1);
 	return 0;

@@ -62,7 +62,8 @@ enum answer_kind {
  * connect costs it a lookup instead of a row's formatting. */
 struct event {
 	__u64 ts_ns;
-	/* With --outcome: from CLOSE->SYN_SENT to leaving SYN_SENT. */
+	/* With --outcome: from the connect() call's start (where its calls
+	 * are followed; else CLOSE->SYN_SENT) to leaving SYN_SENT. */
 	__u64 latency_ns;
 	__u16 lport;
 	/* With --outcome: the TCP state the attempt ended in (ESTABLISHED or
