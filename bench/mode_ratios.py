@@ -4,7 +4,8 @@
 
 Issue 27 asks for both within 1.5x of the default in BPF time per connect.
 Each round runs the tracer in every mode in turn (default first) on the same
-refused loopback loop, so a machine getting busier moves a round's modes
+loopback loop (--loop: refused connects, the default, or connects a listener
+accepts), so a machine getting busier moves a round's modes
 alike, and divides each mode's BPF time per connect (all of its programs'
 run time, kernel.bpf_stats_enabled, over the connects the loop made) by the
 default's in that round; the table gives the median (min-max) over rounds,
@@ -32,7 +33,7 @@ import sys
 import time
 
 from kernel_paths import BPF_STATS, CONNECT_LOOP, PORT, ROOT, program_stats
-
+from run import ports_nobody_uses
 
 
 def refusing(*probes: str) -> tuple[str, ...]:
@@ -53,10 +54,10 @@ MODES = (("default", ("-m", "tcpconnect")),
          ("--outcome", ("-m", "tcpconnect", "--outcome")),
          ("--outcome, no slots", (*refusing("cmpxchg_refusal"), "--outcome")))
 
-def bpf_ns_per_connect(args: tuple[str, ...], seconds: float, settle: float,
-                       ) -> tuple[float, dict[str, float]]:
+def bpf_ns_per_connect(args: tuple[str, ...], loop: tuple[str, ...], port: int,
+                       seconds: float, settle: float) -> tuple[float, dict[str, float]]:
     """The mode's BPF time per connect, and each program's share."""
-    tracer = subprocess.Popen([sys.executable, *args, "-P", str(PORT)], cwd=ROOT,
+    tracer = subprocess.Popen([sys.executable, *args, "-P", str(port)], cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, env={"PYTHONPATH": str(ROOT / "src")})
     try:
@@ -65,8 +66,9 @@ def bpf_ns_per_connect(args: tuple[str, ...], seconds: float, settle: float,
             raise SystemExit(f"bench: tcpconnect {' '.join(args[2:])} failed: "
                              f"{tracer.stderr.read().decode().strip()}")  # type: ignore[union-attr]
         before = program_stats(tracer.pid)
-        made = int(subprocess.run([str(CONNECT_LOOP), "-p", str(PORT), "-d", str(seconds)],
-                                  check=True, capture_output=True, text=True).stdout)
+        made = int(subprocess.run([str(CONNECT_LOOP), *loop, "-p", str(port), "-d",
+                                   str(seconds)], check=True, capture_output=True,
+                                  text=True).stdout)
         after = program_stats(tracer.pid)
     finally:
         tracer.send_signal(signal.SIGINT)
@@ -84,7 +86,11 @@ def main() -> int:
     parser.add_argument("--mode", action="append", choices=[name for name, _ in MODES[1:]],
                         help="only this mode besides the default (repeatable; default: all): "
                              "fewer modes make more rounds affordable in a TCG guest")
+    parser.add_argument("--loop", choices=("refused", "listener"), default="refused",
+                        help="connects refused (a closed port) or accepted by the loop's "
+                             "own listener")
     args = parser.parse_args()
+    loop, port = ((), PORT) if args.loop == "refused" else (("-l",), ports_nobody_uses(1)[0])
     modes = [(name, mode_args) for name, mode_args in MODES
              if name == "default" or not args.mode or name in args.mode]
     if not CONNECT_LOOP.exists():
@@ -98,7 +104,8 @@ def main() -> int:
         for round_ in range(args.rounds):
             for mode, mode_args in modes:
                 print(f"# round {round_ + 1}: {mode}", file=sys.stderr, flush=True)
-                total, by_program = bpf_ns_per_connect(mode_args, args.seconds, args.settle)
+                total, by_program = bpf_ns_per_connect(mode_args, loop, port, args.seconds,
+                                                       args.settle)
                 totals[mode].append(total)
                 ratios[mode].append(total / totals["default"][-1])
                 for name, ns in by_program.items():
@@ -110,7 +117,7 @@ def main() -> int:
         return f"{statistics.median(values):{form}} ({min(values):{form}}-{max(values):{form}})"
 
     print(f"kernel {open('/proc/sys/kernel/osrelease').read().strip()}; {args.rounds} rounds of "
-          f"{args.seconds:g} s of refused loopback connects per mode; median (min-max)")
+          f"{args.seconds:g} s of {args.loop} loopback connects per mode; median (min-max)")
     # Two readings of one set of rounds: the median of each round's ratio, and the ratio of the
     # medians. Under TCG a guest's speed drifts by 20% or more between two tracers' runs, which
     # moves each round's ratio far more than either median.
