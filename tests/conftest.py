@@ -40,6 +40,15 @@ TCP_SYNCNT = 7
 TCP_USER_TIMEOUT = 18
 
 
+def impatient_socket(family: int = 4) -> socket.socket:
+    """A TCP socket whose connect gives up after one retransmission of its
+    SYN (~1 s), for attempts that must time out without slowing the suite."""
+    client = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6)
+    client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
+    client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+    return client
+
+
 def free_port(family: int = socket.AF_INET) -> int:
     """A port nothing listens on, below the ephemeral range so a connect to it
     can never be answered by the connecting socket itself."""

@@ -15,8 +15,7 @@ import uuid
 from typing import Iterator
 
 import pytest
-from conftest import (TCP_SYNCNT, TCP_USER_TIMEOUT, free_port, ip_batch, nft, refused_connect,
-                      sh)
+from conftest import free_port, impatient_socket, ip_batch, nft, refused_connect, sh
 from test_outcome import failing_connect
 
 from tcpconnect.cause import cause_text, icmp_name
@@ -117,10 +116,8 @@ def test_an_earlier_attempts_answer_is_not_taken_by_the_next_on_its_port(trace, 
     t = trace("--outcome", "-j", "-L", "-P", f"{refused},{dropped}")
     local_port = 0
     for port, expected in ((refused, errno.ECONNREFUSED), (dropped, errno.ETIMEDOUT)):
-        with socket.socket() as client:
+        with impatient_socket() as client:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
-            client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
             client.bind((veth.host4, local_port))
             local_port = client.getsockname()[1]
             with pytest.raises(OSError) as failure:
@@ -158,9 +155,7 @@ def test_a_rst_tcp_ignores_is_not_named(trace, veth):
         "add chain inet t in { type filter hook input priority 0; }",
         f"add rule inet t in tcp dport {port} drop")
     t = trace("--outcome", "-j", "-P", str(port))
-    with socket.socket() as client:
-        client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
-        client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+    with impatient_socket() as client:
         client.setblocking(False)
         assert client.connect_ex((veth.peer4, port)) == errno.EINPROGRESS
         sender = veth.run(sys.executable, "-c", RST_WITHOUT_ACK, veth.peer4, veth.host4,

@@ -28,11 +28,10 @@ import pytest
 from conftest import (
     ATTRIBUTION_FIELDS,
     HELPERS,
-    TCP_SYNCNT,
-    TCP_USER_TIMEOUT,
     cgroup_path_of,
     comm_of,
     free_port,
+    impatient_socket,
     ip_batch,
     kernel_release,
     listening,
@@ -101,9 +100,7 @@ def peer_of(veth, family: int) -> tuple[str, str]:
 def failing_connect(family: int, peer: str, port: int, expected: int) -> int:
     """A blocking connect that must fail with errno `expected`; returns its
     local port. One retransmission at most, then it gives up (~1 s)."""
-    with socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6) as client:
-        client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
-        client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+    with impatient_socket(family) as client:
         with pytest.raises(OSError) as failure:
             client.connect((peer, port))
         assert failure.value.errno == expected

@@ -14,12 +14,11 @@ import time
 import pytest
 from conftest import (
     HELPERS,
-    TCP_SYNCNT,
-    TCP_USER_TIMEOUT,
     cgroup_id_of,
     cgroup_path_of,
     comm_of,
     free_port,
+    impatient_socket,
     listening,
     nft,
     port_hook_expected,
@@ -150,14 +149,12 @@ def test_nonblocking_connect(trace):
 
 def test_connect_that_times_out(trace):
     # A listener with a full accept queue drops further SYNs, so the second
-    # client's connect times out; TCP_SYNCNT/TCP_USER_TIMEOUT keep that short.
+    # client's connect times out, soon (impatient_socket).
     with listening("127.0.0.1", backlog=0) as listener:
         port = listener.getsockname()[1]
         with socket.create_connection(("127.0.0.1", port)):
             t = trace("-L", "-P", str(port))
-            with socket.socket(socket.AF_INET) as client:
-                client.setsockopt(socket.IPPROTO_TCP, TCP_SYNCNT, 1)
-                client.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, 300)
+            with impatient_socket() as client:
                 client.setblocking(False)
                 client.connect_ex(("127.0.0.1", port))
                 lport = client.getsockname()[1]
