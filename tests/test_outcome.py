@@ -55,8 +55,8 @@ from tcpconnect.outcome import (
     TCP_ESTABLISHED,
     TCP_SYN_SENT,
     UNTRACKED,
+    TextColumns,
     counts_with_pending,
-    latency_text,
     result_name,
 )
 from tcpconnect.plan import TracerConfig
@@ -157,6 +157,28 @@ def test_cause_texts(outcome, error, retries, drops, reason, cause):
                                 family=4, outcome=outcome, error=error, syn_retries=retries,
                                 drops=drops, drop_reason=reason, comm=bytes(16)))
     assert cause_text(event, result_name(outcome, error)) == cause
+
+
+@pytest.mark.host_only
+def test_text_columns_keep_each_rows_own_latency():
+    # RESULT and CAUSE are kept per combination of the fields they come
+    # from; LAT(ms) by the 10 us, rounded half up. Two attempts that share
+    # the first still show their own latencies, and a pending one none.
+    def event(outcome: int, error: int, latency_ns: int) -> tuple:
+        return decoded(EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=latency_ns,
+                                   saddr=bytes(16), daddr=bytes(16), pid=1, tid=1, uid=0,
+                                   netns=0, lport=0, dport=1, family=4, outcome=outcome,
+                                   error=error, comm=bytes(16)))
+
+    columns = TextColumns()
+    refused = "refused       %-8s RST after 1 SYN          "
+    assert [columns(event(TCP_CLOSE, errno.ECONNREFUSED, ns)) for ns in (
+        149_999, 4_999, 5_000, 1_234_567_890, 0)] == [
+        refused % "0.15", refused % "0.00", refused % "0.01", refused % "1234.57",
+        refused % "0.00"]
+    assert columns(event(TCP_SYN_SENT, 0, 5_000_000)) == "pending       -        -" + " " * 24
+    assert columns(event(TCP_ESTABLISHED, 0, 99_999_999)) == (
+        "ok            100.00   1 SYN                    ")
 
 
 @pytest.mark.host_only
@@ -365,9 +387,7 @@ def test_an_end_the_kernel_skipped_is_reported_when_the_socket_goes(veth):
         assert tracer.take_pending() == []
     [event] = events
     assert (event[OUTCOME], event[ERROR]) == (OUTCOME_END_UNSEEN, 0)
-    result = result_name(event[OUTCOME], event[ERROR])
-    assert (result, latency_text(event), cause_text(event, result)) == (
-        "unknown", "-", "end unseen: run skipped")
+    assert TextColumns()(event) == "%-13s %-8s %-24s " % ("unknown", "-", "end unseen: run skipped")
 
 
 def test_an_end_unseen_is_reported_when_the_socket_connects_again(veth):

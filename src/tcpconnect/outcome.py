@@ -15,9 +15,11 @@ import errno
 import functools
 from typing import Iterable
 
+from .cache import BoundedCache
 from .cause import CAUSE_WIDTH, NO_ANSWER_JSON, cause_text
 from .cause import json_fields as cause_json
 from .events import (
+    ANSWER_CODE,
     DADDR,
     DPORT,
     ERROR,
@@ -107,15 +109,32 @@ def timed(outcome: int) -> bool:
     return ended(outcome) and outcome != OUTCOME_END_UNSEEN
 
 
-def latency_text(event: tuple) -> str:
-    return "%.2f" % (event[LATENCY_NS] / 1e6) if timed(event[OUTCOME]) else "-"
+class TextColumns:
+    """RESULT, LAT(ms) and CAUSE of a row, each followed by a space, as DPORT
+    is. RESULT and CAUSE come from the record's fields from OUTCOME to
+    ANSWER_CODE alone (the identity among them gives the answer's family and
+    destination), which most attempts of a busy host share with many others:
+    they are made once per combination and kept. So is LAT(ms), by the 10 us
+    it shows: a float's %-format costs more than a lookup."""
 
+    def __init__(self) -> None:
+        self._ends = BoundedCache()
+        self._latencies = BoundedCache(
+            lambda hundredths: "%-8s" % ("%d.%02d" % divmod(hundredths, 100)))
 
-def text_columns(event: tuple) -> str:
-    """RESULT, LAT(ms) and CAUSE, each followed by a space, as DPORT is."""
-    result = result_name(event[OUTCOME], event[ERROR])
-    return "%-*s %-8s %-*s " % (RESULT_WIDTH, result, latency_text(event), CAUSE_WIDTH,
-                                cause_text(event, result) if ended(event[OUTCOME]) else "-")
+    def __call__(self, event: tuple) -> str:
+        ends = self._ends.get(event[OUTCOME:ANSWER_CODE + 1]) or self._new_ends(event)
+        # Half up, to the 10 us.
+        latency = self._latencies[(event[LATENCY_NS] + 5_000) // 10_000] if ends[2] else "-       "
+        return ends[0] + latency + ends[1]
+
+    def _new_ends(self, event: tuple) -> tuple[str, str, bool]:
+        outcome = event[OUTCOME]
+        result = result_name(outcome, event[ERROR])
+        cause = cause_text(event, result) if ended(outcome) else "-"
+        ends = ("%-*s " % (RESULT_WIDTH, result), " %-*s " % (CAUSE_WIDTH, cause), timed(outcome))
+        self._ends.put(event[OUTCOME:ANSWER_CODE + 1], ends)
+        return ends
 
 
 def json_fields(event: tuple) -> str:

@@ -53,8 +53,8 @@ from .outcome import (
     COUNT_RESULT_HEADER,
     RESULT_WIDTH,
     count_key_result,
+    TextColumns,
     json_fields,
-    text_columns,
 )
 from .records import ADDRESS_TEXT, format_address, identities
 from .wallclock import NS_PER_MS, NS_PER_SECOND, THREE_DIGITS, WallClock
@@ -326,7 +326,7 @@ class TextFormatter(_CompiledFormatter):
         self._rows = _compile_rows([piece for column in on for piece in column.pieces], dict(
             local=self._wall.local_seconds, offset=self._wall.offset_ns, comm=comm,
             seconds=seconds, ports=ports, container=container, addr=ADDRESS_TEXT,
-            text_columns=text_columns, escape_query=escape_query, query=query,
+            text_columns=TextColumns(), escape_query=escape_query, query=query,
             exe=self.exe.text))
 
     def header(self) -> str:
