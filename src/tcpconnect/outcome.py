@@ -123,17 +123,18 @@ class TextColumns:
             lambda hundredths: "%-8s" % ("%d.%02d" % divmod(hundredths, 100)))
 
     def __call__(self, event: tuple) -> str:
-        ends = self._ends.get(event[OUTCOME:ANSWER_CODE + 1]) or self._new_ends(event)
+        key = event[OUTCOME:ANSWER_CODE + 1]
+        ends = self._ends.get(key) or self._new_ends(key, event)
         # Half up, to the 10 us.
         latency = self._latencies[(event[LATENCY_NS] + 5_000) // 10_000] if ends[2] else "-       "
         return ends[0] + latency + ends[1]
 
-    def _new_ends(self, event: tuple) -> tuple[str, str, bool]:
+    def _new_ends(self, key: tuple, event: tuple) -> tuple[str, str, bool]:
         outcome = event[OUTCOME]
         result = result_name(outcome, event[ERROR])
         cause = cause_text(event, result) if ended(outcome) else "-"
         ends = ("%-*s " % (RESULT_WIDTH, result), " %-*s " % (CAUSE_WIDTH, cause), timed(outcome))
-        self._ends.put(event[OUTCOME:ANSWER_CODE + 1], ends)
+        self._ends.put(key, ends)
         return ends
 
 

@@ -52,8 +52,8 @@ from .outcome import TEXT_HEADER as OUTCOME_HEADER
 from .outcome import (
     COUNT_RESULT_HEADER,
     RESULT_WIDTH,
-    count_key_result,
     TextColumns,
+    count_key_result,
     json_fields,
 )
 from .records import ADDRESS_TEXT, format_address, identities
