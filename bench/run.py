@@ -150,6 +150,7 @@ MODES = (
     Mode("excluded: --comm other", ("--comm", "other"), excluded=True),
     Mode("--outcome", ("--outcome",)),
     Mode("-c --outcome", ("-c", "--outcome")),
+    Mode("-j --outcome", ("-j", "--outcome")),
     Mode("-T", ("-T",)),
     Mode("--container", ("--container",)),
     Mode("--metrics -q", ("-q",), metrics=True),

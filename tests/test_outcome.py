@@ -55,6 +55,7 @@ from tcpconnect.outcome import (
     TCP_ESTABLISHED,
     TCP_SYN_SENT,
     UNTRACKED,
+    JsonFields,
     TextColumns,
     counts_with_pending,
     result_name,
@@ -159,26 +160,58 @@ def test_cause_texts(outcome, error, retries, drops, reason, cause):
     assert cause_text(event, result_name(outcome, error)) == cause
 
 
+def attempt_record(outcome: int, error: int, latency_ns: int) -> tuple:
+    """The decoded record of an attempt to port 1 in this state, with this
+    error and latency."""
+    return decoded(EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=latency_ns,
+                               saddr=bytes(16), daddr=bytes(16), pid=1, tid=1, uid=0, netns=0,
+                               lport=0, dport=1, family=4, outcome=outcome, error=error,
+                               comm=bytes(16)))
+
+
 @pytest.mark.host_only
 def test_text_columns_keep_each_rows_own_latency():
     # RESULT and CAUSE are kept per combination of the fields they come
     # from; LAT(ms) by the 10 us, rounded half up. Two attempts that share
     # the first still show their own latencies, and a pending one none.
-    def event(outcome: int, error: int, latency_ns: int) -> tuple:
-        return decoded(EventRecord(ts_ns=0, cgroup_id=0, mntns_id=0, latency_ns=latency_ns,
-                                   saddr=bytes(16), daddr=bytes(16), pid=1, tid=1, uid=0,
-                                   netns=0, lport=0, dport=1, family=4, outcome=outcome,
-                                   error=error, comm=bytes(16)))
-
     columns = TextColumns()
     refused = "refused       %-8s RST after 1 SYN          "
-    assert [columns(event(TCP_CLOSE, errno.ECONNREFUSED, ns)) for ns in (
+    assert [columns(attempt_record(TCP_CLOSE, errno.ECONNREFUSED, ns)) for ns in (
         149_999, 4_999, 5_000, 1_234_567_890, 0)] == [
         refused % "0.15", refused % "0.00", refused % "0.01", refused % "1234.57",
         refused % "0.00"]
-    assert columns(event(TCP_SYN_SENT, 0, 5_000_000)) == "pending       -        -" + " " * 24
-    assert columns(event(TCP_ESTABLISHED, 0, 99_999_999)) == (
+    assert columns(attempt_record(TCP_SYN_SENT, 0, 5_000_000)) == (
+        "pending       -        -" + " " * 24)
+    assert columns(attempt_record(TCP_ESTABLISHED, 0, 99_999_999)) == (
         "ok            100.00   1 SYN                    ")
+
+
+@pytest.mark.host_only
+def test_json_fields_keep_each_rows_own_latency():
+    # As the text columns: all but latency_ms kept per combination of the
+    # fields they come from; latency_ms to the microsecond, half up, with
+    # three decimals.
+    def parsed(fields: str) -> dict:
+        return json.loads("{" + fields[2:] + "}")
+
+    fields = JsonFields()
+    rows = [fields(attempt_record(TCP_CLOSE, errno.ECONNREFUSED, ns)) for ns in (
+        1_234_499, 1_234_500, 1_000_000_000, 0)]
+    assert [re.search(r'"latency_ms": ([^,]*),', row).group(1) for row in rows] == [
+        "1.234", "1.235", "1000.000", "0.000"]
+    assert parsed(rows[0]) == {
+        "result": "refused", "errno": "ECONNREFUSED", "errno_code": errno.ECONNREFUSED,
+        "latency_ms": 1.234, "syn_retries": 0, "drop_reason": None, "icmp_type": None,
+        "icmp_code": None, "icmp_from": None, "rst_from": None, "answer_ttl": None,
+        "cause": "RST after 1 SYN"}
+    assert parsed(fields(attempt_record(TCP_SYN_SENT, 0, 5_000_000))) == {
+        "result": "pending", "errno": None, "errno_code": None, "latency_ms": None,
+        "syn_retries": None, "drop_reason": None, "icmp_type": None, "icmp_code": None,
+        "icmp_from": None, "rst_from": None, "answer_ttl": None, "cause": None}
+    unseen = parsed(fields(attempt_record(OUTCOME_END_UNSEEN, 0, 5_000_000)))
+    assert (unseen["result"], unseen["latency_ms"], unseen["cause"]) == (
+        "unknown", None, "end unseen: run skipped")
+    assert parsed(fields(attempt_record(TCP_ESTABLISHED, 0, 99_999_999)))["latency_ms"] == 100.0
 
 
 @pytest.mark.host_only

@@ -52,9 +52,9 @@ from .outcome import TEXT_HEADER as OUTCOME_HEADER
 from .outcome import (
     COUNT_RESULT_HEADER,
     RESULT_WIDTH,
+    JsonFields,
     TextColumns,
     count_key_result,
-    json_fields,
 )
 from .records import ADDRESS_TEXT, format_address, identities
 from .wallclock import NS_PER_MS, NS_PER_SECOND, THREE_DIGITS, WallClock
@@ -375,7 +375,7 @@ class JsonFormatter(_CompiledFormatter):
             ("}", "", not VARIES),
         ], dict(stamps=stamps, THREE_DIGITS=THREE_DIGITS, NS_PER_MS=NS_PER_MS,
                 offset=self._wall.offset_ns, comm=comm,
-                addr=ADDRESS_TEXT, attribution=attribution, json_fields=json_fields,
+                addr=ADDRESS_TEXT, attribution=attribution, json_fields=JsonFields(),
                 _query_fields=_query_fields, query=query, exe=self.exe.text, args=args))
 
     def header(self) -> None:
