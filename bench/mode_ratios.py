@@ -14,7 +14,12 @@ and the ratio of the modes' median times beside it.
 fexit programs load, docs/internals.md), with the hook refused, as on a
 kernel without BPF trampolines, and with compare-and-exchange refused too,
 as before 5.12 (waiting attempts in the table alone, not in slots first);
---outcome twice, with and without slots. Made to run in the kernel matrix's guests too
+--outcome twice, with and without slots. With --together each mode runs
+attached at the same time as a default-mode tracer, both counting the same
+connects, so a round's ratio no longer moves with the machine between two
+runs (rounds spread ~5% here instead of ~30%); each tracer then finds part of
+what the connect touches warm from the other's programs, so its figures are
+lower than alone, for every mode alike. Made to run in the kernel matrix's guests too
 (APPEND=tsc=reliable kernels/boot KERNEL 'python3 bench/mode_ratios.py'), where the
 peers' kernels are; TCG inflates the absolute figures there, not the ratios'
 meaning, as long as the guest reads the clock as real machines do:
@@ -54,27 +59,49 @@ MODES = (("default", ("-m", "tcpconnect")),
          ("--outcome", ("-m", "tcpconnect", "--outcome")),
          ("--outcome, no slots", (*refusing("cmpxchg_refusal"), "--outcome")))
 
-def bpf_ns_per_connect(args: tuple[str, ...], loop: tuple[str, ...], port: int,
-                       seconds: float, settle: float) -> tuple[float, dict[str, float]]:
-    """The mode's BPF time per connect, and each program's share."""
-    tracer = subprocess.Popen([sys.executable, *args, "-P", str(port)], cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, env={"PYTHONPATH": str(ROOT / "src")})
+def bpf_ns_per_connect(tracers: list[tuple[str, ...]], loop: tuple[str, ...], port: int,
+                       seconds: float, settle: float) -> list[tuple[float, dict[str, float]]]:
+    """Each tracer's BPF time per connect, and each of its programs' share,
+    over one run of the loop with all of them attached (started in order)."""
+    running: list[subprocess.Popen] = []
     try:
-        time.sleep(settle)
-        if tracer.poll() is not None:
-            raise SystemExit(f"bench: tcpconnect {' '.join(args[2:])} failed: "
-                             f"{tracer.stderr.read().decode().strip()}")  # type: ignore[union-attr]
-        before = program_stats(tracer.pid)
+        for args in tracers:
+            running.append(subprocess.Popen(
+                [sys.executable, *args, "-P", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                env={"PYTHONPATH": str(ROOT / "src")}))
+            time.sleep(settle)
+        for args, tracer in zip(tracers, running):
+            if tracer.poll() is not None:
+                raise SystemExit(f"bench: tcpconnect {' '.join(args[2:])} failed: "
+                                 f"{tracer.stderr.read().decode().strip()}")  # type: ignore
+        before = [program_stats(tracer.pid) for tracer in running]
         made = int(subprocess.run([str(CONNECT_LOOP), *loop, "-p", str(port), "-d",
                                    str(seconds)], check=True, capture_output=True,
                                   text=True).stdout)
-        after = program_stats(tracer.pid)
+        after = [program_stats(tracer.pid) for tracer in running]
     finally:
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(timeout=60)
-    shares = {name: (ns - before.get(name, (0, 0))[1]) / made for name, (_, ns) in after.items()}
-    return sum(shares.values()), shares
+        for tracer in running:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(timeout=60)
+    results = []
+    for start, end in zip(before, after):
+        shares = {name: (ns - start.get(name, (0, 0))[1]) / made for name, (_, ns) in end.items()}
+        results.append((sum(shares.values()), shares))
+    return results
+
+
+def runs(modes: list[tuple[str, tuple[str, ...]]], together: bool,
+         round_: int) -> list[tuple[tuple[str, ...], list[tuple[str, ...]]]]:
+    """A round's loop runs: the modes' names and tracers, each mode alone
+    (default first), or each other mode with a default-mode tracer, the one
+    attached first changing every round (the first pays more: it finds the
+    lines the connect touches colder)."""
+    if not together:
+        return [((name,), [args]) for name, args in modes]
+    default = modes[0]
+    pairs = [(default, mode) if round_ % 2 == 0 else (mode, default) for mode in modes[1:]]
+    return [((a[0], b[0]), [a[1], b[1]]) for a, b in pairs]
 
 
 def main() -> int:
@@ -89,6 +116,9 @@ def main() -> int:
     parser.add_argument("--loop", choices=("refused", "listener"), default="refused",
                         help="connects refused (a closed port) or accepted by the loop's "
                              "own listener")
+    parser.add_argument("--together", action="store_true",
+                        help="each mode attached at the same time as a default-mode tracer, "
+                             "on the same connects, which of the two first alternating by round")
     args = parser.parse_args()
     loop, port = ((), PORT) if args.loop == "refused" else (("-l",), ports_nobody_uses(1)[0])
     modes = [(name, mode_args) for name, mode_args in MODES
@@ -102,14 +132,19 @@ def main() -> int:
     BPF_STATS.write_text("1\n")
     try:
         for round_ in range(args.rounds):
-            for mode, mode_args in modes:
-                print(f"# round {round_ + 1}: {mode}", file=sys.stderr, flush=True)
-                total, by_program = bpf_ns_per_connect(mode_args, loop, port, args.seconds,
-                                                       args.settle)
-                totals[mode].append(total)
-                ratios[mode].append(total / totals["default"][-1])
-                for name, ns in by_program.items():
-                    shares[mode].setdefault(name.split()[0], []).append(ns)
+            for names, tracers in runs(modes, args.together, round_):
+                print(f"# round {round_ + 1}: {' with '.join(names)}", file=sys.stderr,
+                      flush=True)
+                measured = bpf_ns_per_connect(tracers, loop, port, args.seconds, args.settle)
+                for name, (total, by_program) in zip(names, measured):
+                    totals[name].append(total)
+                    for program, ns in by_program.items():
+                        shares[name].setdefault(program.split()[0], []).append(ns)
+                # Alone, a mode is divided by the default's run of its round; together, by
+                # the default-mode tracer beside it.
+                default = totals["default"][-1]
+                for name, (total, _) in zip(names, measured):
+                    ratios[name].append(total / default)
     finally:
         BPF_STATS.write_text(previous + "\n")
 
@@ -117,7 +152,8 @@ def main() -> int:
         return f"{statistics.median(values):{form}} ({min(values):{form}}-{max(values):{form}})"
 
     print(f"kernel {open('/proc/sys/kernel/osrelease').read().strip()}; {args.rounds} rounds of "
-          f"{args.seconds:g} s of {args.loop} loopback connects per mode; median (min-max)")
+          f"{args.seconds:g} s of {args.loop} loopback connects per mode"
+          f"{', each beside a default-mode tracer' if args.together else ''}; median (min-max)")
     # Two readings of one set of rounds: the median of each round's ratio, and the ratio of the
     # medians. Under TCG a guest's speed drifts by 20% or more between two tracers' runs, which
     # moves each round's ratio far more than either median.
