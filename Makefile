@@ -23,6 +23,7 @@ TEST_PACKAGES := gcc liburing-dev iproute2 dnsmasq-base procps util-linux nftabl
 	podman runc catatonit mmdebstrap openssl docker.io containerd
 APT_PACKAGES ?= $(RUN_PACKAGES) $(BUILD_PACKAGES)
 HELPERS := $(BUILD)/uring_connect $(BUILD)/connect_loop $(BUILD)/deny_connect.bpf.o \
+	$(BUILD)/slow_connect.bpf.o \
 	$(BUILD)/missing_tracepoint.bpf.o
 # The architecture whose kernels `make test-kernels` boots: this machine's unless given.
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/')

@@ -461,6 +461,23 @@ def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+def attach_connect_programs(kind: str, cgroup: Path, scratch: Path) -> None:
+    """Attaches KIND_connect4 and KIND_connect6 of build/KIND_connect.bpf.o
+    (tests/helpers) to the cgroup, where they stay until it is removed.
+    bpftool attaches pinned programs: they are pinned, while it does, in a
+    BPF file system of their own mounted under `scratch`."""
+    pins = scratch / "bpffs"
+    pins.mkdir()
+    sh("mount", "-t", "bpf", "bpf", str(pins))
+    try:
+        sh("bpftool", "prog", "loadall", str(BUILD / f"{kind}_connect.bpf.o"), str(pins / kind))
+        for hook in ("connect4", "connect6"):
+            sh("bpftool", "cgroup", "attach", str(cgroup), hook, "pinned",
+               str(pins / kind / f"{kind}_{hook}"))
+    finally:
+        sh("umount", str(pins))
+
+
 def nft(netns: str, *commands: str) -> None:
     """nft's commands inside a test namespace, as one script (one process)."""
     subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"],

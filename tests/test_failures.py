@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 from conftest import (
-    BUILD,
+    attach_connect_programs,
     comm_of,
     free_port,
     perf_event_paranoid,
@@ -104,23 +104,14 @@ def test_routes_that_refuse_in_json(trace, workload, lonely):
 @pytest.mark.parametrize("family", [4, 6])
 def test_cgroup_program_refusal_is_denied(trace, workload, cgroups, tmp_path, family):
     denied = cgroups.make("denied")
-    pins = tmp_path / "bpffs"
-    pins.mkdir()
-    sh("mount", "-t", "bpf", "bpf", str(pins))
-    try:
-        sh("bpftool", "prog", "loadall", str(BUILD / "deny_connect.bpf.o"), str(pins / "deny"))
-        for hook in ("connect4", "connect6"):
-            sh("bpftool", "cgroup", "attach", str(denied), hook, "pinned",
-               str(pins / "deny" / f"deny_{hook}"))
-        w = workload()
-        cgroups.move(w.pid, denied)
-        port = free_port()
-        t = trace("--outcome", "-P", str(port))
-        loopback = "127.0.0.1" if family == 4 else "::1"
-        assert w.connect(family, loopback, port) == (0, errno.EPERM)
-        t.stop()
-    finally:
-        sh("umount", str(pins))
+    attach_connect_programs("deny", denied, tmp_path)
+    w = workload()
+    cgroups.move(w.pid, denied)
+    port = free_port()
+    t = trace("--outcome", "-P", str(port))
+    loopback = "127.0.0.1" if family == 4 else "::1"
+    assert w.connect(family, loopback, port) == (0, errno.EPERM)
+    t.stop()
     [line] = t.rows
     assert line == with_outcome(row(w.pid, w.comm, family, ANY[family], loopback, port),
                                 "denied", "%.2f" % latency_of(line), "no SYN sent")
