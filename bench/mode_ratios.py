@@ -18,11 +18,13 @@ as before 5.12 (waiting attempts in the table alone, not in slots first);
 attached at the same time as a default-mode tracer, both counting the same
 connects, so a round's ratio no longer moves with the machine between two
 runs (rounds spread ~5% here instead of ~30%); each tracer then finds part of
-what the connect touches warm from the other's programs, so its figures are
-lower than alone, for every mode alike. Made to run in the kernel matrix's guests too
-(APPEND=tsc=reliable kernels/boot KERNEL 'python3 bench/mode_ratios.py'), where the
-peers' kernels are; TCG inflates the absolute figures there, not the ratios'
-meaning, as long as the guest reads the clock as real machines do:
+what the connect touches warm from the other's programs, so its absolute
+figures are not comparable with a lone tracer's. The tracer attached first
+pays more, so the order alternates and the rounds must be even. Made to run
+in the kernel matrix's guests too (APPEND=tsc=reliable kernels/boot KERNEL
+'python3 bench/mode_ratios.py'), where the peers' kernels are; TCG inflates
+the absolute figures there, not the ratios' meaning, as long as the guest
+reads the clock as real machines do:
 Debian's 5.10 and 6.1 find a TCG guest's TSCs unsynchronized and read the
 emulated HPET instead, ~1.2 us more per clock read in the 6.1 guest, which
 weighs on --outcome's two clock reads per connect (tsc=reliable keeps the TSC).
@@ -73,17 +75,24 @@ def bpf_ns_per_connect(tracers: list[tuple[str, ...]], loop: tuple[str, ...], po
             time.sleep(settle)
         for args, tracer in zip(tracers, running):
             if tracer.poll() is not None:
-                raise SystemExit(f"bench: tcpconnect {' '.join(args[2:])} failed: "
-                                 f"{tracer.stderr.read().decode().strip()}")  # type: ignore
+                said = tracer.stderr.read().decode().strip()  # type: ignore[union-attr]
+                raise SystemExit(f"bench: tcpconnect {' '.join(args[2:])} failed: {said}")
         before = [program_stats(tracer.pid) for tracer in running]
         made = int(subprocess.run([str(CONNECT_LOOP), *loop, "-p", str(port), "-d",
                                    str(seconds)], check=True, capture_output=True,
                                   text=True).stdout)
         after = [program_stats(tracer.pid) for tracer in running]
     finally:
+        # All told to stop before any is waited for: one stuck is killed, not left
+        # attached beside the others.
         for tracer in running:
             tracer.send_signal(signal.SIGINT)
-            tracer.wait(timeout=60)
+        for tracer in running:
+            try:
+                tracer.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                tracer.kill()
+                tracer.wait()
     results = []
     for start, end in zip(before, after):
         shares = {name: (ns - start.get(name, (0, 0))[1]) / made for name, (_, ns) in end.items()}
@@ -120,6 +129,8 @@ def main() -> int:
                         help="each mode attached at the same time as a default-mode tracer, "
                              "on the same connects, which of the two first alternating by round")
     args = parser.parse_args()
+    if args.together and args.rounds % 2:
+        parser.error("--together takes an even --rounds: each order of attaching as often")
     loop, port = ((), PORT) if args.loop == "refused" else (("-l",), ports_nobody_uses(1)[0])
     modes = [(name, mode_args) for name, mode_args in MODES
              if name == "default" or not args.mode or name in args.mode]
@@ -127,6 +138,8 @@ def main() -> int:
         raise SystemExit("bench: build/connect_loop is missing: run `make bench`")
     totals: dict[str, list[float]] = {mode: [] for mode, _ in modes}
     ratios: dict[str, list[float]] = {mode: [] for mode, _ in modes}
+    # The default-mode figures each mode was divided by: a lone round's, or the tracer beside it.
+    partners: dict[str, list[float]] = {mode: [] for mode, _ in modes}
     shares: dict[str, dict[str, list[float]]] = {mode: {} for mode, _ in modes}
     previous = BPF_STATS.read_text().strip()
     BPF_STATS.write_text("1\n")
@@ -145,6 +158,7 @@ def main() -> int:
                 default = totals["default"][-1]
                 for name, (total, _) in zip(names, measured):
                     ratios[name].append(total / default)
+                    partners[name].append(default)
     finally:
         BPF_STATS.write_text(previous + "\n")
 
@@ -159,12 +173,12 @@ def main() -> int:
     # moves each round's ratio far more than either median.
     print(f"{'mode':19} {'BPF ns/connect':>22} {'ratio to default':>20} {'of medians':>10}"
           "  programs (ns/connect)")
-    default = statistics.median(totals["default"])
     for mode, _ in modes:
         programs = " ".join(f"{name}={statistics.median(values):.0f}"
                             for name, values in sorted(shares[mode].items()))
+        of_medians = statistics.median(totals[mode]) / statistics.median(partners[mode])
         print(f"{mode:19} {spread(totals[mode], ',.0f'):>22} {spread(ratios[mode], '.2f'):>20}"
-              f" {statistics.median(totals[mode]) / default:>10.2f}  {programs}")
+              f" {of_medians:>10.2f}  {programs}")
     return 0
 
 

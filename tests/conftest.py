@@ -466,7 +466,7 @@ def attach_connect_programs(kind: str, cgroup: Path, scratch: Path) -> None:
     (tests/helpers) to the cgroup, where they stay until it is removed.
     bpftool attaches pinned programs: they are pinned, while it does, in a
     BPF file system of their own mounted under `scratch`."""
-    pins = scratch / "bpffs"
+    pins = scratch / f"bpffs-{kind}"
     pins.mkdir()
     sh("mount", "-t", "bpf", "bpf", str(pins))
     try:
