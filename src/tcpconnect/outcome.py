@@ -146,9 +146,9 @@ class JsonFields:
     had not ended (or could not be followed). As TextColumns keeps the text
     columns, all but `latency_ms` are made once per combination of the
     record's fields they come from, OUTCOME to ANSWER_TTL, and kept: made
-    anew they cost 2-4 us a row. `latency_ms` has three decimals, the
-    nanosecond count to the microsecond, half up (from an integer: a
-    float's repr cost more than the rest of the fields together)."""
+    anew they cost 2-4 us a row. `latency_ms` is the nanosecond count to
+    the microsecond, half up, written as json.dumps writes that number (the
+    shortest form that reads back the same: 0.31, 1.0)."""
 
     def __init__(self) -> None:
         self._ends = BoundedCache()
@@ -158,7 +158,7 @@ class JsonFields:
         head, tail = self._ends.get(key) or self._new_ends(key, event)
         if tail is None:
             return head
-        return head + "%d.%03d" % divmod((event[LATENCY_NS] + 500) // 1000, 1000) + tail
+        return head + repr((event[LATENCY_NS] + 500) // 1000 / 1000) + tail
 
     def _new_ends(self, key: tuple, event: tuple) -> tuple[str, str | None]:
         """The row's fields before latency_ms's value and after it; the
